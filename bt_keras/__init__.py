@@ -1,0 +1,30 @@
+"""bt_keras: Barlow Twins self-supervised learning for TensorFlow / Keras 3.
+
+The loss is that of the global batch across replicas, so training gives the
+same result on one device, several GPUs, several hosts or a TPU pod.
+"""
+
+from bt_keras import encoders, losses, optimizers, preprocess
+from bt_keras.encoders import build_encoder, resnet, small_cnn
+from bt_keras.losses import BarlowTwinsTerms, barlow_twins_loss, barlow_twins_terms
+from bt_keras.model import BarlowTwins, build_projector
+from bt_keras.optimizers import LARS, WarmupCosine
+from bt_keras.version import __version__
+
+__all__ = [
+    "BarlowTwins",
+    "BarlowTwinsTerms",
+    "LARS",
+    "WarmupCosine",
+    "__version__",
+    "barlow_twins_loss",
+    "barlow_twins_terms",
+    "build_encoder",
+    "build_projector",
+    "encoders",
+    "losses",
+    "optimizers",
+    "preprocess",
+    "resnet",
+    "small_cnn",
+]

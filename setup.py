@@ -1,0 +1,38 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+exec(Path("bt_keras/version.py").read_text(), version)
+
+setup(
+    name="bt_keras",
+    version=version["__version__"],
+    description="Barlow Twins self-supervised learning for TensorFlow / Keras 3, exact across replicas.",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["bt_keras", "bt_keras.*"]),
+    install_requires=[
+        "tensorflow>=2.20,<2.22",
+        "keras>=3.10",
+        "tensorflow-datasets>=4.9",
+        "onnx>=1.16",
+        "tf2onnx>=1.16",
+        "onnxruntime>=1.18",
+        "pyyaml>=6.0",
+        "numpy",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pillow>=10"],
+    },
+    entry_points={
+        "console_scripts": [
+            "bt-train=bt_keras.train:main",
+            "bt-eval=bt_keras.evaluation:main",
+            "bt-export=bt_keras.export:main",
+        ]
+    },
+)
