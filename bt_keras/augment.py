@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 RESIZE_METHODS = ("bicubic", "bilinear", "area", "lanczos3", "nearest")
+PRESETS_NAMES = ("cifar", "imagenet", "none")
 
 
 class AugmentConfigError(UserError, ValueError):
@@ -154,6 +155,9 @@ class AugmentConfig:
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
 
+    def __post_init__(self):
+        _validate(self)
+
     @classmethod
     def from_preset(cls, name: str = "cifar", **overrides) -> "AugmentConfig":
         """A resolved preset; overrides are dataclasses, dicts or values.
@@ -165,10 +169,7 @@ class AugmentConfig:
 
     def resolve(self) -> "AugmentConfig":
         """A copy with every None replaced by the preset's value, validated."""
-        if self.preset not in PRESETS:
-            raise AugmentConfigError(
-                f"augment.preset: unknown preset {self.preset!r} (choose from {', '.join(sorted(PRESETS))})"
-            )
+        _validate(self)
         base = PRESETS[self.preset]
         kwargs = {"preset": self.preset}
         for f in dataclasses.fields(self):
@@ -185,9 +186,89 @@ class AugmentConfig:
                 kwargs[f.name] = type(theirs)(**sub)
             else:
                 kwargs[f.name] = theirs if mine is None else mine
-        out = AugmentConfig(**kwargs)
-        _validate(out)
-        return out
+        return AugmentConfig(**kwargs)
+
+
+def get_preset(name: str = "cifar", **overrides) -> AugmentConfig:
+    """Resolved preset ``name`` with ``overrides`` applied.
+
+    An override of a nested op is a dataclass or a dict of its fields:
+
+    >>> get_preset("imagenet", blur={"enabled": False}, mean=(0.5, 0.5, 0.5)).blur.enabled
+    False
+    """
+    if isinstance(name, AugmentConfig):
+        return name.resolve() if not overrides else get_preset(name.preset, **overrides)
+    cfg = AugmentConfig(preset=name)
+    known = {f.name for f in dataclasses.fields(AugmentConfig)}
+    for key, value in overrides.items():
+        if key not in known or key == "preset":
+            raise AugmentConfigError(f"augment.{key}: unknown field")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            names = {g.name for g in dataclasses.fields(current)}
+            for k in value:
+                if k not in names:
+                    raise AugmentConfigError(f"augment.{key}.{k}: unknown field")
+            value = type(current)(**value)
+        setattr(cfg, key, value)
+    return cfg.resolve()
+
+
+def _validate(cfg: AugmentConfig) -> None:
+    """Checks every field that is set (None = from the preset) and the preset name."""
+    if not isinstance(cfg.preset, str) or cfg.preset not in PRESETS_NAMES:
+        raise AugmentConfigError(
+            f"augment.preset: unknown preset {cfg.preset!r} (choose from {', '.join(PRESETS_NAMES)})"
+        )
+
+    def fail(name, msg):
+        raise AugmentConfigError(f"augment.{name}: {msg}")
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    def check(name, v, ok, msg):
+        if v is not None and not ok(v):
+            fail(name, f"{msg}, got {v!r}")
+
+    def is_prob(v):
+        return number(v) and 0.0 <= v <= 1.0
+
+    def is_pair(v):
+        return isinstance(v, (tuple, list)) and len(v) == 2 and all(number(a) for a in v) and v[0] <= v[1]
+
+    def is_view_probs(v):
+        return isinstance(v, (tuple, list)) and len(v) == 2 and all(is_prob(a) for a in v)
+
+    for name in ("crop", "flip", "color_jitter", "grayscale", "blur", "solarize"):
+        op = getattr(cfg, name)
+        if op is None or not dataclasses.is_dataclass(op):
+            fail(name, f"expected a mapping of settings, got {op!r}")
+        check(f"{name}.enabled", op.enabled, lambda v: isinstance(v, bool), "must be true or false")
+    c = cfg.crop
+    check("crop.scale", c.scale, lambda v: is_pair(v) and 0 < v[0] and v[1] <= 1, "must be [low, high] with 0 < low <= high <= 1")
+    check("crop.ratio", c.ratio, lambda v: is_pair(v) and 0 < v[0], "must be [low, high] with 0 < low <= high")
+    check("crop.method", c.method, lambda v: v in RESIZE_METHODS, f"must be one of {', '.join(RESIZE_METHODS)}")
+    check("crop.antialias", c.antialias, lambda v: isinstance(v, bool), "must be true or false")
+    check("flip.prob", cfg.flip.prob, is_prob, "must be a probability in [0, 1]")
+    j = cfg.color_jitter
+    check("color_jitter.prob", j.prob, is_prob, "must be a probability in [0, 1]")
+    for name in ("brightness", "contrast", "saturation"):
+        check(f"color_jitter.{name}", getattr(j, name), lambda v: number(v) and v >= 0, "must be >= 0")
+    check("color_jitter.hue", j.hue, lambda v: number(v) and 0 <= v <= 0.5, "must be in [0, 0.5]")
+    check("color_jitter.random_order", j.random_order, lambda v: isinstance(v, bool), "must be true or false")
+    check("grayscale.prob", cfg.grayscale.prob, is_prob, "must be a probability in [0, 1]")
+    b = cfg.blur
+    check("blur.prob", b.prob, is_view_probs, "must be [p_view_a, p_view_b], each in [0, 1]")
+    check("blur.sigma", b.sigma, lambda v: is_pair(v) and 0 < v[0], "must be [low, high] with 0 < low <= high")
+    check("blur.kernel_fraction", b.kernel_fraction, lambda v: number(v) and 0 < v <= 1, "must be in (0, 1]")
+    s = cfg.solarize
+    check("solarize.prob", s.prob, is_view_probs, "must be [p_view_a, p_view_b], each in [0, 1]")
+    check("solarize.threshold", s.threshold, lambda v: number(v) and 0 <= v <= 1, "must be in [0, 1]")
+    rgb = lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and all(number(a) for a in v)  # noqa: E731
+    check("mean", cfg.mean, rgb, "must have 3 numbers (R, G, B)")
+    check("std", cfg.std, lambda v: rgb(v) and all(a > 0 for a in v), "must have 3 numbers > 0 (R, G, B)")
 
 
 def _preset(mean, std, blur: bool) -> AugmentConfig:
@@ -219,92 +300,6 @@ PRESETS = {
 }
 for _name, _cfg in PRESETS.items():
     _cfg.preset = _name
-
-
-def get_preset(name: str = "cifar", **overrides) -> AugmentConfig:
-    """Resolved preset ``name`` with ``overrides`` applied.
-
-    An override of a nested op is a dataclass or a dict of its fields:
-
-    >>> get_preset("imagenet", blur={"enabled": False}, mean=(0.5, 0.5, 0.5)).blur.enabled
-    False
-    """
-    if isinstance(name, AugmentConfig):
-        return name.resolve() if not overrides else get_preset(name.preset, **overrides)
-    cfg = AugmentConfig(preset=name)
-    known = {f.name for f in dataclasses.fields(AugmentConfig)}
-    for key, value in overrides.items():
-        if key not in known or key == "preset":
-            raise AugmentConfigError(f"augment.{key}: unknown field")
-        current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            names = {g.name for g in dataclasses.fields(current)}
-            for k in value:
-                if k not in names:
-                    raise AugmentConfigError(f"augment.{key}.{k}: unknown field")
-            value = type(current)(**value)
-        setattr(cfg, key, value)
-    return cfg.resolve()
-
-
-def _validate(cfg: AugmentConfig) -> None:
-    def fail(name, msg):
-        raise AugmentConfigError(f"augment.{name}: {msg}")
-
-    def prob(name, v):
-        if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-            fail(name, f"must be a probability in [0, 1], got {v!r}")
-
-    def pair(name, v, lo_ok, what):
-        if not isinstance(v, (tuple, list)) or len(v) != 2:
-            fail(name, f"must be a pair [low, high], got {v!r}")
-        a, b = float(v[0]), float(v[1])
-        if not (lo_ok(a) and a <= b):
-            fail(name, f"must satisfy {what} and low <= high, got {list(v)!r}")
-
-    c = cfg.crop
-    pair("crop.scale", c.scale, lambda a: 0 < a, "0 < low, high <= 1")
-    if float(c.scale[1]) > 1.0:
-        fail("crop.scale", f"high must be <= 1, got {c.scale[1]!r}")
-    pair("crop.ratio", c.ratio, lambda a: 0 < a, "0 < low")
-    if c.method not in RESIZE_METHODS:
-        fail("crop.method", f"must be one of {', '.join(RESIZE_METHODS)}, got {c.method!r}")
-    prob("flip.prob", cfg.flip.prob)
-    j = cfg.color_jitter
-    prob("color_jitter.prob", j.prob)
-    for name in ("brightness", "contrast", "saturation"):
-        v = getattr(j, name)
-        if not isinstance(v, (int, float)) or v < 0:
-            fail(f"color_jitter.{name}", f"must be >= 0, got {v!r}")
-    if not isinstance(j.hue, (int, float)) or not 0 <= j.hue <= 0.5:
-        fail("color_jitter.hue", f"must be in [0, 0.5], got {j.hue!r}")
-    prob("grayscale.prob", cfg.grayscale.prob)
-    b = cfg.blur
-    for i, p in enumerate(_as_pair("blur.prob", b.prob, fail)):
-        prob(f"blur.prob[{i}]", p)
-    pair("blur.sigma", b.sigma, lambda a: 0 < a, "0 < low")
-    if not isinstance(b.kernel_fraction, (int, float)) or not 0 < b.kernel_fraction <= 1:
-        fail("blur.kernel_fraction", f"must be in (0, 1], got {b.kernel_fraction!r}")
-    s = cfg.solarize
-    for i, p in enumerate(_as_pair("solarize.prob", s.prob, fail)):
-        prob(f"solarize.prob[{i}]", p)
-    if not isinstance(s.threshold, (int, float)) or not 0 <= s.threshold <= 1:
-        fail("solarize.threshold", f"must be in [0, 1], got {s.threshold!r}")
-    for name in ("mean", "std"):
-        v = getattr(cfg, name)
-        if not isinstance(v, (tuple, list)) or len(v) != 3:
-            fail(name, f"must have 3 values (R, G, B), got {v!r}")
-    if any(float(v) <= 0 for v in cfg.std):
-        fail("std", f"must be > 0, got {list(cfg.std)!r}")
-    for name in ("crop", "flip", "color_jitter", "grayscale", "blur", "solarize"):
-        if not isinstance(getattr(cfg, name).enabled, bool):
-            fail(f"{name}.enabled", f"must be true or false, got {getattr(cfg, name).enabled!r}")
-
-
-def _as_pair(name, v, fail):
-    if not isinstance(v, (tuple, list)) or len(v) != 2:
-        fail(name, f"must be a pair [view_a, view_b], got {v!r}")
-    return v
 
 
 def _resolved(config) -> AugmentConfig:

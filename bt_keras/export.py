@@ -135,6 +135,12 @@ _AUGMENTATION_CLASSES = {"AugMix", "RandAugment", "MixUp", "CutMix", "Solarizati
 def _check_encoder(encoder, image_size: int) -> None:
     if not isinstance(encoder, keras.Model):
         raise ExportArgumentError(f"expected a keras.Model encoder, got {type(encoder).__name__}")
+    inner = getattr(encoder, "encoder", None)
+    if isinstance(inner, keras.Model) and inner is not encoder:
+        # BarlowTwins(...) calls encoder + projector: exporting it would serve projector outputs.
+        raise ExportArgumentError(
+            f"{type(encoder).__name__} is a pretraining model (encoder + projector); export its .encoder"
+        )
     augment = [
         layer.name
         for layer in _all_layers(encoder)
@@ -963,6 +969,8 @@ def main(argv=None) -> int:
         in_main_thread = False
     try:
         return run_command("bt-export", _body, argv)
+    except SystemExit as e:  # argparse (--help, bad flags): return the code, as for every other outcome
+        return e.code if isinstance(e.code, int) else 2
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -95,7 +95,9 @@ class BarlowTwins(keras.Model):
         return self.projector(self.encoder(images, training=training), training=training)
 
     def _terms(self, data, training):
-        view_a, view_b = data[0], data[1]
+        if len(data) == 1:  # fit(x=(view_a, view_b)) arrives as ((view_a, view_b),)
+            data = data[0]
+        view_a, view_b = data
         z_a = self(view_a, training=training)
         z_b = self(view_b, training=training)
         return z_a, barlow_twins_terms(z_a, z_b, self.lambd, self.loss_method)

@@ -1,0 +1,116 @@
+"""Atomic training checkpoints, resume, SIGTERM (preemption) and NaN handling.
+
+A checkpoint is one file, ``checkpoints/latest.weights.h5``, holding the model
+*and* optimizer state (including ``optimizer.iterations``, hence the schedule
+step and the position in the data). It is written to a temporary name and
+renamed over the previous one, so a kill at any moment leaves either the old
+or the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import tempfile
+
+import keras
+import tensorflow as tf
+
+CHECKPOINT_NAME = "latest.weights.h5"
+
+
+def checkpoint_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints", CHECKPOINT_NAME)
+
+
+def save_checkpoint(model: keras.Model, path: str) -> None:
+    """Writes model + optimizer state to ``path`` atomically (local or gs://)."""
+    directory = os.path.dirname(path)
+    tf.io.gfile.makedirs(directory)
+    if "://" in path:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, CHECKPOINT_NAME)
+            model.save_weights(local)
+            tf.io.gfile.copy(local, path + ".tmp", overwrite=True)
+        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+        return
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".weights.h5")
+    os.close(fd)
+    try:
+        model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def restore_checkpoint(model: keras.Model, path: str) -> int:
+    """Loads ``path`` into a compiled model; returns the restored step (0 if none)."""
+    if not tf.io.gfile.exists(path):
+        return 0
+    model.optimizer.build(model.trainable_variables)
+    if "://" in path:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, CHECKPOINT_NAME)
+            tf.io.gfile.copy(path, local)
+            model.load_weights(local)
+    else:
+        model.load_weights(path)
+    return int(model.optimizer.iterations.numpy())
+
+
+class TrainingGuard(keras.callbacks.Callback):
+    """Checkpoints every N steps and each epoch; saves and stops on SIGTERM;
+    stops on a non-finite loss *without* saving, so the last checkpoint stays good.
+
+    After ``fit`` returns, ``nan_step`` is the first step whose loss was not
+    finite (None if none) and ``preempted`` tells whether SIGTERM arrived.
+    """
+
+    def __init__(self, path: str, every_steps: int = 0, write: bool = True):
+        super().__init__()
+        self.path = path
+        self.every_steps = every_steps
+        self.write = write
+        self.nan_step = None
+        self.preempted = False
+        self._previous_handler = None
+
+    def _on_sigterm(self, signum, frame):
+        self.preempted = True
+
+    def on_train_begin(self, logs=None):
+        if os.name == "posix" and sys.platform != "win32":
+            try:
+                self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            except ValueError:  # Not the main thread: leave signals alone.
+                self._previous_handler = None
+
+    def on_train_end(self, logs=None):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def _save(self):
+        if self.write:
+            save_checkpoint(self.model, self.path)
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nan_step = int(self.model.optimizer.iterations.numpy())
+            self.model.stop_training = True
+            return
+        if self.preempted:
+            self._save()
+            self.model.stop_training = True
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.every_steps and step % self.every_steps == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_step is None and not self.preempted:
+            self._save()
