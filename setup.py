@@ -21,6 +21,7 @@ setup(
         "tf2onnx>=1.16",
         "onnxruntime>=1.18",
         "pyyaml>=6.0",
+        "tensorboard>=2.20",
         "numpy",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",

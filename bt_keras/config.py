@@ -168,6 +168,11 @@ def _coerce(tp, value, key):
             fail()
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string.
+            try:
+                return float(value)
+            except ValueError:
+                fail()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail()
         return float(value)

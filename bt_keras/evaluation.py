@@ -24,7 +24,7 @@ def extract_features(encoder, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Runs a frozen encoder (inference mode: BN uses its moving statistics)
     over a labelled ``(images, labels)`` dataset; returns float32 features and
     int labels as NumPy arrays."""
-    infer = tf.function(lambda x: tf.cast(encoder(x, training=False), tf.float32))
+    infer = tf.function(lambda x: tf.cast(encoder(x, training=False), tf.float32), reduce_retracing=True)
     features, labels = [], []
     for images, y in dataset:
         features.append(infer(images).numpy())

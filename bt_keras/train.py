@@ -69,7 +69,7 @@ def _jit_for(strategy, requested):
 def contract_for(cfg):
     from bt_keras.preprocess import PreprocessingContract
 
-    aug = cfg.data.augment
+    aug = cfg.data.augment.resolve()
     return PreprocessingContract(image_size=cfg.data.image_size, mean=tuple(aug.mean), std=tuple(aug.std),
                                  crop_fraction=cfg.data.crop_fraction)
 
@@ -160,7 +160,7 @@ def train(cfg, run_dir: str | None = None) -> dict:
     dataset = distribute(strategy, lambda ctx: two_view_dataset(
         d.source, batch_size=t.batch_size, image_size=d.image_size, augment=d.augment, seed=d.seed,
         data_dir=d.data_dir, input_context=ctx, skipped_path=skipped, shuffle_buffer=d.shuffle_buffer,
-        cache=d.cache))
+        cache=d.cache).repeat())  # An endless stream: fit's steps_per_epoch marks the epochs.
 
     with strategy.scope():
         model = build_model(cfg, d.image_size)
@@ -244,3 +244,7 @@ def _main(argv):
 
 def main(argv=None):
     sys.exit(run_command("bt-train", _main, argv))
+
+
+if __name__ == "__main__":
+    main()

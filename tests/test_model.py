@@ -1,0 +1,121 @@
+"""BarlowTwins: fit, metrics, saving/loading, NaN guard, mixed precision."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import bt_keras
+from bt_keras.checkpointing import TrainingGuard, restore_checkpoint, save_checkpoint
+
+
+def _model(dim=32, **kwargs):
+    enc = bt_keras.small_cnn(widths=(4, 8), input_shape=(8, 8, 3))
+    model = bt_keras.BarlowTwins(enc, projector_dims=(16, 16, dim), **kwargs)
+    model.build((None, 8, 8, 3))
+    return model
+
+
+def _pairs(n=32, batch=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 8, 8, 3), np.float32)
+    y = np.clip(x + 0.1 * rng.normal(size=x.shape), 0, 1).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True)
+
+
+def test_projector_structure():
+    proj = bt_keras.build_projector((64, 32, 16))
+    proj.build((None, 10))
+    kinds = [type(layer).__name__ for layer in proj.layers]
+    assert kinds == ["Dense", "BatchNormalization", "ReLU", "Dense", "BatchNormalization", "ReLU", "Dense"]
+    assert all(not layer.use_bias for layer in proj.layers if isinstance(layer, keras.layers.Dense))
+    assert all(layer.synchronized for layer in proj.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_fit_logs_all_metrics_and_loss_decreases():
+    keras.utils.set_random_seed(0)
+    model = _model()
+    model.compile(optimizer=keras.optimizers.AdamW(3e-3))
+    history = model.fit(_pairs(), epochs=8, verbose=0).history
+    assert set(history) >= {"loss", "on_diag", "off_diag", "learning_rate", "embedding_std"}
+    assert history["loss"][-1] < history["loss"][0]
+    np.testing.assert_allclose(
+        np.array(history["loss"]),
+        np.array(history["on_diag"]) + 0.0051 * np.array(history["off_diag"]), rtol=1e-4)
+    assert all(0 < s < 2 for s in history["embedding_std"])
+    assert history["learning_rate"][-1] == pytest.approx(3e-3)
+
+
+def test_fit_on_tuple_of_arrays_and_evaluate():
+    model = _model()
+    model.compile(optimizer=bt_keras.LARS(0.1))
+    x = np.random.default_rng(1).random((16, 8, 8, 3), np.float32)
+    model.fit((x, x[::-1]), batch_size=8, epochs=1, verbose=0)
+    logs = model.evaluate(_pairs(), verbose=0, return_dict=True)
+    assert math.isfinite(logs["loss"]) and logs["loss"] > 0
+
+
+def test_keras_file_round_trip(tmp_path):
+    model = _model(lambd=0.01, loss_method="gram")
+    model.compile(optimizer=bt_keras.LARS(0.1))
+    model.fit(_pairs(), epochs=1, verbose=0)
+    x = np.random.default_rng(2).random((4, 8, 8, 3), np.float32)
+    path = tmp_path / "bt.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded, bt_keras.BarlowTwins)
+    assert (loaded.lambd, loaded.loss_method, loaded.projector_dims) == (0.01, "gram", (16, 16, 32))
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    model.encoder.save(tmp_path / "enc.keras")
+    enc = keras.saving.load_model(tmp_path / "enc.keras", safe_mode=True)
+    np.testing.assert_allclose(enc.predict(x, verbose=0), model.encoder.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_restores_model_and_optimizer_state(tmp_path):
+    model = _model()
+    model.compile(optimizer=bt_keras.LARS(bt_keras.WarmupCosine(0.5, 2, 20)))
+    model.fit(_pairs(), epochs=1, verbose=0)
+    path = str(tmp_path / "ckpt" / "latest.weights.h5")
+    save_checkpoint(model, path)
+    other = _model()
+    other.compile(optimizer=bt_keras.LARS(bt_keras.WarmupCosine(0.5, 2, 20)))
+    assert restore_checkpoint(other, path) == 4
+    for a, b in zip(model.weights + model.optimizer.variables, other.weights + other.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(other.optimizer.learning_rate) == pytest.approx(float(model.optimizer.learning_rate))
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["latest.weights.h5"]  # no temp files left
+
+
+def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.random((48, 8, 8, 3), np.float32)
+    x[40] = np.nan  # In the 6th batch of 8: step 6, in the second epoch of 4 steps.
+    ds = tf.data.Dataset.from_tensor_slices((x, x)).batch(8)
+    model = _model()
+    model.compile(optimizer=bt_keras.LARS(0.1))
+    path = str(tmp_path / "latest.weights.h5")
+    guard = TrainingGuard(path)
+    model.fit(ds.take(4), epochs=1, verbose=0, callbacks=[guard])  # one good epoch: checkpoint at step 4
+    model.fit(ds.skip(4), epochs=1, verbose=0, callbacks=[guard])
+    assert guard.nan_step == 6
+    fresh = _model()
+    fresh.compile(optimizer=bt_keras.LARS(0.1))
+    assert restore_checkpoint(fresh, path) == 4
+    assert all(np.isfinite(np.asarray(w)).all() for w in fresh.weights)
+
+
+def test_mixed_precision_keeps_the_loss_in_float32():
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = _model()
+        x = np.random.default_rng(4).random((8, 8, 8, 3), np.float32)
+        z_a, terms = model._terms((x, x[::-1]), training=True)
+        assert z_a.dtype == tf.bfloat16
+        assert terms.loss.dtype == terms.on_diag.dtype == terms.off_diag.dtype == tf.float32
+        model.compile(optimizer=bt_keras.LARS(0.1))
+        history = model.fit(_pairs(), epochs=1, verbose=0).history
+        assert math.isfinite(history["loss"][0])
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
