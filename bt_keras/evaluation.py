@@ -34,6 +34,15 @@ def extract_features(encoder, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(features), np.concatenate(labels).astype(np.int64)
 
 
+@tf.function(reduce_retracing=True)
+def _knn_scores(batch, train, train_labels, k, temperature, num_classes):
+    sim = tf.matmul(tf.math.l2_normalize(batch, axis=1), train, transpose_b=True)
+    top_sim, top_idx = tf.math.top_k(sim, k=k)
+    weights = tf.exp(top_sim / temperature)
+    votes = tf.one_hot(tf.gather(train_labels, top_idx), num_classes)
+    return tf.reduce_sum(votes * weights[..., None], axis=1)
+
+
 def knn_predict(train_features, train_labels, test_features, num_classes=None, k=200,
                 temperature=0.1, batch_size=1024) -> np.ndarray:
     """Class scores ``[n_test, num_classes]`` of the weighted kNN vote.
@@ -42,20 +51,14 @@ def knn_predict(train_features, train_labels, test_features, num_classes=None, k
     O(batch_size × n_train) whatever the test set size.
     """
     train = tf.math.l2_normalize(tf.constant(train_features, tf.float32), axis=1)
-    train_labels = tf.constant(np.asarray(train_labels), tf.int64)
+    labels = tf.constant(np.asarray(train_labels), tf.int64)
     num_classes = int(num_classes or int(np.max(train_labels)) + 1)
-    k = min(int(k), int(train.shape[0]))
-
-    @tf.function
-    def scores_for(batch):
-        sim = tf.matmul(tf.math.l2_normalize(batch, axis=1), train, transpose_b=True)
-        top_sim, top_idx = tf.math.top_k(sim, k=k)
-        weights = tf.exp(top_sim / temperature)
-        votes = tf.one_hot(tf.gather(train_labels, top_idx), num_classes)
-        return tf.reduce_sum(votes * weights[..., None], axis=1)
-
+    k = tf.constant(min(int(k), int(train.shape[0])), tf.int32)
+    temperature = tf.constant(temperature, tf.float32)
+    depth = tf.constant(num_classes, tf.int32)
     test = np.asarray(test_features, np.float32)
-    out = [scores_for(tf.constant(test[i : i + batch_size])).numpy() for i in range(0, len(test), batch_size)]
+    out = [_knn_scores(tf.constant(test[i : i + batch_size]), train, labels, k, temperature, depth).numpy()
+           for i in range(0, len(test), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, num_classes), np.float32)
 
 
