@@ -51,6 +51,12 @@ def make_strategy(name: str = "auto", tpu: str | None = None, zone: str | None =
     """
     if name not in STRATEGIES:
         raise UserError(f"strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
+    if name == "multi_worker":
+        # Before anything touches the TF runtime: collectives are configured at startup.
+        _check_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        return _tpu_strategy(tpu, zone, project)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -60,18 +66,17 @@ def make_strategy(name: str = "auto", tpu: str | None = None, zone: str | None =
         if not gpus:
             raise UserError("strategy 'gpu' but TensorFlow sees no GPU")
         return tf.distribute.OneDeviceStrategy("/gpu:0")
-    if name == "mirrored":
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker":
-        _check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def _tpu_strategy(tpu, zone, project):
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu, zone=zone, project=project)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot reach TPU {tpu or '(default)'}: {first}") from None
     return tf.distribute.TPUStrategy(resolver)
 

@@ -24,6 +24,12 @@ from keras import layers
 from bt_keras.losses import barlow_twins_terms
 
 
+def _multi_worker(strategy) -> bool:
+    extended = getattr(strategy, "extended", None)
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        getattr(extended, "_in_multi_worker_mode", lambda: False)())
+
+
 def build_projector(dims, sync_batchnorm: bool = True, name: str = "projector") -> keras.Sequential:
     """``[Dense(no bias) → BN → ReLU] × (len(dims) − 1) → Dense(no bias)``."""
     stack = []
@@ -91,6 +97,16 @@ class BarlowTwins(keras.Model):
         self.projector.build(self.encoder.compute_output_shape(input_shape))
         super().build(input_shape)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 builds a compiled model by strategy.reduce-ing a sample batch,
+        # which fails under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+        # A built BarlowTwins has nothing symbolic left to build but the optimizer.
+        if not self.built or self._compile_metrics is not None or self._compile_loss is not None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     def call(self, images, training=False):
         return self.projector(self.encoder(images, training=training), training=training)
 
@@ -112,6 +128,10 @@ class BarlowTwins(keras.Model):
         logs = {m.name: m.result() for m in self.metrics}
         if self.optimizer is not None:
             logs["learning_rate"] = tf.cast(self.optimizer.learning_rate, tf.float32)
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras reduces multi-worker logs with reduce(MEAN, axis=0), which
+            # rejects scalars (keras-team/keras#20585): give them a batch axis.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
 
     def train_step(self, data):

@@ -132,6 +132,7 @@ def train(cfg, run_dir: str | None = None) -> dict:
     import keras
     import tensorflow as tf
 
+    from bt_keras.callbacks import monitor_callbacks
     from bt_keras.checkpointing import TrainingGuard, checkpoint_path, restore_checkpoint
     from bt_keras.config import config_to_yaml
     from bt_keras.data import count_examples, two_view_dataset
@@ -140,9 +141,9 @@ def train(cfg, run_dir: str | None = None) -> dict:
     run_dir = run_dir or cfg.train.run_dir
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=run_dir))
     t = cfg.train
+    strategy = make_strategy(t.strategy, t.tpu, t.zone, t.project)  # First: MWMS needs a fresh runtime.
     keras.utils.set_random_seed(t.seed)
     keras.mixed_precision.set_dtype_policy(t.mixed_precision)
-    strategy = make_strategy(t.strategy, t.tpu, t.zone, t.project)
     per_replica_batch_size(t.batch_size, strategy)
     chief = _is_chief(strategy)
 
@@ -180,6 +181,9 @@ def train(cfg, run_dir: str | None = None) -> dict:
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv") if chief else os.devnull,
                                   append=True),
     ]
+    # After CSVLogger, so the kNN values stay out of history.csv's fixed columns (they go to knn.csv).
+    callbacks += monitor_callbacks(cfg, run_dir, dataset=dataset, strategy=strategy, chief=chief,
+                                   contract=contract_for(cfg))
     started = time.time()
     if initial_epoch < t.epochs:
         model.fit(dataset, epochs=t.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,

@@ -4,6 +4,10 @@ Run as a script (one strategy per process): writes per-step losses and all
 weights to an .npz so tests can compare R = 1, 2, 4.
 
     python tests/distributed_case.py --replicas 2 --dim 64 --out /tmp/r2.npz
+
+With ``--multi-worker`` it is one worker of a MultiWorkerMirroredStrategy
+cluster described by ``TF_CONFIG`` (``--replicas`` logical devices per worker),
+and also records which examples of a ``two_view_dataset`` epoch it saw.
 """
 
 import argparse
@@ -26,6 +30,7 @@ def main():
     p.add_argument("--method", default="auto")
     p.add_argument("--jit", action="store_true")
     p.add_argument("--no-sync-bn", action="store_true", help="negative control: per-replica BN statistics")
+    p.add_argument("--multi-worker", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -33,20 +38,28 @@ def main():
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
 
     import keras
+    keras.config.disable_traceback_filtering()
 
     import bt_keras
     from bt_keras.distribute import distribute, make_strategy
 
-    strategy = make_strategy("mirrored") if args.replicas > 1 else make_strategy("cpu")
-    assert strategy.num_replicas_in_sync == args.replicas
+    if args.multi_worker:
+        strategy = make_strategy("multi_worker")
+    else:
+        strategy = make_strategy("mirrored") if args.replicas > 1 else make_strategy("cpu")
+        assert strategy.num_replicas_in_sync == args.replicas
 
     rng = np.random.RandomState(0)
     images = rng.rand(GLOBAL_BATCH * STEPS, 8, 8, 3).astype("float32")
     views = (images, (images * 0.8 + 0.1 * rng.rand(*images.shape)).astype("float32"))
 
     def dataset_fn(ctx):
-        b = ctx.get_per_replica_batch_size(GLOBAL_BATCH)
-        return tf.data.Dataset.from_tensor_slices(views).batch(b, drop_remainder=True)
+        # This input pipeline's slice of every global batch, split into per-replica batches.
+        chunk = GLOBAL_BATCH // ctx.num_input_pipelines
+        lo = ctx.input_pipeline_id * chunk
+        ds = tf.data.Dataset.from_tensor_slices(views).batch(GLOBAL_BATCH)
+        ds = ds.map(lambda a, b: (a[lo : lo + chunk], b[lo : lo + chunk])).unbatch()
+        return ds.batch(ctx.get_per_replica_batch_size(GLOBAL_BATCH), drop_remainder=True)
 
     with strategy.scope():
         sync = not args.no_sync_bn
@@ -72,10 +85,32 @@ def main():
             losses.append(float(logs["loss"]))
 
     model.fit(distribute(strategy, dataset_fn), epochs=1, verbose=0, callbacks=[Record()])
-    np.savez(args.out, losses=np.array(losses),
+    extra = {"seen": seen_examples(strategy)} if args.multi_worker else {}
+    np.savez(args.out, losses=np.array(losses), **extra,
              **{f"w{i}": w.numpy() for i, w in enumerate(model.weights)},
              **{f"init{i}": w for i, w in enumerate(initial)})
     return 0
+
+
+def seen_examples(strategy, n=64):
+    """Indices of the examples this worker reads in one two_view_dataset epoch.
+
+    Image i is the constant value 2i + 40, so the index survives the
+    (augmentation-free) resize and normalisation.
+    """
+    from bt_keras.augment import get_preset
+    from bt_keras.data import two_view_dataset
+
+    cfg = get_preset("none")
+    images = np.broadcast_to((2 * np.arange(n) + 40).astype(np.uint8)[:, None, None, None], (n, 8, 8, 3)).copy()
+    dist = strategy.distribute_datasets_from_function(
+        lambda ctx: two_view_dataset(images, batch_size=8, image_size=8, augment=cfg, input_context=ctx))
+    seen = []
+    for view_a, _ in dist:
+        for local in strategy.experimental_local_results(view_a):
+            pixels = (local.numpy()[:, 0, 0, 0] * cfg.std[0] + cfg.mean[0]) * 255
+            seen.extend(np.round((pixels - 40) / 2).astype(int).tolist())
+    return np.array(seen)
 
 
 if __name__ == "__main__":

@@ -65,3 +65,50 @@ def test_training_moved_the_weights(runs):
 def test_unsynchronised_batchnorm_breaks_exactness(runs):
     # Negative control: per-replica BN statistics make the result depend on the replica count.
     assert _max_weight_diff(runs["r1"], runs["r2_unsynced_bn"]) > 1e-3
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tf_config(ports, index):
+    import json
+
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """A real 2-process MultiWorkerMirroredStrategy cluster on 127.0.0.1, one CPU device each."""
+    out = tmp_path_factory.mktemp("mw")
+    ports = [free_port(), free_port()]
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", TF_CONFIG=tf_config(ports, i))
+        procs.append(subprocess.Popen(
+            [sys.executable, SCRIPT, "--replicas", "1", "--multi-worker", "--out", str(out / f"w{i}.npz")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    results = []
+    for p in procs:
+        output, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, output[-3000:]
+    for i in range(2):
+        results.append(dict(np.load(out / f"w{i}.npz")))
+    return results
+
+
+def test_two_workers_match_single_process(runs, two_workers):
+    for worker in two_workers:
+        np.testing.assert_allclose(worker["losses"], runs["r1"]["losses"], rtol=1e-5, atol=1e-5)
+        assert _max_weight_diff(runs["r1"], worker) <= 1e-5
+
+
+def test_two_workers_see_every_example_exactly_once(two_workers):
+    seen = np.concatenate([w["seen"] for w in two_workers])
+    assert sorted(seen.tolist()) == list(range(64))
+    assert set(two_workers[0]["seen"].tolist()).isdisjoint(two_workers[1]["seen"].tolist())
