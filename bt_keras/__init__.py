@@ -6,6 +6,7 @@ same result on one device, several GPUs, several hosts or a TPU pod.
 
 from bt_keras import encoders, losses, optimizers, preprocess
 from bt_keras.encoders import build_encoder, resnet, small_cnn
+from bt_keras.export import export_encoder
 from bt_keras.losses import BarlowTwinsTerms, barlow_twins_loss, barlow_twins_terms
 from bt_keras.model import BarlowTwins, build_projector
 from bt_keras.optimizers import LARS, WarmupCosine
@@ -22,6 +23,7 @@ __all__ = [
     "build_encoder",
     "build_projector",
     "encoders",
+    "export_encoder",
     "losses",
     "optimizers",
     "preprocess",

@@ -177,7 +177,7 @@ def _is_float32(model) -> bool:
         policy = getattr(layer, "dtype_policy", None)
         if policy is not None and (policy.compute_dtype != "float32" or policy.variable_dtype != "float32"):
             return False
-    return all(w.dtype == "float32" for w in model.weights)
+    return all(w.dtype == "float32" for w in model.weights if "float" in str(w.dtype))
 
 
 def _policy_names(model) -> list:
@@ -232,7 +232,7 @@ def float32_encoder(encoder):
         rebuilt = keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as e:
         raise ExportArgumentError(
-            f"cannot rebuild the mixed-precision encoder in float32 from its config ({type(e).__name__}: {e}); "
+            f"cannot rebuild the mixed-precision encoder in float32 from its config ({_one_line(e)}); "
             "rebuild it under the float32 policy and load its weights before exporting"
         ) from e
     finally:
@@ -488,7 +488,10 @@ def _parity(model, contract, sm_dir, onnx_path, tolerance, source_model=None):
         if session is not None:
             runs.append(("onnxruntime", pixels, lambda: session.run([OUTPUT_KEY], {INPUT_FLOAT_KEY: pixels})[0]))
         for target, inputs, run in runs:
-            got = np.asarray(run())
+            try:
+                got = np.asarray(run())
+            except Exception as e:
+                raise ExportFailed(f"{target} failed on the parity images at batch {batch}: {_one_line(e)}") from e
             rel, abs_ = relative_difference(got, want)
             checks.append(
                 {
@@ -688,9 +691,12 @@ def export_encoder(
         raise ExportArgumentError(f"the encoder maps [2, S, S, 3] to {list(trial.shape)}, expected [2, dim]")
     dim = int(trial.shape[1])
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{_TMP_MARK}{os.getpid()}-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{_TMP_MARK}{os.getpid()}-", dir=out_dir.parent))
+    except OSError as e:
+        raise ExportArgumentError(f"cannot write next to {out_dir}: {_one_line(e)}") from None
     try:
         contract_dict = json.loads(contract.to_json())
         provenance = {
@@ -699,6 +705,7 @@ def export_encoder(
             "embedding_dim": dim,
             "preprocessing": contract_dict,
             "bt_keras_version": __version__,
+            "tensorflow_version": tf.__version__,
             "source_weights_sha256": source["weights_sha256"],
         }
         sm_dir = onnx_path = None
@@ -937,8 +944,9 @@ def _body(argv):
             tolerance=args.tolerance,
             source=source,
         )
-    except ExportFailed as e:
-        sys.stderr.write(f"bt-export: export failed: {e}\n")
+    except (ExportFailed, OSError) as e:
+        # Not the user's arguments (exit 2) but the export itself; nothing was written.
+        sys.stderr.write(f"bt-export: export failed: {e if isinstance(e, ExportFailed) else _one_line(e)}\n")
         return 1
     parity = result.report["parity"]
     print(f"bt-export: wrote {result.out_dir}")

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Serving latency and throughput of exported encoders: Keras vs SavedModel vs ONNX Runtime.
+
+For each encoder (ResNet-18 at 224 px with the ImageNet stem, the CIFAR
+ResNet-18 at 32 px, and a tiny CNN that shows each runtime's fixed cost per
+call) this exports through ``bt_keras.export.export_encoder``
+(so the parity gate runs on the real networks too), then times, at batch 1 and
+32, in one process and one run so the numbers are comparable side by side:
+
+- ``keras``: ``encoder(x, training=False)`` (eager call, preprocessed float input)
+- ``sm_float``: SavedModel ``serve_float`` signature (preprocessed float input)
+- ``sm_bytes``: SavedModel ``serving_default`` (JPEG bytes; decode + crop + resize + normalise in the graph)
+- ``ort``: ONNX Runtime on the preprocessed float input
+- ``ort_bytes``: ONNX Runtime plus the serving kit's numpy/Pillow preprocessing of the same JPEG bytes
+
+Latency is the median wall time of one call, timed in interleaved rounds (every
+runtime once per round) so that load from other processes affects all alike;
+throughput is batch / median.
+Target (issue 4): ONNX Runtime ≤ 0.5 × SavedModel ``serve_float`` latency at batch 1.
+
+    PYTHONPATH=. python benchmarks/serving.py                 # both encoders, ~3 minutes on 2 cores
+    PYTHONPATH=. python benchmarks/serving.py --models cifar --seconds 1 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bt_keras import encoders, export, preprocess  # noqa: E402
+
+MODELS = {
+    "resnet18_224": dict(depth=18, stem="imagenet", size=224, source=(256, 320)),
+    "cifar": dict(depth=18, stem="cifar", size=32, source=(32, 32)),
+    # Almost no compute: shows each runtime's fixed cost per call.
+    "tiny_cnn": dict(depth=None, size=32, source=(32, 32)),
+}
+
+
+def _build(spec: dict, width: int):
+    size = spec["size"]
+    if spec["depth"] is None:
+        return encoders.small_cnn(widths=(8, 16), input_shape=(size, size, 3))
+    return encoders.resnet(spec["depth"], stem=spec["stem"], width=width, input_shape=(size, size, 3))
+
+
+def _kit_onnx_client():
+    spec = importlib.util.spec_from_file_location("onnx_client", REPO / "export" / "onnx_client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _jpegs(count: int, shape, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    out = []
+    for _ in range(count):
+        coarse = rng.uniform(0, 255, size=(6, 8, 3)).astype(np.float32)
+        base = tf.image.resize(coarse[None], [h, w])[0].numpy()
+        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        out.append(tf.io.encode_jpeg(pixels, quality=90).numpy())
+    return out
+
+
+def _time_interleaved(runs: dict, seconds: float, min_rounds: int = 7, max_rounds: int = 1000) -> dict:
+    """Median seconds per call of each runtime, timed in interleaved rounds.
+
+    Each round calls every runtime once (rotating the order), so load from other
+    processes on a shared machine hits all runtimes alike and their ratio stays
+    meaningful even when the absolute numbers move.
+    """
+    for fn in runs.values():  # warm-up: graph tracing, allocator, thread pools
+        for _ in range(3):
+            fn()
+    names = list(runs)
+    times = {name: [] for name in names}
+    start = time.perf_counter()
+    budget = seconds * len(names)
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget):
+        shift = rounds % len(names)
+        for name in names[shift:] + names[:shift]:
+            t = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - t)
+        rounds += 1
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def bench_model(key: str, width: int, batches, seconds: float, workdir: Path) -> list:
+    spec = MODELS[key]
+    size = spec["size"]
+    encoder = _build(spec, width)
+    t = time.perf_counter()
+    result = export.export_encoder(encoder, workdir / key, size)
+    export_seconds = time.perf_counter() - t
+    contract = export.make_contract(size)
+    loaded = tf.saved_model.load(str(result.saved_model_dir))
+    serve_float = loaded.signatures["serve_float"]
+    serve_bytes = loaded.signatures["serving_default"]
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
+    try:
+        client = _kit_onnx_client().OnnxEncoder(str(result.onnx_path))
+    except ImportError:
+        client = None
+    rows = []
+    for batch in batches:
+        encoded = _jpegs(batch, spec["source"], seed=batch)
+        pixels = np.stack(
+            [preprocess.preprocess_for_eval(tf.constant(b), size, crop_fraction=contract.crop_fraction).numpy() for b in encoded]
+        )
+        pixels_t = tf.constant(pixels)
+        encoded_t = tf.constant(encoded)
+        runs = {
+            "keras": lambda: encoder(pixels_t, training=False).numpy(),
+            "sm_float": lambda: serve_float(images=pixels_t)["embedding"].numpy(),
+            "sm_bytes": lambda: serve_bytes(image_bytes=encoded_t)["embedding"].numpy(),
+            "ort": lambda: session.run(["embedding"], {"images": pixels})[0],
+        }
+        if client is not None:
+            runs["ort_bytes"] = lambda: client.embed_bytes(encoded)
+        medians = _time_interleaved(runs, seconds)
+        for name, median in medians.items():
+            rows.append(
+                {
+                    "model": key, "width": width, "image_size": size, "batch": batch, "runtime": name,
+                    "median_ms": median * 1e3, "images_per_s": batch / median,
+                    "export_seconds": round(export_seconds, 1),
+                    "parity_worst_rel": result.report["parity"]["worst"]["max_rel_diff"],
+                }
+            )
+            print(f"  {key:13s} batch {batch:3d}  {name:10s} {median * 1e3:9.2f} ms  {batch / median:9.1f} img/s", flush=True)
+    return rows
+
+
+LABELS = {
+    "keras": "Keras call (eager)",
+    "sm_float": "SavedModel `serve_float`",
+    "sm_bytes": "SavedModel `serving_default` (JPEG bytes)",
+    "ort": "ONNX Runtime",
+    "ort_bytes": "ONNX Runtime + client preprocessing (JPEG bytes)",
+}
+
+
+def table(rows) -> str:
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        sub = [r for r in rows if r["model"] == model]
+        batches = sorted({r["batch"] for r in sub})
+        head = sub[0]
+        arch = "small CNN, widths 8-16" if MODELS[model]["depth"] is None else f"ResNet-18, width {head['width']}"
+        lines.append(
+            f"**{model}** ({arch}, {head['image_size']} px; export {head['export_seconds']} s,"
+            f" parity worst relative difference {head['parity_worst_rel']:.1e})\n"
+        )
+        lines.append("| runtime | " + " | ".join(f"batch {b}: median ms | batch {b}: img/s" for b in batches) + " |")
+        lines.append("|---|" + "---:|---:|" * len(batches))
+        for runtime in dict.fromkeys(r["runtime"] for r in sub):
+            cells = []
+            for b in batches:
+                (r,) = [x for x in sub if x["runtime"] == runtime and x["batch"] == b]
+                cells += [f"{r['median_ms']:.2f}", f"{r['images_per_s']:.0f}"]
+            lines.append(f"| {LABELS[runtime]} | " + " | ".join(cells) + " |")
+        if 1 in batches:
+            ort = [r for r in sub if r["runtime"] == "ort" and r["batch"] == 1][0]["median_ms"]
+            sm = [r for r in sub if r["runtime"] == "sm_float" and r["batch"] == 1][0]["median_ms"]
+            verdict = "meets" if ort <= 0.5 * sm else "misses"
+            lines.append(f"\nONNX Runtime / SavedModel latency at batch 1: {ort / sm:.2f}× ({verdict} the ≤ 0.5× target)\n")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="resnet18_224,cifar,tiny_cnn", help=f"comma-separated from {', '.join(MODELS)}")
+    p.add_argument("--batches", default="1,32")
+    p.add_argument("--width", type=int, default=64, help="ResNet first-stage width (64 = standard ResNet-18)")
+    p.add_argument("--seconds", type=float, default=3.0, help="timing budget per cell")
+    p.add_argument("--json", help="also write the rows to this file")
+    args = p.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    import keras
+    import onnxruntime
+
+    print(
+        f"TF {tf.__version__}, Keras {keras.__version__}, ONNX Runtime {onnxruntime.__version__},"
+        f" {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} (other processes share the cores)",
+        flush=True,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.models.split(","):
+            rows += bench_model(key, args.width, batches, args.seconds, Path(tmp))
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}\n")
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

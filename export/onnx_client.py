@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Embed images with an exported bt_keras encoder in ONNX Runtime, without TensorFlow.
+
+The ONNX model takes preprocessed NHWC float32 images (ONNX cannot decode
+JPEG/PNG). This client applies the preprocessing contract recorded in the
+model's ``metadata_props``, reproducing the SavedModel's ``serving_default``
+signature: decode to RGB (Pillow), centre crop of ``crop_fraction`` × the
+shorter side, bilinear resize with half-pixel centres and no antialiasing (as
+``tf.image.resize``), scale to [0, 1], ``(x - mean) / std``.
+
+Needs: numpy, onnxruntime, Pillow.
+
+Usage::
+
+    python export/onnx_client.py exports/cifar/onnx/encoder.onnx cat.jpg dog.png --out embeddings.npy
+
+Python::
+
+    from onnx_client import OnnxEncoder
+    enc = OnnxEncoder("exports/cifar/onnx/encoder.onnx")
+    emb = enc.embed_files(["cat.jpg", "dog.png"])    # [2, D] float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+
+import numpy as np
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Encoded JPEG/PNG/BMP/GIF bytes → uint8 [H, W, 3] RGB (first frame of a GIF).
+
+    Like TensorFlow's decoder, alpha is dropped (not composited) and EXIF
+    orientation is ignored.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.seek(0)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit: keep the high byte, as tf.io.decode_png with dtype uint8 does.
+            pixels = np.asarray(image, dtype=np.uint32) >> 8
+            return np.repeat(pixels.astype(np.uint8)[..., None], 3, axis=-1)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """``tf.image.resize(method="bilinear", antialias=False)``: half-pixel centres, float32."""
+
+    def weights(in_size: int):
+        scale = np.float32(in_size) / np.float32(size)
+        pos = (np.arange(size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+        floor = np.floor(pos)
+        lower = np.maximum(floor, 0).astype(np.int64)
+        upper = np.minimum(np.ceil(pos), in_size - 1).astype(np.int64)
+        return lower, upper, (pos - floor).astype(np.float32)
+
+    x = image.astype(np.float32)
+    y0, y1, wy = weights(x.shape[0])
+    x0, x1, wx = weights(x.shape[1])
+    wx = wx[None, :, None]
+    top = x[y0][:, x0] + (x[y0][:, x1] - x[y0][:, x0]) * wx
+    bottom = x[y1][:, x0] + (x[y1][:, x1] - x[y1][:, x0]) * wx
+    return top + (bottom - top) * wy[:, None, None]
+
+
+class OnnxEncoder:
+    """An exported encoder plus the preprocessing contract from its ``metadata_props``."""
+
+    def __init__(self, path: str, threads: int | None = None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = {"image_size", "mean", "std", "crop_fraction", "layout"} - set(meta)
+        if missing:
+            raise ValueError(f"{path} lacks the preprocessing metadata {sorted(missing)}: not a bt-export model?")
+        if meta["layout"] != "NHWC":
+            raise ValueError(f"unsupported layout {meta['layout']}")
+        self.metadata = dict(meta)
+        self.image_size = int(meta["image_size"])
+        self.mean = np.asarray(json.loads(meta["mean"]), np.float32)
+        self.std = np.asarray(json.loads(meta["std"]), np.float32)
+        self.crop_fraction = float(meta["crop_fraction"])
+        self.input_name = meta.get("input_name", self.session.get_inputs()[0].name)
+        self.output_name = meta.get("output_name", self.session.get_outputs()[0].name)
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, 3] RGB → normalised float32 [S, S, 3], as the SavedModel does it."""
+        height, width = image.shape[:2]
+        side = max(int(np.float32(min(height, width)) * np.float32(self.crop_fraction)), 1)
+        top, left = (height - side) // 2, (width - side) // 2
+        crop = image[top : top + side, left : left + side]
+        x = _resize_bilinear(crop, self.image_size) / np.float32(255.0)
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """Already preprocessed float32 [N, S, S, 3] → embeddings [N, D]."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def embed_bytes(self, encoded: list) -> np.ndarray:
+        """Encoded image bytes (JPEG/PNG/BMP/GIF) → embeddings [N, D]."""
+        return self.embed_pixels(np.stack([self.preprocess(decode_rgb(b)) for b in encoded]))
+
+    def embed_files(self, paths: list) -> np.ndarray:
+        """Image files → embeddings [N, D]."""
+        encoded = []
+        for p in paths:
+            with open(p, "rb") as f:
+                encoded.append(f.read())
+        return self.embed_bytes(encoded)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Embed images with a bt-export ONNX encoder.")
+    p.add_argument("model", help="path to <name>.onnx")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", help="write the embeddings to this .npy file (default: print a summary)")
+    p.add_argument("--batch", type=int, default=32)
+    args = p.parse_args(argv)
+    try:
+        encoder = OnnxEncoder(args.model)
+        parts = [encoder.embed_files(args.images[i : i + args.batch]) for i in range(0, len(args.images), args.batch)]
+    except (OSError, ValueError) as e:
+        print(f"onnx_client: error: {e}", file=sys.stderr)
+        return 2
+    embeddings = np.concatenate(parts)
+    if args.out:
+        np.save(args.out, embeddings)
+        print(f"wrote {embeddings.shape} embeddings to {args.out}")
+    else:
+        for path, row in zip(args.images, embeddings):
+            print(f"{path}: dim {row.shape[0]}, norm {np.linalg.norm(row):.4f}, first {np.round(row[:4], 4).tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
