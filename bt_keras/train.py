@@ -19,6 +19,19 @@ import time
 from bt_keras.cli import ArgumentParser, UserError, run_command
 
 
+class TrainingStopped(RuntimeError):
+    """Training could not go on (non-finite loss, a lost worker); the last checkpoint is intact."""
+
+
+_CLUSTER_ERRORS = ("UnavailableError", "AbortedError", "DeadlineExceededError", "CancelledError")
+
+
+def _cluster_failure(e: Exception) -> str:
+    """One line out of a collective-op failure: which tasks were lost."""
+    lines = [ln.strip().rstrip(":") for ln in str(e).splitlines() if "/job:" in ln and "device" not in ln]
+    return " ".join(lines[:2]) or str(e).strip().splitlines()[0][:200]
+
+
 def make_optimizer(cfg, global_batch: int, steps_per_epoch: int, epochs: int):
     """The recipe's optimiser: lr × batch/256, warmup then cosine, per step."""
     import keras
@@ -127,7 +140,8 @@ def train(cfg, run_dir: str | None = None) -> dict:
     """Trains per ``cfg``; returns a summary dict (also written to ``summary.json``).
 
     Resumes from ``RUN/checkpoints`` when present. Raises ``UserError`` for bad
-    input and ``RuntimeError`` when the loss stops being finite.
+    input and ``TrainingStopped`` when the loss stops being finite or a worker
+    is lost.
     """
     import keras
     import tensorflow as tf
@@ -185,12 +199,18 @@ def train(cfg, run_dir: str | None = None) -> dict:
     callbacks += monitor_callbacks(cfg, run_dir, dataset=dataset, strategy=strategy, chief=chief,
                                    contract=contract_for(cfg))
     started = time.time()
-    if initial_epoch < t.epochs:
-        model.fit(dataset, epochs=t.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                  callbacks=callbacks, verbose=t.verbose)
+    try:
+        if initial_epoch < t.epochs:
+            model.fit(dataset, epochs=t.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                      callbacks=callbacks, verbose=t.verbose)
+    except tf.errors.OpError as e:
+        if type(e).__name__ not in _CLUSTER_ERRORS or strategy.num_replicas_in_sync == 1:
+            raise
+        raise TrainingStopped(f"lost contact with another worker ({_cluster_failure(e)}); restart all workers "
+                              f"with the same run directory to resume from the last checkpoint {ckpt}") from None
     if guard.nan_step is not None:
-        raise RuntimeError(f"loss is not finite at step {guard.nan_step}; stopped. The last good checkpoint "
-                           f"is {ckpt}: lower the learning rate (optim.lr_weights) and rerun to resume")
+        raise TrainingStopped(f"loss is not finite at step {guard.nan_step}; stopped. The last good checkpoint "
+                              f"is {ckpt}: lower the learning rate (optim.lr_weights) and rerun to resume")
     step = int(model.optimizer.iterations.numpy())
     summary = {"steps": step, "epochs_done": step // steps_per_epoch, "seconds": round(time.time() - started, 1),
                "preempted": guard.preempted, "run_dir": run_dir}
@@ -237,9 +257,7 @@ def _main(argv):
     cfg = load_config(args.config, args.set)
     try:
         summary = train(cfg, args.run_dir)
-    except RuntimeError as e:
-        if "not finite" not in str(e):
-            raise
+    except TrainingStopped as e:
         sys.stderr.write(f"bt-train: error: {e}\n")
         return 1
     _print_summary(summary)
