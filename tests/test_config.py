@@ -51,9 +51,14 @@ def test_bad_values_name_the_key(raw, overrides, message):
     assert "\n" not in str(e.value)
 
 
-def _bt_train(*args):
-    return subprocess.run([sys.executable, "-m", "bt_keras.train", *args], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), cwd=ROOT)
+def _bt_train(capsys, *args):
+    """Runs the real bt-train entry point in-process (config errors stop before any TF work)."""
+    from bt_keras.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, e.value.code, out, err)
 
 
 @pytest.mark.parametrize("yaml_text,args,expected", [
@@ -63,10 +68,10 @@ def _bt_train(*args):
     ("{}\n", ["--set", "optim.name=sgd"], "optim.name: expected one of 'lars', 'adamw'"),
     ("{}\n", ["--bogus"], "bt-train: error: unrecognized arguments: --bogus"),
 ])
-def test_cli_config_errors_exit_2_with_one_line(tmp_path, yaml_text, args, expected):
+def test_cli_config_errors_exit_2_with_one_line(tmp_path, capsys, yaml_text, args, expected):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text)
-    proc = _bt_train("--config", str(cfg), "--run-dir", str(tmp_path / "run"), *args)
+    proc = _bt_train(capsys, "--config", str(cfg), "--run-dir", str(tmp_path / "run"), *args)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("bt-train")]
     assert len(lines) == 1 and expected in lines[0], proc.stderr
@@ -74,8 +79,8 @@ def test_cli_config_errors_exit_2_with_one_line(tmp_path, yaml_text, args, expec
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_missing_config_file(tmp_path):
-    proc = _bt_train("--config", str(tmp_path / "nope.yaml"))
+def test_cli_missing_config_file(tmp_path, capsys):
+    proc = _bt_train(capsys, "--config", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2 and "config file not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
