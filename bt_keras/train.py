@@ -172,10 +172,21 @@ def train(cfg, run_dir: str | None = None) -> dict:
 
     d = cfg.data
     skipped = os.path.join(run_dir, "skipped_files.tsv") if chief else None
-    dataset = distribute(strategy, lambda ctx: two_view_dataset(
-        d.source, batch_size=t.batch_size, image_size=d.image_size, augment=d.augment, seed=d.seed,
-        data_dir=d.data_dir, input_context=ctx, skipped_path=skipped, shuffle_buffer=d.shuffle_buffer,
-        cache=d.cache).repeat())  # An endless stream: fit's steps_per_epoch marks the epochs.
+
+    def stream(start_epoch: int, skip_steps: int = 0):
+        """Endless view pairs from epoch ``start_epoch``, step ``skip_steps`` on (fit's
+        steps_per_epoch marks the epochs). Seeded by (seed, start_epoch), so a resumed
+        run is reproducible; it is not bit-identical to an uninterrupted one."""
+        def dataset_fn(ctx):
+            local_replicas = strategy.num_replicas_in_sync // ctx.num_input_pipelines
+            ds = two_view_dataset(
+                d.source, batch_size=t.batch_size, image_size=d.image_size, augment=d.augment,
+                seed=d.seed + 1_000_033 * start_epoch, data_dir=d.data_dir, input_context=ctx,
+                skipped_path=skipped if start_epoch == 0 and not skip_steps else None,
+                shuffle_buffer=d.shuffle_buffer, cache=d.cache).repeat()
+            return ds.skip(skip_steps * local_replicas) if skip_steps else ds
+
+        return distribute(strategy, dataset_fn)
 
     with strategy.scope():
         model = build_model(cfg, d.image_size)
@@ -183,9 +194,18 @@ def train(cfg, run_dir: str | None = None) -> dict:
                       jit_compile=_jit_for(strategy, t.jit_compile), steps_per_execution=t.steps_per_execution)
     ckpt = checkpoint_path(run_dir)
     start_step = restore_checkpoint(model, ckpt)
-    initial_epoch = start_step // steps_per_epoch
+    initial_epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
     if start_step:
         print(f"bt-train: resuming from step {start_step} (epoch {initial_epoch + 1}) of {ckpt}", flush=True)
+    # (dataset, first epoch, steps per epoch) for each fit call: first the rest of an
+    # interrupted epoch, so epochs, schedule and checkpoints keep their step numbers.
+    phases = []
+    if step_in_epoch and initial_epoch < t.epochs:
+        phases.append((stream(initial_epoch, step_in_epoch), initial_epoch, initial_epoch + 1,
+                       steps_per_epoch - step_in_epoch))
+        initial_epoch += 1
+    if initial_epoch < t.epochs:
+        phases.append((stream(initial_epoch), initial_epoch, t.epochs, steps_per_epoch))
 
     guard = TrainingGuard(ckpt, every_steps=t.checkpoint_every_steps, write=chief)
     log_dir = os.path.join(run_dir, "logs") if chief else os.path.join(run_dir, "logs", f"worker-tmp-{os.getpid()}")
@@ -196,13 +216,16 @@ def train(cfg, run_dir: str | None = None) -> dict:
                                   append=True),
     ]
     # After CSVLogger, so the kNN values stay out of history.csv's fixed columns (they go to knn.csv).
-    callbacks += monitor_callbacks(cfg, run_dir, dataset=dataset, strategy=strategy, chief=chief,
-                                   contract=contract_for(cfg))
+    if phases:
+        callbacks += monitor_callbacks(cfg, run_dir, dataset=phases[0][0], strategy=strategy, chief=chief,
+                                       contract=contract_for(cfg))
     started = time.time()
     try:
-        if initial_epoch < t.epochs:
-            model.fit(dataset, epochs=t.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+        for phase_data, first_epoch, end_epoch, steps in phases:
+            model.fit(phase_data, epochs=end_epoch, initial_epoch=first_epoch, steps_per_epoch=steps,
                       callbacks=callbacks, verbose=t.verbose)
+            if model.stop_training or guard.preempted or guard.nan_step is not None:
+                break
     except tf.errors.OpError as e:
         if type(e).__name__ not in _CLUSTER_ERRORS or strategy.num_replicas_in_sync == 1:
             raise
