@@ -34,6 +34,7 @@ setup(
             "bt-train=bt_keras.train:main",
             "bt-eval=bt_keras.evaluation:main",
             "bt-export=bt_keras.export:main",
+            "bt-data=bt_keras.data_cli:main",
         ]
     },
 )

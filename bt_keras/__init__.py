@@ -4,7 +4,9 @@ The loss is that of the global batch across replicas, so training gives the
 same result on one device, several GPUs, several hosts or a TPU pod.
 """
 
-from bt_keras import encoders, losses, optimizers, preprocess
+from bt_keras import augment, data, encoders, evaluation, losses, optimizers, preprocess
+from bt_keras.augment import AugmentConfig, get_preset
+from bt_keras.data import DataConfig, count_examples, eval_dataset, load_demo, two_view_dataset, write_tfrecords
 from bt_keras.encoders import build_encoder, resnet, small_cnn
 from bt_keras.export import export_encoder
 from bt_keras.losses import BarlowTwinsTerms, barlow_twins_loss, barlow_twins_terms
@@ -13,6 +15,17 @@ from bt_keras.optimizers import LARS, WarmupCosine
 from bt_keras.version import __version__
 
 __all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "augment",
+    "count_examples",
+    "data",
+    "eval_dataset",
+    "evaluation",
+    "get_preset",
+    "load_demo",
+    "two_view_dataset",
+    "write_tfrecords",
     "BarlowTwins",
     "BarlowTwinsTerms",
     "LARS",

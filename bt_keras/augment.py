@@ -7,20 +7,21 @@ in random order) with p=0.8, grayscale p=0.2, Gaussian blur (σ ~ U(0.1, 2),
 kernel ≈ 10% of the side) with p=1.0 / 0.1 and solarize with p=0.0 / 0.2 for
 view A / view B, then mean/std normalisation.
 
-The work is split in two stages so that the expensive pixel operations run
-vectorised over a whole batch while every random choice stays per example:
+Every random choice is per example and stateless: :func:`example_keys` hashes
+(seed, epoch key, example id) into an int64 key and :func:`uniforms` turns a
+key into independent U[0, 1) draws (splitmix64, plain integer ops, so a whole
+batch draws its parameters at once). The same seed therefore gives the same
+views whatever the batch composition or the order in which parallel workers
+deliver examples. The work runs in two stages:
 
-1. per example (inside ``Dataset.map``): :func:`sample_params` draws all of one
-   view's random parameters from a per-example stateless seed, then
-   :func:`crop_resize` / :func:`decode_crop_resize` cut and resize the crop
-   (for JPEG bytes the crop happens before decoding);
-2. per batch (after ``Dataset.batch``): :func:`apply_batch` applies flip,
-   jitter, grayscale, blur, solarize and normalisation with the per-example
-   parameters carried along in the batch.
-
-Because the parameters are a pure function of (seed, example), the same seed
-gives the same views whatever the batch composition or the order in which
-parallel workers deliver examples.
+1. the crop: :func:`sample_params` gives each view's parameters, then
+   :func:`crop_resize` (decoded image), :func:`decode_crop_resize` (JPEG
+   bytes: only the crop window is decoded) or, for small same-size images,
+   :func:`crop_resize_batch` (the whole batch in two matrix products) cut,
+   resize and flip the crop;
+2. per batch: :func:`apply_batch` applies jitter (each example its own
+   random order), grayscale, blur, solarize and normalisation, vectorised
+   over the batch with the per-example parameters.
 
 Example:
 
@@ -36,10 +37,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from bt_keras.cli import UserError
@@ -55,8 +58,11 @@ __all__ = [
     "SolarizeConfig",
     "PRESETS",
     "get_preset",
+    "example_keys",
+    "uniforms",
     "sample_params",
     "crop_resize",
+    "crop_resize_batch",
     "decode_crop_resize",
     "apply_batch",
     "augment_pair",
@@ -325,78 +331,128 @@ def blur_kernel_size(image_size: int, kernel_fraction: float = 0.1) -> int:
 # --------------------------------------------------------------------------- #
 
 _ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before falling back
-# Layout of the uniform draws of one view (one stateless op per view).
+# Layout of the uniform draws of one view.
 _U_AREA, _U_RATIO, _U_TOP, _U_LEFT = (i * _ATTEMPTS for i in range(4))
 _U_FLIP = 4 * _ATTEMPTS
 _U_JITTER, _U_FACTORS, _U_ORDER = _U_FLIP + 1, _U_FLIP + 2, _U_FLIP + 6
 _U_GRAY, _U_BLUR, _U_SIGMA, _U_SOLAR = _U_FLIP + 10, _U_FLIP + 11, _U_FLIP + 12, _U_FLIP + 13
 _NUM_UNIFORMS = _U_FLIP + 14
 
+# splitmix64 constants. A counter-based hash gives every example its own random
+# stream from (seed, epoch, example id) with plain vectorised integer ops, so a
+# whole batch draws its parameters in a handful of ops, and the draws do not
+# depend on batch composition or arrival order.
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+
+
+def _mix64(x):
+    u64 = lambda v: tf.constant(v, tf.uint64)  # noqa: E731
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(30))) * u64(_MIX1)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(27))) * u64(_MIX2)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(31)))
+
+
+def _to_u64(x):
+    x = tf.convert_to_tensor(x)
+    if x.dtype == tf.uint64:
+        return x
+    return tf.bitcast(tf.cast(x, tf.int64), tf.uint64)
+
+
+def fold_key(key, data):
+    """A new int64 key from ``key`` and integer ``data`` (both any broadcastable shape)."""
+    k = _to_u64(key) + _to_u64(data) * tf.constant(_GOLDEN, tf.uint64)
+    return tf.bitcast(_mix64(k + tf.constant(_GOLDEN, tf.uint64)), tf.int64)
+
+
+def example_keys(seed, epoch_key, uid):
+    """Int64 key of each example: a hash of (seed, epoch key, example id)."""
+    return fold_key(fold_key(fold_key(tf.constant(0x5EED, tf.int64), seed), epoch_key), uid)
+
+
+def view_key(key, view: int):
+    """Each view's own key derived from the example's key."""
+    return fold_key(key, 1 + view)
+
+
+def uniforms(key, n: int):
+    """``n`` independent U[0, 1) float32 draws per key: shape ``key.shape + [n]``."""
+    k = _to_u64(key)[..., None]
+    ctr = tf.range(1, n + 1, dtype=tf.int64)
+    x = _mix64(k + _to_u64(ctr) * tf.constant(_GOLDEN, tf.uint64))
+    return tf.cast(tf.bitwise.right_shift(x, tf.constant(40, tf.uint64)), tf.float32) * (1.0 / (1 << 24))
+
 
 def _crop_box(u, height, width, crop: CropConfig):
-    """torchvision ``RandomResizedCrop.get_params`` on uniform draws ``u``."""
-    h_f = tf.cast(height, tf.float32)
-    w_f = tf.cast(width, tf.float32)
+    """torchvision ``RandomResizedCrop.get_params`` on uniform draws ``u`` [..., n]."""
     if not crop.enabled:
         side = tf.minimum(height, width)
-        return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
+        return tf.stack([(height - side) // 2, (width - side) // 2, side, side], axis=-1)
+    h_f = tf.cast(height, tf.float32)[..., None]
+    w_f = tf.cast(width, tf.float32)[..., None]
     lo, hi = (float(v) for v in crop.scale)
     log_lo, log_hi = math.log(crop.ratio[0]), math.log(crop.ratio[1])
-    area = h_f * w_f * (lo + (hi - lo) * u[_U_AREA : _U_AREA + _ATTEMPTS])
-    ratio = tf.exp(log_lo + (log_hi - log_lo) * u[_U_RATIO : _U_RATIO + _ATTEMPTS])
-    cw = tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32)
-    ch = tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32)
-    ok = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
-    first = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
-    cw_i, ch_i = cw[first], ch[first]
-    top_i = tf.cast(u[_U_TOP + first] * tf.cast(height - ch_i + 1, tf.float32), tf.int32)
-    left_i = tf.cast(u[_U_LEFT + first] * tf.cast(width - cw_i + 1, tf.float32), tf.int32)
-    top_i = tf.minimum(top_i, height - ch_i)
-    left_i = tf.minimum(left_i, width - cw_i)
+    area = h_f * w_f * (lo + (hi - lo) * u[..., _U_AREA : _U_AREA + _ATTEMPTS])
+    ratio = tf.exp(log_lo + (log_hi - log_lo) * u[..., _U_RATIO : _U_RATIO + _ATTEMPTS])
+    cw = tf.round(tf.sqrt(area * ratio))
+    ch = tf.round(tf.sqrt(area / ratio))
+    ok = (cw > 0) & (cw <= w_f) & (ch > 0) & (ch <= h_f)
+    pick = tf.one_hot(tf.argmax(tf.cast(ok, tf.int32), axis=-1), _ATTEMPTS)  # the first box that fits
+    cw_i = tf.reduce_sum(cw * pick, -1)
+    ch_i = tf.reduce_sum(ch * pick, -1)
+    h_f, w_f = h_f[..., 0], w_f[..., 0]
+    top_i = tf.floor(tf.reduce_sum(u[..., _U_TOP : _U_TOP + _ATTEMPTS] * pick, -1) * (h_f - ch_i + 1))
+    left_i = tf.floor(tf.reduce_sum(u[..., _U_LEFT : _U_LEFT + _ATTEMPTS] * pick, -1) * (w_f - cw_i + 1))
+    top_i = tf.minimum(top_i, h_f - ch_i)
+    left_i = tf.minimum(left_i, w_f - cw_i)
     # Fallback when no attempt fits: a central crop with the ratio clamped.
     in_ratio = w_f / h_f
-    fw = tf.where(
-        in_ratio < crop.ratio[0],
-        width,
-        tf.where(in_ratio > crop.ratio[1], tf.cast(tf.round(h_f * crop.ratio[1]), tf.int32), width),
+    fw = tf.where(in_ratio > crop.ratio[1], tf.round(h_f * crop.ratio[1]), w_f)
+    fh = tf.where(in_ratio < crop.ratio[0], tf.round(w_f / crop.ratio[0]), h_f)
+    fw = tf.clip_by_value(fw, 1.0, w_f)
+    fh = tf.clip_by_value(fh, 1.0, h_f)
+    any_ok = tf.reduce_any(ok, axis=-1)
+    box = tf.stack(
+        [
+            tf.where(any_ok, top_i, tf.floor((h_f - fh) / 2)),
+            tf.where(any_ok, left_i, tf.floor((w_f - fw) / 2)),
+            tf.where(any_ok, ch_i, fh),
+            tf.where(any_ok, cw_i, fw),
+        ],
+        axis=-1,
     )
-    fh = tf.where(
-        in_ratio < crop.ratio[0],
-        tf.cast(tf.round(w_f / crop.ratio[0]), tf.int32),
-        height,
-    )
-    fw = tf.clip_by_value(fw, 1, width)
-    fh = tf.clip_by_value(fh, 1, height)
-    fallback = tf.stack([(height - fh) // 2, (width - fw) // 2, fh, fw])
-    chosen = tf.stack([top_i, left_i, ch_i, cw_i])
-    return tf.where(tf.reduce_any(ok), chosen, fallback)
+    return tf.cast(box, tf.int32)
 
 
-def sample_params(seed, height, width, config: AugmentConfig, view: int) -> dict:
-    """All random parameters of one view of one image, from a stateless seed.
+def sample_params(key, height, width, config: AugmentConfig, view: int) -> dict:
+    """All random parameters of one view, for one example or a batch.
 
-    ``seed`` is a shape-[2] integer tensor; ``height``/``width`` the source
-    image's size; ``view`` is 0 (view A) or 1 (view B). Returns scalars and
-    small vectors: ``crop`` (top, left, height, width), ``flip``, ``jitter``,
-    ``jitter_factors`` (brightness, contrast, saturation, hue),
-    ``jitter_order``, ``grayscale``, ``blur``, ``blur_sigma``, ``solarize``.
-    Disabled ops give False. Vectorise over seeds with ``tf.vectorized_map``.
+    ``key``: int64 example key(s) (:func:`example_keys`), any shape [...];
+    ``height``/``width``: the source images' sizes (broadcastable to it);
+    ``view``: 0 (view A) or 1 (view B). Returns, per example: ``crop`` (top,
+    left, height, width), ``flip``, ``jitter``, ``jitter_factors``
+    (brightness, contrast, saturation, hue), ``jitter_order``, ``grayscale``,
+    ``blur``, ``blur_sigma``, ``solarize``. Disabled ops give False.
 
-    >>> p = sample_params(tf.constant([1, 2]), 32, 32, get_preset("cifar"), view=1)
-    >>> sorted(p)[:3]
-    ['blur', 'blur_sigma', 'crop']
+    >>> keys = example_keys(0, 0, tf.range(1000, dtype=tf.int64))
+    >>> p = sample_params(keys, 32, 32, get_preset("cifar"), view=1)
+    >>> p["crop"].shape, round(float(tf.reduce_mean(tf.cast(p["solarize"], tf.float32))), 1)
+    (TensorShape([1000, 4]), 0.2)
     """
-    height = tf.cast(height, tf.int32)
-    width = tf.cast(width, tf.int32)
-    u = tf.random.stateless_uniform([_NUM_UNIFORMS], seed=seed, dtype=tf.float32)
-    false = tf.constant(False)
+    key = tf.convert_to_tensor(key, tf.int64)
+    height = tf.broadcast_to(tf.cast(height, tf.int32), tf.shape(key))
+    width = tf.broadcast_to(tf.cast(width, tf.int32), tf.shape(key))
+    u = uniforms(view_key(key, view), _NUM_UNIFORMS)
+    false = tf.zeros(tf.shape(key), tf.bool)
     j = config.color_jitter
 
     def coin(index, p, enabled):
-        return u[index] < p if enabled else false
+        return u[..., index] < p if enabled else false
 
     def span(k, lo, hi):
-        return lo + (hi - lo) * u[_U_FACTORS + k]
+        return lo + (hi - lo) * u[..., _U_FACTORS + k]
 
     factors = tf.stack(
         [
@@ -404,12 +460,13 @@ def sample_params(seed, height, width, config: AugmentConfig, view: int) -> dict
             span(1, max(0.0, 1 - j.contrast), 1 + j.contrast),
             span(2, max(0.0, 1 - j.saturation), 1 + j.saturation),
             span(3, -j.hue, j.hue),
-        ]
+        ],
+        axis=-1,
     )
     if j.random_order:
-        order = tf.argsort(u[_U_ORDER : _U_ORDER + 4], stable=True)
+        order = tf.argsort(u[..., _U_ORDER : _U_ORDER + 4], axis=-1, stable=True)
     else:
-        order = tf.range(4, dtype=tf.int32)
+        order = tf.broadcast_to(tf.range(4, dtype=tf.int32), tf.concat([tf.shape(key), [4]], 0))
     sig_lo, sig_hi = (float(v) for v in config.blur.sigma)
     return {
         "crop": _crop_box(u, height, width, config.crop),
@@ -419,31 +476,117 @@ def sample_params(seed, height, width, config: AugmentConfig, view: int) -> dict
         "jitter_order": order,
         "grayscale": coin(_U_GRAY, config.grayscale.prob, config.grayscale.enabled),
         "blur": coin(_U_BLUR, float(config.blur.prob[view]), config.blur.enabled),
-        "blur_sigma": sig_lo + (sig_hi - sig_lo) * u[_U_SIGMA],
+        "blur_sigma": sig_lo + (sig_hi - sig_lo) * u[..., _U_SIGMA],
         "solarize": coin(_U_SOLAR, float(config.solarize.prob[view]), config.solarize.enabled),
     }
 
 
+def _keys_cubic(t):
+    """Keys' cubic convolution kernel, a = -0.5 (TF's and PIL's bicubic)."""
+    a = -0.5
+    t = tf.abs(t)
+    near = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+    far = ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a
+    return tf.where(t <= 1.0, near, tf.where(t < 2.0, far, 0.0))
+
+
+def _triangle(t):
+    return tf.maximum(0.0, 1.0 - tf.abs(t))
+
+
+def _resample_matrix(start, length, in_size: int, out_size: int, method: str, antialias: bool):
+    """[B, out_size, in_size] weights resizing the window [start, start+length) of each row.
+
+    Half-pixel centres as ``tf.image.resize``. Taps outside the window are
+    dropped and the rest renormalised, and with antialias a window larger
+    than the output widens the kernel: ``ScaleAndTranslate``'s rules (the
+    antialiased ``tf.image.resize``).
+    """
+    kernel = _keys_cubic if method == "bicubic" else _triangle
+    start = tf.cast(start, tf.float32)[:, None, None]
+    length = tf.cast(length, tf.float32)[:, None, None]
+    scale = length / out_size
+    widen = tf.maximum(scale, 1.0) if antialias else 1.0
+    centre = start + (tf.range(out_size, dtype=tf.float32)[None, :, None] + 0.5) * scale - 0.5
+    j = tf.range(in_size, dtype=tf.float32)[None, None, :]
+    w = kernel((j - centre) / widen)
+    w = tf.where((j >= start) & (j < start + length), w, 0.0)
+    return w / tf.reduce_sum(w, axis=-1, keepdims=True)
+
+
+def crop_resize_batch(images, crops, image_size: int, config: AugmentConfig, channels_first: bool = False,
+                      flip=None):
+    """Every example's crop of a same-size uint8 batch [B, H, W, 3], resized.
+
+    Returns uint8 [B, S, S, 3] (or float32 [B, 3, S, S] with integer values
+    0..255 when ``channels_first``). Two batched matrix products with
+    per-example resampling matrices replace B separate slice + resize
+    kernels: at small sizes (CIFAR) this removes most of the per-image
+    overhead. Equals :func:`crop_resize` up to ±1 away from the crop border
+    and within a few levels at it (border rule of the antialiased resize).
+    ``flip``: optional bool [B], mirrors those examples' outputs.
+    """
+    method = config.crop.method
+    if method not in ("bicubic", "bilinear"):
+        raise ValueError(f"crop_resize_batch supports bicubic and bilinear, not {method}")
+    h, w = int(images.shape[1]), int(images.shape[2])
+    aa = bool(config.crop.antialias)
+    rows = _resample_matrix(crops[:, 0], crops[:, 2], h, image_size, method, aa)  # [B, S, H]
+    cols = _resample_matrix(crops[:, 1], crops[:, 3], w, image_size, method, aa)  # [B, S, W]
+    if flip is not None:  # reversed output columns: the flip costs nothing here
+        cols = tf.where(flip[:, None, None], tf.reverse(cols, axis=[1]), cols)
+    x = tf.transpose(tf.cast(images, tf.float32), [0, 3, 1, 2])  # [B, 3, H, W]
+    x = tf.matmul(rows[:, None], x)  # [B, 3, S, W]
+    x = tf.matmul(x, cols[:, None], transpose_b=True)  # [B, 3, S, S]
+    x = tf.clip_by_value(tf.round(x), 0.0, 255.0)
+    if channels_first:
+        x.set_shape([images.shape[0], 3, image_size, image_size])
+        return x
+    out = tf.cast(tf.transpose(x, [0, 2, 3, 1]), tf.uint8)
+    out.set_shape([images.shape[0], image_size, image_size, 3])
+    return out
+
+
 def _resize(crop, image_size: int, config: AugmentConfig):
-    out = tf.image.resize(
-        crop, [image_size, image_size], method=config.crop.method, antialias=bool(config.crop.antialias)
-    )
+    method = config.crop.method
+
+    def plain():
+        return tf.image.resize(crop, [image_size, image_size], method=method)
+
+    if config.crop.antialias and method != "nearest":
+        shape = tf.shape(crop)
+        # Antialiasing only changes downscaling; upscaling takes the faster kernel.
+        out = tf.cond(
+            tf.reduce_any(shape[:2] > image_size),
+            lambda: tf.image.resize(crop, [image_size, image_size], method=method, antialias=True),
+            plain,
+        )
+    else:
+        out = plain()
     out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
     out.set_shape([image_size, image_size, 3])
     return out
 
 
+def _maybe_flip(out, params):
+    # Flipping the small uint8 crop here saves a pass over the float batch later.
+    if "flip" not in params:
+        return out
+    return tf.cond(params["flip"], lambda: tf.reverse(out, axis=[1]), lambda: out)
+
+
 def crop_resize(image, params: dict, image_size: int, config: AugmentConfig):
-    """Cuts ``params["crop"]`` out of a uint8 [H, W, 3] image; uint8 [S, S, 3]."""
+    """Cuts ``params["crop"]`` out of a uint8 [H, W, 3] image, resizes it and applies
+    ``params["flip"]`` if present; uint8 [S, S, 3]."""
     box = params["crop"]
     crop = tf.slice(image, [box[0], box[1], 0], [box[2], box[3], 3])
-    return _resize(crop, image_size, config)
+    return _maybe_flip(_resize(crop, image_size, config), params)
 
 
 def decode_crop_resize(jpeg_bytes, params: dict, image_size: int, config: AugmentConfig):
     """JPEG bytes → decode only the crop window (``decode_and_crop_jpeg``) → uint8 [S, S, 3]."""
     crop = tf.io.decode_and_crop_jpeg(jpeg_bytes, params["crop"], channels=3)
-    return _resize(crop, image_size, config)
+    return _maybe_flip(_resize(crop, image_size, config), params)
 
 
 # --------------------------------------------------------------------------- #
@@ -452,9 +595,14 @@ def decode_crop_resize(jpeg_bytes, params: dict, image_size: int, config: Augmen
 
 _LUMA = (0.299, 0.587, 0.114)  # torchvision rgb_to_grayscale
 
+# The pixel ops below work on channels-first batches [B, 3, H, W]: each
+# channel is then one contiguous plane, and measured 3-5× faster than slicing
+# interleaved NHWC channels.
+
 
 def _gray(x):
-    return tf.reduce_sum(x * tf.constant(_LUMA, x.dtype), axis=-1, keepdims=True)
+    """Luma [B, 1, H, W] of a channels-first batch."""
+    return _LUMA[0] * x[:, 0:1] + _LUMA[1] * x[:, 1:2] + _LUMA[2] * x[:, 2:3]
 
 
 def _brightness(x, f):
@@ -473,9 +621,22 @@ def _saturation(x, f):
 
 
 def _hue(x, f):
-    hsv = tf.image.rgb_to_hsv(x)
-    h = tf.math.floormod(hsv[..., 0] + f[:, None, None], 1.0)
-    return tf.clip_by_value(tf.image.hsv_to_rgb(tf.stack([h, hsv[..., 1], hsv[..., 2]], -1)), 0.0, 1.0)
+    """Hue rotation by ``f`` turns (RGB→HSV→RGB in closed form), channels-first.
+
+    With M = max, C = max − min and H the hexcone hue in sixths, each output
+    channel is M − C·clamp(min(k, 4 − k), 0, 1) with k = (n + H) mod 6 and
+    n = 5, 3, 1 for R, G, B: ``tf.image.adjust_hue`` without its per-image call.
+    """
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    top = tf.maximum(tf.maximum(r, g), b)
+    chroma = top - tf.minimum(tf.minimum(r, g), b)
+    is_r, is_g = top == r, top == g
+    num = tf.where(is_r, g - b, tf.where(is_g, b - r, r - g))
+    offset = tf.where(is_r, 0.0, tf.where(is_g, 2.0, 4.0))
+    h = num / tf.maximum(chroma, 1e-12) + offset + 6.0 * f[:, None, None]
+    k = tf.constant([5.0, 3.0, 1.0])[None, :, None, None] + h[:, None]
+    k = k - 6.0 * tf.floor(k * (1.0 / 6.0))
+    return top[:, None] - chroma[:, None] * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
@@ -500,100 +661,188 @@ def _color_jitter(x, apply, factors, order):
     return x
 
 
+def _color_jitter_per_image(x, apply, factors, order):
+    """:func:`_color_jitter` as a loop over images, each stage a ``switch_case``.
+
+    Meant to run under XLA (see :func:`apply_batch`): every image's four ops
+    fuse into a few loops and only the chosen op of each stage runs. Measured
+    2× (32 px) to 3× (224 px) faster than the partitioned version, same values.
+    """
+
+    def one(args):
+        xi, f, o, a = args
+        xi = xi[None]
+        for stage in range(4):
+            branch = tf.where(a, o[stage], 4)
+            ops = [functools.partial(fn, xi, f[k : k + 1]) for k, fn in enumerate(_JITTER_OPS)]
+            xi = tf.switch_case(branch, ops + [lambda: xi])
+        return xi[0]
+
+    return tf.map_fn(one, (x, factors, order, apply), fn_output_signature=x.dtype)
+
+
 def _gaussian_blur(x, sigma, kernel_size: int):
-    """Separable Gaussian blur with one σ per example, reflect padding.
+    """Separable Gaussian blur, one σ per example, reflect padding; channels-first.
 
     Folding the batch into channels turns per-example kernels into one
     depthwise convolution over the whole batch.
     """
     n = tf.shape(x)[0]
-    size_h, size_w = x.shape[1], x.shape[2]
+    size_h, size_w = x.shape[2], x.shape[3]
     r = kernel_size // 2
     t = tf.range(-r, r + 1, dtype=tf.float32)
     w = tf.exp(-(t[None, :] ** 2) / (2.0 * sigma[:, None] ** 2))
     w = w / tf.reduce_sum(w, axis=1, keepdims=True)  # [n, k]
-    w = tf.reshape(tf.repeat(w, 3, axis=0), [n * 3, kernel_size])  # channel-major per example
-    w = tf.transpose(w)  # [k, n*3]
-    y = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, size_h, size_w, n * 3])
+    w = tf.transpose(tf.repeat(w, 3, axis=0))  # [k, n*3], channel e*3 + c
+    y = tf.transpose(tf.reshape(x, [n * 3, size_h, size_w]), [1, 2, 0])[None]
     y = tf.pad(y, [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
     y = tf.nn.depthwise_conv2d(y, tf.reshape(w, [1, kernel_size, n * 3, 1]), [1, 1, 1, 1], "VALID")
     y = tf.nn.depthwise_conv2d(y, tf.reshape(w, [kernel_size, 1, n * 3, 1]), [1, 1, 1, 1], "VALID")
-    return tf.transpose(tf.reshape(y, [size_h, size_w, n, 3]), [2, 0, 1, 3])
+    return tf.reshape(tf.transpose(y[0], [2, 0, 1]), [n, 3, size_h, size_w])
 
 
 def _on_subset(x, mask, fn, *per_example):
     """``fn`` on the examples where ``mask`` holds, scattered back in place."""
     idx = tf.where(mask)
-    sub = fn(tf.gather_nd(x, idx), *(tf.gather_nd(a, idx) for a in per_example))
-    return tf.tensor_scatter_nd_update(x, idx, sub)
+
+    def run():
+        sub = fn(tf.gather_nd(x, idx), *(tf.gather_nd(a, idx) for a in per_example))
+        return tf.tensor_scatter_nd_update(x, idx, sub)
+
+    # Padding ops reject empty batches, and an empty subset needs no work.
+    return tf.cond(tf.shape(idx)[0] > 0, run, lambda: tf.identity(x))
 
 
-def apply_batch(images, params: dict, config: AugmentConfig, view: int, normalize: bool = True):
+def apply_batch(images, params: dict, config: AugmentConfig, view: int, normalize: bool = True,
+                channels_first: bool = False, flipped: bool = False):
     """Flip, jitter, grayscale, blur, solarize and normalise a batch.
 
-    ``images``: uint8 [B, S, S, 3] crops from stage 1; ``params``: the
-    batched dict from :func:`sample_params`. Returns float32 [B, S, S, 3],
+    ``images``: [B, S, S, 3] crops from stage 1, uint8 (or float on 0..255;
+    [B, 3, S, S] with ``channels_first``); ``params``: the batched dict from
+    :func:`sample_params`. Returns float32 [B, S, S, 3],
     ``(x / 255 - mean) / std`` (or on [0, 1] with ``normalize=False``).
+    ``flipped``: the crops already carry their flips (:func:`crop_resize`
+    and :func:`crop_resize_batch` apply ``params["flip"]``).
 
-    >>> import numpy as np
     >>> cfg = get_preset("cifar")
-    >>> seeds = tf.constant([[0, i] for i in range(8)])
-    >>> p = tf.vectorized_map(lambda s: sample_params(s, 32, 32, cfg, 0), seeds)
+    >>> p = sample_params(example_keys(0, 0, tf.range(8, dtype=tf.int64)), 32, 32, cfg, 0)
     >>> apply_batch(tf.zeros([8, 32, 32, 3], tf.uint8), p, cfg, view=0).shape
     TensorShape([8, 32, 32, 3])
     """
-    static_shape = images.shape
-    x = tf.cast(images, tf.float32) / 255.0
-    if config.flip.enabled:
-        x = tf.where(params["flip"][:, None, None, None], tf.reverse(x, axis=[2]), x)
-    if config.color_jitter.enabled:
-        x = _color_jitter(x, params["jitter"], params["jitter_factors"], params["jitter_order"])
-    if config.grayscale.enabled:
-        x = tf.where(params["grayscale"][:, None, None, None], tf.tile(_gray(x), [1, 1, 1, 3]), x)
-    if config.blur.enabled and float(config.blur.prob[view]) > 0:
-        k = blur_kernel_size(int(static_shape[1]), config.blur.kernel_fraction)
-        if k > 1:
+    side = int(images.shape[2] if channels_first else images.shape[1])
+    fns = _pixel_fns(config, view, side, bool(normalize), bool(channels_first), bool(flipped))
+    x = fns.head(images, params)
+    if fns.blur_kernel > 1:
+        k = fns.blur_kernel
+        if float(config.blur.prob[view]) >= 1.0:
+            x = _gaussian_blur(x, params["blur_sigma"], k)
+        else:
             x = _on_subset(x, params["blur"], lambda a, s: _gaussian_blur(a, s, k), params["blur_sigma"])
-    if config.solarize.enabled and float(config.solarize.prob[view]) > 0:
-        thr = float(config.solarize.threshold)
-        x = tf.where(params["solarize"][:, None, None, None] & (x >= thr), 1.0 - x, x)
-    if normalize:
-        x = (x - tf.constant(config.mean, tf.float32)) / tf.constant(config.std, tf.float32)
-    x.set_shape(static_shape)
+    x = fns.tail(x, params)
+    x.set_shape([images.shape[0], side, side, 3])
     return x
 
 
-def view_seeds(seed):
-    """The two views' seeds derived from one example's [2] seed."""
-    return (
-        tf.random.experimental.stateless_fold_in(seed, 0),
-        tf.random.experimental.stateless_fold_in(seed, 1),
+@dataclass
+class _PixelFns:
+    head: object
+    tail: object
+    blur_kernel: int
+
+
+@functools.lru_cache(maxsize=64)
+def _pixel_fns_cached(cfg_repr, view, side, normalize, channels_first, flipped):
+    config = _PIXEL_CONFIGS[cfg_repr]
+    blur_on = config.blur.enabled and float(config.blur.prob[view]) > 0
+    blur_kernel = blur_kernel_size(side, config.blur.kernel_fraction) if blur_on else 0
+
+    def per_example(mask):
+        return mask[:, None, None, None]
+
+    def head(images, params):
+        x = tf.cast(images, tf.float32) * (1.0 / 255.0)
+        if not channels_first:
+            x = tf.transpose(x, [0, 3, 1, 2])
+        if config.flip.enabled and not flipped:
+            x = tf.where(per_example(params["flip"]), tf.reverse(x, axis=[3]), x)
+        if config.color_jitter.enabled:
+            x = _color_jitter_per_image(x, params["jitter"], params["jitter_factors"], params["jitter_order"])
+        if config.grayscale.enabled:
+            x = tf.where(per_example(params["grayscale"]), tf.tile(_gray(x), [1, 3, 1, 1]), x)
+        return x
+
+    def tail(x, params):
+        if config.solarize.enabled and float(config.solarize.prob[view]) > 0:
+            thr = float(config.solarize.threshold)
+            x = tf.where(per_example(params["solarize"]) & (x >= thr), 1.0 - x, x)
+        if normalize:
+            mean, std = np.asarray(config.mean, np.float32), np.asarray(config.std, np.float32)
+            x = x * (1.0 / std)[:, None, None] - (mean / std)[:, None, None]
+        return tf.transpose(x, [0, 2, 3, 1])
+
+    if blur_kernel <= 1:
+        blur_kernel = 0
+        fused = tf.function(lambda images, params: tail(head(images, params), params), jit_compile=True,
+                            autograph=False)
+        return _PixelFns(fused, lambda x, params: x, 0)
+    # XLA fuses the elementwise work; the blur stays a oneDNN depthwise
+    # convolution in between (XLA's CPU convolutions measured slower).
+    return _PixelFns(
+        tf.function(head, jit_compile=True, autograph=False),
+        tf.function(tail, jit_compile=True, autograph=False),
+        blur_kernel,
     )
+
+
+_PIXEL_CONFIGS: dict = {}
+
+
+def _pixel_fns(config, view, side, normalize, channels_first, flipped) -> _PixelFns:
+    key = repr(config)
+    _PIXEL_CONFIGS[key] = config
+    return _pixel_fns_cached(key, view, side, normalize, channels_first, flipped)
 
 
 def augment_pair(images, seed: int, config=None, image_size: Optional[int] = None, normalize: bool = True):
     """Two augmented views of every image of a uint8 [N, H, W, 3] batch.
 
-    Example ``i`` uses the seed ``(seed, i)``, so results do not depend on
-    batching. A convenience for notebooks and tests: training pipelines use
-    :func:`bt_keras.data.two_view_dataset`, which runs the same code.
+    Example ``i`` has the key ``example_keys(seed, 0, i)``, so its views do
+    not depend on the rest of the batch. A convenience for notebooks and
+    tests; training pipelines use :func:`bt_keras.data.two_view_dataset`,
+    which runs the same code.
     """
     cfg = _resolved(config)
     images = tf.convert_to_tensor(images, tf.uint8)
     size = int(image_size or images.shape[1])
-    n = tf.shape(images)[0]
-    seeds = tf.stack([tf.fill([n], tf.cast(seed, tf.int64)), tf.range(n, dtype=tf.int64)], axis=1)
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    key = (repr(cfg), size, bool(normalize))
+    if key not in _PAIR_FNS:
+        _PAIR_FNS[key] = _make_pair_fn(cfg, size, bool(normalize))
+    return _PAIR_FNS[key](images, tf.constant(seed, tf.int64))
 
-    def one(args):
-        image, s = args
-        sa, sb = view_seeds(s)
-        pa = sample_params(sa, height, width, cfg, 0)
-        pb = sample_params(sb, height, width, cfg, 1)
-        return crop_resize(image, pa, size, cfg), crop_resize(image, pb, size, cfg), pa, pb
 
-    spec = sample_params(tf.constant([0, 0], tf.int64), 2, 2, cfg, 0)
-    p_sig = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in spec.items()}
-    img_sig = tf.TensorSpec([size, size, 3], tf.uint8)
-    va, vb, pa, pb = tf.map_fn(one, (images, seeds), fn_output_signature=(img_sig, img_sig, p_sig, p_sig))
-    return apply_batch(va, pa, cfg, 0, normalize), apply_batch(vb, pb, cfg, 1, normalize)
+_PAIR_FNS: dict = {}
+
+
+def _make_pair_fn(cfg, size, normalize):
+    @tf.function(reduce_retracing=True, autograph=False)
+    def run(images, seed):
+        n = tf.shape(images)[0]
+        keys = example_keys(seed, 0, tf.range(n, dtype=tf.int64))
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        pa = sample_params(keys, height, width, cfg, 0)
+        pb = sample_params(keys, height, width, cfg, 1)
+        sig = tf.TensorSpec([size, size, 3], tf.uint8)
+        # Per image: crops differ in size, so each is sliced and resized alone.
+        va, vb = tf.map_fn(
+            lambda args: (crop_resize(args[0], {"crop": args[1], "flip": args[2]}, size, cfg),
+                          crop_resize(args[0], {"crop": args[3], "flip": args[4]}, size, cfg)),
+            (images, pa["crop"], pa["flip"], pb["crop"], pb["flip"]),
+            fn_output_signature=(sig, sig),
+            parallel_iterations=16,
+        )
+        return (
+            apply_batch(va, pa, cfg, 0, normalize, flipped=True),
+            apply_batch(vb, pb, cfg, 1, normalize, flipped=True),
+        )
+
+    return run

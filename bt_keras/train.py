@@ -164,7 +164,8 @@ def train(cfg, run_dir: str | None = None) -> dict:
     tf.io.gfile.makedirs(run_dir)
     if chief:
         _atomic_write_text(os.path.join(run_dir, "config.yaml"), config_to_yaml(cfg))
-    num_examples = count_examples(cfg.data.source, data_dir=cfg.data.data_dir)
+    num_examples = count_examples(cfg.data.source, data_dir=cfg.data.data_dir, cache=cfg.data.cache,
+                                  validate=cfg.data.validate)
     steps_per_epoch = num_examples // t.batch_size
     if steps_per_epoch < 1:
         raise UserError(f"data.source {cfg.data.source!r} has {num_examples} usable images, "
@@ -183,7 +184,8 @@ def train(cfg, run_dir: str | None = None) -> dict:
                 d.source, batch_size=t.batch_size, image_size=d.image_size, augment=d.augment,
                 seed=d.seed + 1_000_033 * start_epoch, data_dir=d.data_dir, input_context=ctx,
                 skipped_path=skipped if start_epoch == 0 and not skip_steps else None,
-                shuffle_buffer=d.shuffle_buffer, cache=d.cache).repeat()
+                shuffle_buffer=d.shuffle_buffer, cache=d.cache, cache_max_mb=d.cache_max_mb,
+                validate=d.validate, deterministic=d.deterministic).repeat()
             return ds.skip(skip_steps * local_replicas) if skip_steps else ds
 
         return distribute(strategy, dataset_fn)

@@ -1,0 +1,72 @@
+"""``bt-data``: write a folder of images (or any source) as TFRecord shards for TPU runs.
+
+Every image is decoded once to check it; bad files are skipped and listed in
+``OUTPUT/NAME.skipped.tsv``. The shards hold the original encoded bytes
+(JPEGs stay JPEGs, so training decodes only each crop) in a fixed shuffled
+order, with ``image/class/label`` from the first-level sub-folders, and
+``OUTPUT/NAME.bt-data.json`` records counts and class names. Output may be a
+``gs://`` path.
+
+Example::
+
+    bt-data folder:~/photos/train gs://my-bucket/photos --name train --shards 64
+    bt-train --config my.yaml --set data.source='tfrecord:gs://my-bucket/photos/train-*.tfrecord'
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from bt_keras.cli import ArgumentParser, UserError, run_command
+
+PROG = "bt-data"
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog=PROG,
+        description="Write images as TFRecord shards (image/encoded, image/class/label) for bt_keras.",
+    )
+    p.add_argument("source", help="folder:PATH, a plain directory path, tfds:NAME[:SPLIT] or demo[:SPLIT]")
+    p.add_argument("output", help="output directory (local or gs://)")
+    p.add_argument("--name", default="train", help="shard file prefix (default: train)")
+    p.add_argument("--shards", type=int, default=8, help="number of shard files (default: 8)")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory for tfds: sources")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fixed shuffle across shards")
+    return p
+
+
+def _body(argv) -> int:
+    args = _parser().parse_args(argv)
+    source = args.source
+    if not source.startswith(("folder:", "tfds:", "tfrecord:", "demo")):
+        source = "folder:" + source  # a bare path (local or gs://) is a folder
+    if source.startswith("folder:"):
+        source = "folder:" + os.path.expanduser(source[len("folder:"):])
+    if args.shards < 1:
+        raise UserError(f"--shards: must be >= 1, got {args.shards}")
+
+    from bt_keras.data import write_tfrecords  # imports TensorFlow: after argument checks
+
+    info = write_tfrecords(
+        source, args.output, name=args.name, num_shards=args.shards, data_dir=args.data_dir, seed=args.seed
+    )
+    out = args.output.rstrip("/")
+    print(
+        f"wrote {info['num_examples']:,} images in {len(info['counts'])} shards to "
+        f"{out}/{args.name}-*.tfrecord"
+        + (f" ({len(info['class_names'])} classes)" if info.get("class_names") else "")
+        + (f"; skipped {info['skipped']:,}: see {out}/{args.name}.skipped.tsv" if info["skipped"] else "")
+    )
+    print(f"train with: data.source='tfrecord:{out}/{args.name}-*.tfrecord'")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``bt-data`` console script."""
+    return run_command(PROG, _body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

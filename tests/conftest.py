@@ -1,0 +1,69 @@
+"""Shared test fixtures: the offline CIFAR-10 and Imagenette JPEG sets.
+
+The archives live outside the repository (``../shared/data`` next to it, or
+``$BT_KERAS_DATA``). They are extracted once per machine into a cache
+directory (``$BT_KERAS_TEST_CACHE``, default ``~/.cache/bt_keras/test-data``)
+under a file lock, so parallel test runs share one copy and nothing is ever
+written into the repository.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("BT_KERAS_DATA", REPO.parent / "shared" / "data"))
+CACHE_DIR = Path(os.environ.get("BT_KERAS_TEST_CACHE", Path.home() / ".cache" / "bt_keras" / "test-data"))
+
+
+def _extract_once(archive_name: str, expect: tuple[str, ...]) -> Path:
+    """Extracts ``archive_name`` into the cache (once) and returns the extraction root."""
+    archive = DATA_DIR / archive_name
+    if not archive.exists():
+        pytest.skip(f"{archive} not available (set BT_KERAS_DATA to the directory holding it)")
+    stamp = f"{archive.stat().st_size}-{int(archive.stat().st_mtime)}"
+    root = CACHE_DIR / (archive_name.split(".")[0] + "-" + stamp)
+    done = root / ".complete"
+    if done.exists():
+        return root
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / (archive_name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            tmp = Path(tempfile.mkdtemp(dir=CACHE_DIR, prefix=".extract-"))
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+            # Archives may or may not wrap everything in one top-level folder.
+            inner = tmp
+            entries = [p for p in tmp.iterdir()]
+            if len(entries) == 1 and entries[0].is_dir() and not (tmp / expect[0]).exists():
+                inner = entries[0]
+            for name in expect:
+                if not (inner / name).is_dir():
+                    raise RuntimeError(f"{archive}: no {name}/ folder after extraction")
+            if root.exists():
+                shutil.rmtree(root)
+            inner.rename(root)
+            if inner != tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+            done.touch()
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    """Root with ``train/<class>/*.jpg`` (50,000) and ``test/<class>/*.jpg`` (10,000)."""
+    return _extract_once("cifar10-jpg.tar.gz", ("train", "test"))
+
+
+@pytest.fixture(scope="session")
+def imagenette_dir() -> Path:
+    """Root with ``train/<wnid>/*.JPEG`` (1,000) and ``val/<wnid>/*.JPEG`` (500), 224×224."""
+    return _extract_once("imagenette-224-mini.tar.gz", ("train", "val"))
