@@ -4,7 +4,7 @@ The loss is that of the global batch across replicas, so training gives the
 same result on one device, several GPUs, several hosts or a TPU pod.
 """
 
-from bt_keras import augment, data, encoders, evaluation, losses, optimizers, preprocess
+from bt_keras import augment, callbacks, data, encoders, evaluation, losses, optimizers, preprocess
 from bt_keras.augment import AugmentConfig, get_preset
 from bt_keras.data import DataConfig, count_examples, eval_dataset, load_demo, two_view_dataset, write_tfrecords
 from bt_keras.encoders import build_encoder, resnet, small_cnn
@@ -18,6 +18,7 @@ __all__ = [
     "AugmentConfig",
     "DataConfig",
     "augment",
+    "callbacks",
     "count_examples",
     "data",
     "eval_dataset",

@@ -101,12 +101,44 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class MonitorConfig:
+    """Training-time monitors (``bt_keras.callbacks``), chief only, in ``RUN/logs/monitor``.
+
+    ``knn_every_epochs``: kNN top-1/top-5 every N epochs (0 = off) of
+    ``knn_val_source`` (default ``data.val_source``, then ``eval.test_source``)
+    against ``knn_train_source`` (default ``eval.train_source``), subsampled
+    once to ``knn_max_train`` / ``knn_max_val`` images (0 = all).
+    ``health`` / ``correlation_image``: collapse indicators and the C heatmap
+    on a fixed batch of ``probe_batch`` pairs every epoch. ``report``:
+    ``RUN/report.png`` at the end.
+    """
+
+    knn_every_epochs: int = 0
+    knn_train_source: Optional[str] = None
+    knn_val_source: Optional[str] = None
+    knn_max_train: int = 10000
+    knn_max_val: int = 2000
+    health: bool = True
+    correlation_image: bool = True
+    probe_batch: int = 256
+    report: bool = True
+
+    def __post_init__(self):
+        for name in ("knn_every_epochs", "knn_max_train", "knn_max_val"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0")
+        if self.probe_batch < 2:
+            raise ValueError("probe_batch: must be >= 2 (batch statistics)")
+
+
+@dataclasses.dataclass
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
 
 
 def _type_name(tp) -> str:

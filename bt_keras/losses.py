@@ -75,6 +75,26 @@ def resolve_method(method: str, batch_size: int, dim: int) -> str:
     return "gram" if 2 * batch_size < dim else "dense"
 
 
+def cross_correlation(z_a, z_b, eps: float = 1e-5):
+    """The D×D matrix C of the loss for one (local) batch, in float32.
+
+    Same standardisation as the loss (each view on its own, biased variance);
+    for monitoring and pictures, not for training (use ``barlow_twins_terms``).
+
+    >>> import tensorflow as tf
+    >>> z = tf.random.normal([512, 8], seed=0)
+    >>> c = cross_correlation(z, 3.0 * z + 1.0)
+    >>> bool(tf.reduce_all(tf.abs(tf.linalg.diag_part(c) - 1.0) < 1e-3))
+    True
+    """
+    z_a = tf.cast(z_a, tf.float32)
+    z_b = tf.cast(z_b, tf.float32)
+    n = tf.cast(tf.shape(z_a)[0], tf.float32)
+    a = _standardize(z_a, n, lambda x: x, eps)
+    b = _standardize(z_b, n, lambda x: x, eps)
+    return tf.matmul(a, b, transpose_a=True) / n
+
+
 def barlow_twins_terms(z_a, z_b, lambd: float = 0.0051, method: str = "auto", eps: float = 1e-5):
     """Barlow Twins loss with its on- and off-diagonal parts, in float32.
 

@@ -1,0 +1,198 @@
+"""kNN and linear probes on cases with known answers, and bt-eval end to end on real CIFAR-10 JPEGs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bt_keras import evaluation as ev
+from bt_keras.cli import run_command
+from bt_keras.preprocess import PreprocessingContract
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _clusters(n_per_class, num_classes=10, dim=32, seed=0, spread=0.3):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(num_classes, dim))
+    y = np.repeat(np.arange(num_classes), n_per_class)
+    return (centers[y] + spread * rng.normal(size=(len(y), dim))).astype(np.float32), y
+
+
+def _knn_reference(train_x, train_y, test_x, k, temperature, num_classes):
+    """The weighted vote written out with NumPy, one test example at a time."""
+    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    scores = np.zeros((len(test_x), num_classes))
+    for i, q in enumerate(test_x):
+        sim = a @ (q / np.linalg.norm(q))
+        top = np.argsort(-sim, kind="stable")[:k]
+        for j in top:
+            scores[i, train_y[j]] += np.exp(sim[j] / temperature)
+    return scores
+
+
+def test_knn_well_separated_clusters_is_perfect():
+    x_tr, y_tr = _clusters(100)
+    x_te, y_te = _clusters(30, seed=0)
+    acc = ev.knn_accuracy(x_tr, y_tr, x_te, y_te, k=200, temperature=0.1)
+    assert acc == {"top1": 1.0, "top5": 1.0}
+
+
+def test_knn_random_labels_is_chance():
+    rng = np.random.default_rng(1)
+    x_tr, x_te = rng.normal(size=(3000, 16)), rng.normal(size=(3000, 16))
+    y_tr, y_te = rng.integers(0, 10, 3000), rng.integers(0, 10, 3000)
+    acc = ev.knn_accuracy(x_tr, y_tr, x_te, y_te)
+    # Binomial std at n=3000: 0.0055 (top-1), 0.009 (top-5); tolerances are > 4 std.
+    assert abs(acc["top1"] - 0.1) < 0.025, acc
+    assert abs(acc["top5"] - 0.5) < 0.04, acc
+
+
+def test_knn_batched_equals_unbatched_and_reference():
+    x_tr, y_tr = _clusters(40, num_classes=5, dim=8, spread=2.0, seed=3)
+    x_te, _ = _clusters(13, num_classes=5, dim=8, spread=2.0, seed=4)
+    whole = ev.knn_predict(x_tr, y_tr, x_te, 5, k=20, temperature=0.1, batch_size=10_000)
+    for batch in (1, 7, 64):
+        np.testing.assert_allclose(ev.knn_predict(x_tr, y_tr, x_te, 5, k=20, temperature=0.1, batch_size=batch),
+                                   whole, rtol=1e-5)
+    np.testing.assert_allclose(whole, _knn_reference(x_tr, y_tr, x_te, 20, 0.1, 5), rtol=1e-4)
+
+
+def test_fast_linear_probe_separates_linearly_separable_features():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(20, 4))
+    x = rng.normal(size=(4000, 20))
+    scores = np.sort(x @ w, axis=1)
+    x = x[scores[:, -1] - scores[:, -2] > 0.5][:2000]  # separable with a margin
+    y = np.argmax(x @ w, axis=1)
+    out = ev.linear_probe(x[:1500], y[:1500], x[1500:], y[1500:])
+    assert out["top1"] > 0.99 and out["converged"], out
+    # A random labelling is not learnable: the probe must not "find" it on the test split.
+    out = ev.linear_probe(x[:1500], rng.integers(0, 4, 1500), x[1500:], rng.integers(0, 4, 500))
+    assert out["top1"] < 0.4
+
+
+def _colour_arrays(n, seed):
+    """Images whose class is their dominant colour, plus texture noise: linearly separable features."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    base = np.full((n, 16, 16, 3), 60.0)
+    base[np.arange(n), :, :, y] = 200.0
+    x = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+    return x, y.astype(np.int32)
+
+
+def test_paper_probe_learns_and_leaves_encoder_unchanged():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3), name="images")
+    h = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU()(h)
+    encoder = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
+    before = [v.numpy().copy() for v in encoder.weights]  # includes BN moving mean/variance
+    contract = PreprocessingContract(image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, crop_fraction=1.0)
+    out = ev.linear_probe_sgd(encoder, _colour_arrays(600, 0), _colour_arrays(150, 1), contract,
+                              epochs=4, batch_size=64)
+    after = [v.numpy() for v in encoder.weights]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after)), "the probe changed the encoder"
+    assert out["top1"] > 0.95, out
+    assert out["epochs"] == 4 and "final epoch" in out["reported"]
+    assert len(out["train_loss_per_epoch"]) == 4 and out["train_loss_per_epoch"][-1] < out["train_loss_per_epoch"][0]
+
+
+def test_paper_probe_augmentation_is_crop_and_flip_only():
+    contract = PreprocessingContract(image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, crop_fraction=1.0)
+    cfg = ev.crop_flip_config(contract)
+    assert cfg.crop.enabled and cfg.flip.enabled and cfg.crop.scale == (0.08, 1.0)
+    assert not (cfg.color_jitter.enabled or cfg.grayscale.enabled or cfg.blur.enabled or cfg.solarize.enabled)
+    x, _ = _colour_arrays(64, 2)
+    ds = ev.augmented_labelled_dataset((x, np.zeros(64, np.int32)), contract, batch_size=64)
+    a = next(iter(ds))[0].numpy()
+    b = next(iter(ev.augmented_labelled_dataset((x, np.zeros(64, np.int32)), contract, batch_size=64, epoch=1)))[0]
+    assert a.shape == (64, 16, 16, 3)
+    assert not np.allclose(np.sort(a.ravel()), np.sort(b.numpy().ravel()))  # new crops each epoch
+
+
+def _subset(src, dst, per_class):
+    for cls in sorted(os.listdir(src)):
+        os.makedirs(dst / cls)
+        for name in sorted(os.listdir(src / cls))[:per_class]:
+            shutil.copy(src / cls / name, dst / cls / name)
+
+
+@pytest.fixture(scope="module")
+def cifar_subset(cifar10_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar_subset")
+    _subset(cifar10_dir / "train", root / "train", 20)  # 200 images
+    _subset(cifar10_dir / "test", root / "test", 10)  # 100 images
+    return root
+
+
+def _tiny_run(run_dir):
+    from bt_keras.encoders import small_cnn
+    from bt_keras.train import save_encoder
+
+    keras.utils.set_random_seed(0)
+    encoder = small_cnn(widths=(8, 16), input_shape=(32, 32, 3), sync_batchnorm=False)
+    contract = PreprocessingContract(image_size=32, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
+                                     crop_fraction=1.0)
+    save_encoder(encoder, str(run_dir), contract)
+    return encoder, contract
+
+
+def test_bt_eval_end_to_end_on_cifar_jpegs(cifar_subset, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    _tiny_run(run)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bt_keras.evaluation", "--run", str(run), "--train-data",
+         f"folder:{cifar_subset / 'train'}", "--test-data", f"folder:{cifar_subset / 'test'}",
+         "--protocol", "both", "--k", "20"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run / "eval_report.json").read_text())
+    assert report["num_train"] == 200 and report["num_test"] == 100 and report["feature_dim"] == 16
+    for key in ("knn", "linear"):
+        assert 0.0 <= report[key]["top1"] <= report[key]["top5"] <= 1.0
+    assert report["knn"]["k"] == 20 and report["linear"]["mode"] == "fast"
+    assert report["preprocessing"]["image_size"] == 32
+    assert "kNN (k=20, T=0.1)" in proc.stdout and "linear, logistic regression" in proc.stdout
+
+
+def test_saved_model_gives_the_same_knn_as_the_keras_encoder(cifar_subset, tmp_path):
+    from bt_keras.export import export_encoder
+
+    encoder, contract = _tiny_run(tmp_path)
+    export_encoder(encoder, tmp_path / "export", image_size=32, formats=("saved_model",), mean=contract.mean,
+                   std=contract.std, crop_fraction=1.0)
+    train, test = f"folder:{cifar_subset / 'train'}", f"folder:{cifar_subset / 'test'}"
+    from_keras = ev.evaluate(ev.load_frozen_encoder(run=str(tmp_path)), train, test, k=20)
+    loaded = ev.load_frozen_encoder(saved_model=str(tmp_path / "export"))
+    assert loaded.contract == contract
+    from_saved = ev.evaluate(loaded, train, test, k=20)
+    assert from_saved["knn"]["top1"] == from_keras["knn"]["top1"]
+    assert from_saved["knn"]["top5"] == from_keras["knn"]["top5"]
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    assert run_command("bt-eval", ev._main, ["--run", str(tmp_path / "missing"), "--train-data", "demo:train",
+                                             "--test-data", "demo:test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such directory" in err
+    enc = tmp_path / "enc.keras"
+    keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten()]).save(enc)
+    assert run_command("bt-eval", ev._main, ["--encoder", str(enc), "--train-data", "demo:train",
+                                             "--test-data", "demo:test"]) == 2
+    assert "no preprocessing contract found" in capsys.readouterr().err
+    assert run_command("bt-eval", ev._main, ["--saved-model", str(tmp_path), "--train-data", "demo:train",
+                                             "--test-data", "demo:test"]) == 2
+    assert "no saved_model.pb" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        ev._main(["--train-data", "demo:train"])
+    assert e.value.code == 2
