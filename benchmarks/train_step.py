@@ -11,10 +11,10 @@ Models:
 Every model is run in variants that each change one knob from the baseline (the
 config as written; on CPU ``bt-train`` leaves XLA off): ``jit_compile``,
 float32 vs ``mixed_bfloat16``, ``steps_per_execution``, the loss form,
-synchronised BN, fused BN (an experiment patched in here, not in the package)
-and the batch size, plus combinations. The machine may be shared with other
-jobs, so the variants and the fp32 matmul peak are timed in interleaved
-rounds in one process, in a new random order each round; each is reported as
+synchronised BN, fused BN (``model.fused_batchnorm``) and the batch size,
+plus combinations. The machine may be shared with other jobs, so the
+variants and the fp32 matmul peak are timed in interleaved rounds in one
+process, in a new random order each round; each is reported as
 its best step (other jobs only ever slow a step down: the best is the closest
 to the machine's own speed) and its median.
 
@@ -66,7 +66,7 @@ class Variant:
     spe: int | None = None
     loss: str | None = None
     flip_sync_bn: bool = False  # the opposite of the config's model.sync_batchnorm
-    fused_bn: bool = False
+    flip_fused_bn: bool = False  # the opposite of the config's model.fused_batchnorm
     batch: int | None = None
 
 
@@ -81,8 +81,8 @@ def variants_for(model: str, quick: bool, spe_many: int) -> list[Variant]:
         return v
     v += [Variant(f"{other} + XLA", jit=True, precision=other),
           Variant("sync BN flipped", flip_sync_bn=True),
-          Variant("fused BN (experiment)", fused_bn=True),
-          Variant(f"fused BN + {other}", fused_bn=True, precision=other)]
+          Variant("fused BN flipped", flip_fused_bn=True),
+          Variant(f"fused BN flipped + {other}", flip_fused_bn=True, precision=other)]
     if model == "cpu":
         v += [Variant(f"batch {batch // 2}", batch=batch // 2), Variant(f"batch {batch * 2}", batch=batch * 2)]
     # A loss form equal to what "auto" resolves to repeats the baseline: kept only on the cpu model,
@@ -91,59 +91,6 @@ def variants_for(model: str, quick: bool, spe_many: int) -> list[Variant]:
 
     auto = resolve_method(cfg.model.loss_method, batch, cfg.model.projector_dims[-1])
     return [x for x in v if model == "cpu" or x.loss != auto]
-
-
-# --------------------------------------------------------------------------- fused BN experiment
-_ORIGINAL_BN_CALL = None
-
-
-def _patch_fused_batchnorm():
-    """Routes BN layers tagged ``_bt_fused`` through one FusedBatchNormV3 op in training.
-
-    Keras 3 BN is unfused on the TF backend (moments, then an elementwise
-    normalisation, with float32 casts around bfloat16 inputs): several passes
-    over each activation. The fused op reads it twice and keeps bfloat16 in
-    and out. Same maths: the batch variance it returns has Bessel's correction,
-    undone here so the moving statistics match Keras'.
-    """
-    global _ORIGINAL_BN_CALL
-    import keras
-    import tensorflow as tf
-
-    if _ORIGINAL_BN_CALL is not None:
-        return
-    bn_cls = keras.layers.BatchNormalization
-    _ORIGINAL_BN_CALL = bn_cls.call
-
-    def call(self, inputs, training=None, mask=None):
-        # Synchronised BN over one replica is plain BN, so it may be fused too.
-        local = not self.synchronized or tf.distribute.get_strategy().num_replicas_in_sync == 1
-        if not (getattr(self, "_bt_fused", False) and training and self.trainable and len(inputs.shape) == 4
-                and self.axis in (-1, 3) and mask is None and local and not self.renorm):
-            return _ORIGINAL_BN_CALL(self, inputs, training=training, mask=mask)
-        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([inputs.shape[-1]], tf.float32)
-        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([inputs.shape[-1]], tf.float32)
-        x = tf.cast(inputs, self.compute_dtype)
-        y, mean, var = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon, is_training=True,
-                                                        data_format="NHWC")
-        count = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
-        var = var * (count - 1.0) / count
-        m = self.momentum
-        self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * m + mean * (1.0 - m))
-        self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * m + var * (1.0 - m))
-        return y
-
-    bn_cls.call = call
-
-
-def use_fused_batchnorm(model) -> None:
-    """Sends ``model``'s 4-D BN layers through the fused kernel in training (when not synchronising)."""
-    import keras
-
-    _patch_fused_batchnorm()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer._bt_fused = True
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -193,12 +140,14 @@ def build_variant(model_name: str, v: Variant, seed: int = 0):
 
     cfg = _load_cfg(model_name)
     sync = cfg.model.sync_batchnorm != v.flip_sync_bn
+    fused = cfg.model.fused_batchnorm != v.flip_fused_bn
     batch = v.batch or cfg.train.batch_size
     # Resolved settings, for the table.
     v = dataclasses.replace(v, jit=bool(cfg.train.jit_compile) if v.jit is None else v.jit,
                             precision=v.precision or cfg.train.mixed_precision,
                             spe=v.spe or cfg.train.steps_per_execution, loss=v.loss or cfg.model.loss_method)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, loss_method=v.loss, sync_batchnorm=sync))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, loss_method=v.loss, sync_batchnorm=sync,
+                                                             fused_batchnorm=fused))
     size = cfg.data.image_size
     keras.utils.set_random_seed(seed)
     keras.mixed_precision.set_dtype_policy(v.precision)
@@ -206,8 +155,6 @@ def build_variant(model_name: str, v: Variant, seed: int = 0):
         model = build_model(cfg, size)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-    if v.fused_bn:
-        use_fused_batchnorm(model)
     steps_per_epoch = max(50000 // batch, 1)
     model.compile(optimizer=make_optimizer(cfg.optim, batch, steps_per_epoch, cfg.train.epochs),
                   jit_compile=v.jit, steps_per_execution=v.spe)
@@ -216,7 +163,8 @@ def build_variant(model_name: str, v: Variant, seed: int = 0):
     iterator = iter(tf.data.Dataset.from_tensors(views).repeat())
     model.make_train_function()
     flops = count_flops(model, batch, v.loss)
-    return {"model": model, "iterator": iterator, "batch": batch, "flops": flops, "sync": sync, "variant": v,
+    return {"model": model, "iterator": iterator, "batch": batch, "flops": flops, "sync": sync, "fused": fused,
+            "variant": v,
             "optimizer": cfg.optim.name, "encoder": f"{cfg.model.encoder} w{cfg.model.width}",
             "projector": "×".join(map(str, cfg.model.projector_dims)), "size": size}
 
@@ -317,8 +265,6 @@ ENV_SETTINGS = [
     ("XLA", {}, True),
     ("XLA + oneDNN in XLA", {"XLA_FLAGS": _ONEDNN_XLA}, True),
     ("XLA + XNNPACK in XLA", {"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"}, True),
-    ("fused BN (experiment)", {"BT_FUSED_BN": "1"}, False),
-    ("fused BN + intra-op 1, inter-op 2 threads", {"BT_FUSED_BN": "1", "BT_THREADS": "1,2"}, False),
 ]
 
 
@@ -329,7 +275,7 @@ def _env_child(model: str, calls: int, jit: bool) -> None:
         intra, inter = map(int, os.environ["BT_THREADS"].split(","))
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
-    entry = build_variant(model, Variant("baseline", jit=jit, fused_bn=bool(os.environ.get("BT_FUSED_BN"))))
+    entry = build_variant(model, Variant("baseline", jit=jit))
     run_calls(entry, 2)
     peak = matmul_peak()
     times = run_calls(entry, calls)
@@ -385,14 +331,14 @@ def render_model(model_name: str, rep: dict) -> str:
              f"{b['flops_per_step'] / 1e9:.1f} GFLOP per step at batch {b['batch']}; fp32 matmul peak "
              f"{peak:.0f} GFLOP/s (best of {len(rep['peaks'])} rounds, median {statistics.median(rep['peaks']):.0f}); "
              f"{len(b['seconds'])} timed steps per variant, interleaved", "",
-             "| variant | XLA | precision | spe | loss | sync BN | batch | ms/step best | ms/step median "
+             "| variant | XLA | precision | spe | loss | sync BN | fused BN | batch | ms/step best | ms/step median "
              "| pairs/s | GFLOP/s | % of peak | vs baseline (best) | vs baseline (median) |",
-             "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in vs.items():
         best, med = min(v["seconds"]), statistics.median(v["seconds"])
         gf = v["flops_per_step"] / best / 1e9
         lines.append(f"| {name} | {'on' if v['jit'] else 'off'} | {v['precision']} | {v['spe']} | {v['loss']} | "
-                     f"{'yes' if v['sync_bn'] else 'no'} | {v['batch']} | {1000 * best:.0f} | {1000 * med:.0f} | "
+                     f"{'yes' if v['sync_bn'] else 'no'} | {'yes' if v.get('fused_bn') else 'no'} | {v['batch']} | {1000 * best:.0f} | {1000 * med:.0f} | "
                      f"{v['batch'] / best:.0f} | {gf:.0f} | {100 * gf / peak:.0f}% | "
                      f"{base_best / (best / v['batch']):.2f}× | {base_med / (med / v['batch']):.2f}× |")
     for name, prof in (rep.get("profiles") or {}).items():
@@ -485,6 +431,7 @@ def main(argv=None):
         rep = report["models"][model_name] = {
             "describe": _describe(model_name), "peaks": peaks, "profiles": {},
             "variants": {n: {**dataclasses.asdict(e["variant"]), "batch": e["batch"], "sync_bn": e["sync"],
+                             "fused_bn": e["fused"],
                              "flops_per_step": e["flops"]["per_step"], "seconds": results[n],
                              "compile_s": e["compile_s"]} for n, e in entries.items()}}
         # The baseline and the fastest variant.

@@ -40,6 +40,7 @@ class ModelConfig:
     lambd: float = 0.0051
     loss_method: Literal["auto", "dense", "gram"] = "auto"
     sync_batchnorm: bool = True
+    fused_batchnorm: bool = True
 
 
 @dataclasses.dataclass

@@ -3,7 +3,10 @@
 Every encoder is a functional ``keras.Model`` with one input ``images``
 (NHWC float32, preprocessed) and one output ``[batch, dim]`` after global
 average pooling. BatchNorm is synchronised across replicas by default, so
-training is independent of how many replicas share the global batch.
+training is independent of how many replicas share the global batch. In
+training, BN runs as one fused kernel where its statistics are local
+(``bt_keras.layers.FusedBatchNormalization``; ``fused_batchnorm=False`` for
+Keras' own layer).
 
 Example:
 
@@ -18,17 +21,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from bt_keras.layers import batch_norm
+
 _BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
-
-
-def _bn(sync, zero_gamma=False, name=None):
-    return layers.BatchNormalization(
-        momentum=0.9,
-        epsilon=1e-5,
-        synchronized=sync,
-        gamma_initializer="zeros" if zero_gamma else "ones",
-        name=name,
-    )
 
 
 def _conv(filters, kernel, stride=1, name=None):
@@ -38,24 +33,24 @@ def _conv(filters, kernel, stride=1, name=None):
     )
 
 
-def _residual_block(x, filters, stride, kind, sync, zero_init, name):
+def _residual_block(x, filters, stride, kind, bn, zero_init, name):
     expansion = 4 if kind == "bottleneck" else 1
     shortcut = x
     if stride != 1 or x.shape[-1] != filters * expansion:
         shortcut = _conv(filters * expansion, 1, stride, name=f"{name}_proj")(x)
-        shortcut = _bn(sync, name=f"{name}_proj_bn")(shortcut)
+        shortcut = bn(name=f"{name}_proj_bn")(shortcut)
     if kind == "basic":
         y = _conv(filters, 3, stride, name=f"{name}_conv1")(x)
-        y = layers.ReLU()(_bn(sync, name=f"{name}_bn1")(y))
+        y = layers.ReLU()(bn(name=f"{name}_bn1")(y))
         y = _conv(filters, 3, name=f"{name}_conv2")(y)
-        y = _bn(sync, zero_init, name=f"{name}_bn2")(y)
+        y = bn(zero_gamma=zero_init, name=f"{name}_bn2")(y)
     else:
         y = _conv(filters, 1, name=f"{name}_conv1")(x)
-        y = layers.ReLU()(_bn(sync, name=f"{name}_bn1")(y))
+        y = layers.ReLU()(bn(name=f"{name}_bn1")(y))
         y = _conv(filters, 3, stride, name=f"{name}_conv2")(y)
-        y = layers.ReLU()(_bn(sync, name=f"{name}_bn2")(y))
+        y = layers.ReLU()(bn(name=f"{name}_bn2")(y))
         y = _conv(filters * expansion, 1, name=f"{name}_conv3")(y)
-        y = _bn(sync, zero_init, name=f"{name}_bn3")(y)
+        y = bn(zero_gamma=zero_init, name=f"{name}_bn3")(y)
     return layers.ReLU()(layers.Add()([shortcut, y]))
 
 
@@ -66,6 +61,7 @@ def resnet(
     input_shape=(None, None, 3),
     zero_init_residual: bool = True,
     sync_batchnorm: bool = True,
+    fused_batchnorm: bool = True,
     name: str | None = None,
 ) -> keras.Model:
     """ResNet-18/34 (basic blocks) or ResNet-50 (bottlenecks), head removed.
@@ -78,25 +74,30 @@ def resnet(
         use width × (1, 2, 4, 8) (× 4 for bottlenecks: 2048-d ResNet-50).
       zero_init_residual: γ = 0 for the last BN of each block (official recipe).
       sync_batchnorm: synchronise BN statistics over replicas.
+      fused_batchnorm: train BN through the fused kernel where it applies.
     """
     if depth not in _BLOCKS:
         raise ValueError(f"resnet depth must be one of {sorted(_BLOCKS)}, got {depth}")
     if stem not in ("cifar", "imagenet"):
         raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
     kind, counts = _BLOCKS[depth]
+
+    def bn(zero_gamma=False, name=None):
+        return batch_norm(sync_batchnorm, fused_batchnorm, zero_gamma, name)
+
     inputs = keras.Input(shape=input_shape, name="images")
     if stem == "cifar":
         x = _conv(width, 3, name="stem_conv")(inputs)
-        x = layers.ReLU()(_bn(sync_batchnorm, name="stem_bn")(x))
+        x = layers.ReLU()(bn(name="stem_bn")(x))
     else:
         x = _conv(width, 7, 2, name="stem_conv")(inputs)
-        x = layers.ReLU()(_bn(sync_batchnorm, name="stem_bn")(x))
+        x = layers.ReLU()(bn(name="stem_bn")(x))
         x = layers.MaxPooling2D(3, 2, padding="same")(x)
     for stage, count in enumerate(counts):
         for block in range(count):
             stride = 2 if stage > 0 and block == 0 else 1
             x = _residual_block(
-                x, width * 2**stage, stride, kind, sync_batchnorm, zero_init_residual,
+                x, width * 2**stage, stride, kind, bn, zero_init_residual,
                 name=f"stage{stage + 1}_block{block + 1}",
             )
     outputs = layers.GlobalAveragePooling2D(name="pool")(x)
@@ -107,6 +108,7 @@ def small_cnn(
     widths=(32, 64, 128, 256),
     input_shape=(None, None, 3),
     sync_batchnorm: bool = True,
+    fused_batchnorm: bool = True,
     name: str = "small_cnn",
 ) -> keras.Model:
     """A plain Conv-BN-ReLU network for quick CPU runs: two 3×3 convs per stage,
@@ -118,7 +120,8 @@ def small_cnn(
             x = layers.MaxPooling2D(2)(x)
         for i in range(2):
             x = _conv(w, 3, name=f"stage{stage + 1}_conv{i + 1}")(x)
-            x = layers.ReLU()(_bn(sync_batchnorm, name=f"stage{stage + 1}_bn{i + 1}")(x))
+            bn = batch_norm(sync_batchnorm, fused_batchnorm, name=f"stage{stage + 1}_bn{i + 1}")
+            x = layers.ReLU()(bn(x))
     outputs = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, outputs, name=name)
 

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from bt_keras.layers import batch_norm
 from bt_keras.losses import barlow_twins_terms
 
 
@@ -30,14 +31,14 @@ def _multi_worker(strategy) -> bool:
         getattr(extended, "_in_multi_worker_mode", lambda: False)())
 
 
-def build_projector(dims, sync_batchnorm: bool = True, name: str = "projector") -> keras.Sequential:
+def build_projector(dims, sync_batchnorm: bool = True, fused_batchnorm: bool = True,
+                    name: str = "projector") -> keras.Sequential:
     """``[Dense(no bias) → BN → ReLU] × (len(dims) − 1) → Dense(no bias)``."""
     stack = []
     for i, d in enumerate(dims):
         stack.append(layers.Dense(d, use_bias=False, name=f"dense{i + 1}"))
         if i < len(dims) - 1:
-            stack.append(layers.BatchNormalization(
-                momentum=0.9, epsilon=1e-5, synchronized=sync_batchnorm, name=f"bn{i + 1}"))
+            stack.append(batch_norm(sync_batchnorm, fused_batchnorm, name=f"bn{i + 1}"))
             stack.append(layers.ReLU(name=f"relu{i + 1}"))
     return keras.Sequential(stack, name=name)
 
@@ -59,6 +60,8 @@ class BarlowTwins(keras.Model):
       lambd: off-diagonal weight λ.
       loss_method: ``"auto" | "dense" | "gram"`` (see ``barlow_twins_terms``).
       sync_batchnorm: synchronise the projector's BN over replicas.
+      fused_batchnorm: train the projector's BN through one fused kernel
+        where its statistics are local (``bt_keras.layers``).
 
     Logged metrics: ``loss``, ``on_diag``, ``off_diag``, ``learning_rate`` and
     ``embedding_std``: the mean over dimensions of the batch std of the
@@ -73,6 +76,7 @@ class BarlowTwins(keras.Model):
         lambd: float = 0.0051,
         loss_method: str = "auto",
         sync_batchnorm: bool = True,
+        fused_batchnorm: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -81,7 +85,8 @@ class BarlowTwins(keras.Model):
         self.lambd = float(lambd)
         self.loss_method = loss_method
         self.sync_batchnorm = bool(sync_batchnorm)
-        self.projector = build_projector(self.projector_dims, sync_batchnorm)
+        self.fused_batchnorm = bool(fused_batchnorm)
+        self.projector = build_projector(self.projector_dims, sync_batchnorm, fused_batchnorm)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.on_diag_tracker = keras.metrics.Mean(name="on_diag")
         self.off_diag_tracker = keras.metrics.Mean(name="off_diag")
@@ -144,6 +149,12 @@ class BarlowTwins(keras.Model):
             scaled = self.optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # A diverged step must log a NaN loss (TrainingGuard stops on it), but oneDNN's fused
+            # BN + ReLU maps NaN to 0, so the loss can stay finite; the gradients never do.
+            # (Under float16 loss scaling, non-finite gradients are routine skipped steps.)
+            finite = tf.math.is_finite(tf.linalg.global_norm(grads))
+            terms = terms._replace(loss=tf.where(finite, terms.loss, float("nan")))
         return self._update_metrics(z_a, terms)
 
     def test_step(self, data):
@@ -159,6 +170,7 @@ class BarlowTwins(keras.Model):
                 "lambd": self.lambd,
                 "loss_method": self.loss_method,
                 "sync_batchnorm": self.sync_batchnorm,
+                "fused_batchnorm": self.fused_batchnorm,
             }
         )
         return config

@@ -56,14 +56,15 @@ def build_model(cfg, image_size: int):
     from bt_keras.encoders import build_encoder
     from bt_keras.model import BarlowTwins
 
-    kwargs = {"sync_batchnorm": cfg.model.sync_batchnorm}
+    kwargs = {"sync_batchnorm": cfg.model.sync_batchnorm, "fused_batchnorm": cfg.model.fused_batchnorm}
     if cfg.model.encoder == "small_cnn":
         kwargs["widths"] = tuple(cfg.model.width * m for m in (1, 2, 4, 8))
     else:
         kwargs.update(width=cfg.model.width, zero_init_residual=cfg.model.zero_init_residual)
     encoder = build_encoder(cfg.model.encoder, input_shape=(image_size, image_size, 3), **kwargs)
     model = BarlowTwins(encoder, projector_dims=cfg.model.projector_dims, lambd=cfg.model.lambd,
-                        loss_method=cfg.model.loss_method, sync_batchnorm=cfg.model.sync_batchnorm)
+                        loss_method=cfg.model.loss_method, sync_batchnorm=cfg.model.sync_batchnorm,
+                        fused_batchnorm=cfg.model.fused_batchnorm)
     model.build((None, image_size, image_size, 3))
     return model
 
