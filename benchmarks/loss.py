@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 
 def _rss_mb():
     with open("/proc/self/status") as f:

@@ -91,7 +91,8 @@ def test_kill_9_mid_epoch_then_resume(tmp_path, reference):
     proc.wait()
     out = _run(run)
     step = _resumed_step(out.stdout)
-    assert step > 0 and step % 4 == 0 and step < EPOCHS * STEPS_PER_EPOCH
+    # Checkpoints land every 4 steps and at each epoch's end; the kill can follow either.
+    assert 0 < step < EPOCHS * STEPS_PER_EPOCH and (step % 4 == 0 or step % STEPS_PER_EPOCH == 0), step
     _assert_same_course_as(reference, run)
 
 
