@@ -50,14 +50,16 @@ def restore_checkpoint(model: keras.Model, path: str) -> int:
     """Loads ``path`` into a compiled model; returns the restored step (0 if none)."""
     if not tf.io.gfile.exists(path):
         return 0
-    model.optimizer.build(model.trainable_variables)
-    if "://" in path:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, CHECKPOINT_NAME)
-            tf.io.gfile.copy(path, local)
-            model.load_weights(local)
-    else:
-        model.load_weights(path)
+    # Optimizer slots are created here, so under a strategy they must be the strategy's variables.
+    with model.distribute_strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+        if "://" in path:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = os.path.join(tmp, CHECKPOINT_NAME)
+                tf.io.gfile.copy(path, local)
+                model.load_weights(local)
+        else:
+            model.load_weights(path)
     return int(model.optimizer.iterations.numpy())
 
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from cluster import free_port, tf_config
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_case.py")
 CASES = {
@@ -65,21 +66,6 @@ def test_training_moved_the_weights(runs):
 def test_unsynchronised_batchnorm_breaks_exactness(runs):
     # Negative control: per-replica BN statistics make the result depend on the replica count.
     assert _max_weight_diff(runs["r1"], runs["r2_unsynced_bn"]) > 1e-3
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tf_config(ports, index):
-    import json
-
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
 
 
 @pytest.fixture(scope="module")

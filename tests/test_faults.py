@@ -1,7 +1,8 @@
-"""Preemption and crashes: kill -9 and SIGTERM mid-epoch, then resume.
+"""Preemption and crashes: kill -9 and SIGTERM mid-epoch, a lost worker, then resume.
 
 Real bt-train processes on the embedded demo at a tiny size: 22 steps per
-epoch, 3 epochs, a checkpoint every 4 steps.
+epoch, 3 epochs, a checkpoint every 4 steps; the lost-worker case runs a real
+two-process MultiWorkerMirroredStrategy cluster on 127.0.0.1.
 """
 
 import csv
@@ -13,6 +14,7 @@ import sys
 import time
 
 import pytest
+from cluster import free_port, tf_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH = 1438 // 64
@@ -110,3 +112,50 @@ def test_sigterm_writes_a_checkpoint_at_the_signal_and_resumes(tmp_path, referen
     out = _run(run)
     assert _resumed_step(out.stdout) == step
     _assert_same_course_as(reference, run)
+
+
+def _start_workers(run_dir, ports, epochs):
+    """Two bt-train processes forming a MultiWorkerMirroredStrategy cluster on 127.0.0.1."""
+    procs = []
+    for i in range(2):
+        cmd = _cmd(run_dir) + ["--set", "train.strategy=multi_worker", "--set", f"train.epochs={epochs}"]
+        env = dict(_env(), TF_CONFIG=tf_config(ports, i), CUDA_VISIBLE_DEVICES="")
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                      cwd=ROOT))
+    return procs
+
+
+def test_lost_worker_stops_the_other_with_a_message_then_both_resume(tmp_path):
+    epochs = 6  # the kill follows the first checkpoint (step 4), well before the end
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "latest.weights.h5"
+    chief, worker = _start_workers(run, [free_port(), free_port()], epochs)
+    try:
+        deadline = time.time() + 300
+        while not ckpt.exists():
+            assert chief.poll() is None and worker.poll() is None, chief.communicate()[1][-3000:]
+            assert time.time() < deadline, "the cluster wrote no checkpoint in time"
+            time.sleep(0.05)
+        worker.kill()
+        worker.wait()
+        killed_at = time.time()
+        _, stderr = chief.communicate(timeout=240)  # bounded: a hang fails here
+        stopped_after = time.time() - killed_at
+    finally:
+        for p in (chief, worker):
+            if p.poll() is None:
+                p.kill()
+    assert chief.returncode == 1, stderr[-3000:]
+    assert "bt-train: error: lost contact with another worker" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stopped_after < 240
+
+    ports = [free_port(), free_port()]
+    procs = _start_workers(run, ports, epochs)
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+        step = _resumed_step(out)
+        assert 0 < step < epochs * STEPS_PER_EPOCH
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == epochs * STEPS_PER_EPOCH
