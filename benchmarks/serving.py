@@ -13,9 +13,10 @@ call) this exports through ``bt_keras.export.export_encoder``
 - ``ort``: ONNX Runtime on the preprocessed float input
 - ``ort_bytes``: ONNX Runtime plus the serving kit's numpy/Pillow preprocessing of the same JPEG bytes
 
-Latency is the median wall time of one call, timed in interleaved rounds (every
-runtime once per round) so that load from other processes affects all alike;
-throughput is batch / median.
+Latency is the median wall time of one call, timed in interleaved rounds (a
+block of calls of every runtime per round, after a short pause) so that load
+from other processes affects all alike and one runtime's spinning thread pool
+does not slow the next; throughput is batch / median.
 Target (issue 4): ONNX Runtime ≤ 0.5 × SavedModel ``serve_float`` latency at batch 1.
 
     PYTHONPATH=. python benchmarks/serving.py                 # both encoders, ~3 minutes on 2 cores
@@ -78,27 +79,38 @@ def _jpegs(count: int, shape, seed: int = 0) -> list:
     return out
 
 
-def _time_interleaved(runs: dict, seconds: float, min_rounds: int = 7, max_rounds: int = 1000) -> dict:
-    """Median seconds per call of each runtime, timed in interleaved rounds.
+def _time_interleaved(runs: dict, seconds: float, min_rounds: int = 3, block_seconds: float = 0.25,
+                      pause: float = 0.05) -> dict:
+    """Median seconds per call of each runtime, timed in interleaved rounds of blocks.
 
-    Each round calls every runtime once (rotating the order), so load from other
-    processes on a shared machine hits all runtimes alike and their ratio stays
-    meaningful even when the absolute numbers move.
+    Each round runs every runtime for a block of calls (rotating the order), so
+    load from other processes on a shared machine hits all runtimes alike.
+    Blocks, a pause before each and the first call of a block left out: the
+    runtimes share this process, and the thread pools of the one that just ran
+    (TF's and ONNX Runtime's both spin-wait after work) would otherwise take
+    cores from the next; as separate servers they would not.
     """
-    for fn in runs.values():  # warm-up: graph tracing, allocator, thread pools
+    per_call = {}
+    for name, fn in runs.items():  # warm-up: graph tracing, allocator, thread pools
         for _ in range(3):
             fn()
+        t = time.perf_counter()
+        fn()
+        per_call[name] = time.perf_counter() - t
+    calls = {name: max(2, min(200, int(block_seconds / max(dt, 1e-6)))) for name, dt in per_call.items()}
     names = list(runs)
     times = {name: [] for name in names}
     start = time.perf_counter()
-    budget = seconds * len(names)
     rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget):
+    while rounds < min_rounds or time.perf_counter() - start < seconds * len(names):
         shift = rounds % len(names)
         for name in names[shift:] + names[:shift]:
-            t = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - t)
+            time.sleep(pause)
+            for i in range(calls[name] + 1):
+                t = time.perf_counter()
+                runs[name]()
+                if i:
+                    times[name].append(time.perf_counter() - t)
         rounds += 1
     return {name: statistics.median(v) for name, v in times.items()}
 
