@@ -315,7 +315,7 @@ def plot(results, path):
             continue
         ax.axhline(100 * rows[name]["top1"], color="grey", linestyle=style,
                    label=f"{name}: {100 * rows[name]['top1']:.1f}%")
-    ax.set_xlabel("training time (minutes, 2 shared CPU cores)")
+    ax.set_xlabel("training time (minutes, 2 CPU cores)")
     ax.set_ylabel("CIFAR-10 test kNN top-1 (%)")
     ax.set_title("kNN (k=200, T=0.1) against training time")
     ax.grid(alpha=0.3)
