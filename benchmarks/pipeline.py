@@ -47,7 +47,7 @@ from bt_keras import augment as bt_augment  # noqa: E402
 from bt_keras import data as bt_data  # noqa: E402
 
 AUTOTUNE = tf.data.AUTOTUNE
-TRAIN_STEP_PAIRS_PER_S = 400  # CPU benchmark configuration's training rate at 32 px
+TRAIN_STEP_PAIRS_PER_S = 688  # CPU benchmark configuration's training rate at 32 px (benchmarks/train_step.py, 2026-12-01)
 
 
 # --------------------------------------------------------------------------- #
