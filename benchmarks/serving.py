@@ -19,7 +19,7 @@ from other processes affects all alike and one runtime's spinning thread pool
 does not slow the next; throughput is batch / median.
 Target (issue 4): ONNX Runtime ≤ 0.5 × SavedModel ``serve_float`` latency at batch 1.
 
-    PYTHONPATH=. python benchmarks/serving.py                 # both encoders, ~3 minutes on 2 cores
+    PYTHONPATH=. python benchmarks/serving.py                 # all three encoders, ≈ 2 minutes on 2 idle cores
     PYTHONPATH=. python benchmarks/serving.py --models cifar --seconds 1 --json out.json
 """
 
