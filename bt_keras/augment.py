@@ -17,11 +17,12 @@ deliver examples. The work runs in two stages:
 1. the crop: :func:`sample_params` gives each view's parameters, then
    :func:`crop_resize` (decoded image), :func:`decode_crop_resize` (JPEG
    bytes: only the crop window is decoded) or, for small same-size images,
-   :func:`crop_resize_batch` (the whole batch in two matrix products) cut,
-   resize and flip the crop;
-2. per batch: :func:`apply_batch` applies jitter (each example its own
-   random order), grayscale, blur, solarize and normalisation, vectorised
-   over the batch with the per-example parameters.
+   :func:`crop_resize_batch` (the whole batch in two matrix products) cut
+   and resize the crop;
+2. per batch: :func:`apply_batch` runs flip, jitter (each example its own
+   random order), grayscale, blur, solarize and normalisation as one XLA
+   program that takes each image through the whole recipe while it is in
+   cache.
 
 Example:
 
@@ -66,6 +67,7 @@ __all__ = [
     "decode_crop_resize",
     "apply_batch",
     "augment_pair",
+    "augment_views",
     "blur_kernel_size",
 ]
 
@@ -563,34 +565,30 @@ def _resize(crop, image_size: int, config: AugmentConfig):
         )
     else:
         out = plain()
-    out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+    out = tf.saturate_cast(tf.round(out), tf.uint8)
     out.set_shape([image_size, image_size, 3])
     return out
 
 
-def _maybe_flip(out, params):
-    # Flipping the small uint8 crop here saves a pass over the float batch later.
-    if "flip" not in params:
-        return out
-    return tf.cond(params["flip"], lambda: tf.reverse(out, axis=[1]), lambda: out)
-
-
 def crop_resize(image, params: dict, image_size: int, config: AugmentConfig):
-    """Cuts ``params["crop"]`` out of a uint8 [H, W, 3] image, resizes it and applies
-    ``params["flip"]`` if present; uint8 [S, S, 3]."""
+    """Cuts ``params["crop"]`` out of a uint8 [H, W, 3] image and resizes it; uint8 [S, S, 3].
+
+    The flip is left to :func:`apply_batch`, which does it on the image while
+    it is in cache anyway.
+    """
     box = params["crop"]
     crop = tf.slice(image, [box[0], box[1], 0], [box[2], box[3], 3])
-    return _maybe_flip(_resize(crop, image_size, config), params)
+    return _resize(crop, image_size, config)
 
 
 def decode_crop_resize(jpeg_bytes, params: dict, image_size: int, config: AugmentConfig):
     """JPEG bytes → decode only the crop window (``decode_and_crop_jpeg``) → uint8 [S, S, 3]."""
     crop = tf.io.decode_and_crop_jpeg(jpeg_bytes, params["crop"], channels=3)
-    return _maybe_flip(_resize(crop, image_size, config), params)
+    return _resize(crop, image_size, config)
 
 
 # --------------------------------------------------------------------------- #
-# Stage 2: vectorised pixel operations on a batch, per-example parameters.
+# Stage 2: pixel operations, per-example parameters, one XLA program per batch.
 # --------------------------------------------------------------------------- #
 
 _LUMA = (0.299, 0.587, 0.114)  # torchvision rgb_to_grayscale
@@ -643,74 +641,50 @@ _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
 
 
 def _color_jitter(x, apply, factors, order):
-    """Each example runs its own permutation of the four ops (or none).
+    """One image [1, 3, H, W]: the four ops in the example's own ``order``, or none.
 
-    At every one of the four stages the batch is partitioned by the op each
-    example needs, so each op runs once per stage on its share of the batch
-    (the cost of one sequential jitter, not four).
+    A ``switch_case`` per stage runs only the op that stage needs.
     """
-    n = tf.shape(x)[0]
-    ids = tf.range(n)
     for stage in range(4):
-        op = tf.where(apply, order[:, stage], 4)
-        parts = tf.dynamic_partition(x, op, 5)
-        part_ids = tf.dynamic_partition(ids, op, 5)
-        outs = [fn(parts[k], tf.gather(factors[:, k], part_ids[k])) for k, fn in enumerate(_JITTER_OPS)]
-        outs.append(parts[4])
-        x = tf.dynamic_stitch(part_ids, outs)
+        branch = tf.where(apply, order[stage], 4)
+        ops = [functools.partial(fn, x, factors[k : k + 1]) for k, fn in enumerate(_JITTER_OPS)]
+        x = tf.switch_case(branch, ops + [lambda x=x: x])
     return x
-
-
-def _color_jitter_per_image(x, apply, factors, order):
-    """:func:`_color_jitter` as a loop over images, each stage a ``switch_case``.
-
-    Meant to run under XLA (see :func:`apply_batch`): every image's four ops
-    fuse into a few loops and only the chosen op of each stage runs. Measured
-    2× (32 px) to 3× (224 px) faster than the partitioned version, same values.
-    """
-
-    def one(args):
-        xi, f, o, a = args
-        xi = xi[None]
-        for stage in range(4):
-            branch = tf.where(a, o[stage], 4)
-            ops = [functools.partial(fn, xi, f[k : k + 1]) for k, fn in enumerate(_JITTER_OPS)]
-            xi = tf.switch_case(branch, ops + [lambda: xi])
-        return xi[0]
-
-    return tf.map_fn(one, (x, factors, order, apply), fn_output_signature=x.dtype)
 
 
 def _gaussian_blur(x, sigma, kernel_size: int):
     """Separable Gaussian blur, one σ per example, reflect padding; channels-first.
 
-    Folding the batch into channels turns per-example kernels into one
-    depthwise convolution over the whole batch.
+    Each pass is a sum of shifted copies weighted per example (the kernel is
+    symmetric, so mirrored taps share a multiply). Under XLA a pass fuses
+    into one loop over the batch; measured 1.8× faster than a depthwise
+    convolution with the batch folded into channels.
     """
-    n = tf.shape(x)[0]
-    size_h, size_w = x.shape[2], x.shape[3]
     r = kernel_size // 2
     t = tf.range(-r, r + 1, dtype=tf.float32)
     w = tf.exp(-(t[None, :] ** 2) / (2.0 * sigma[:, None] ** 2))
     w = w / tf.reduce_sum(w, axis=1, keepdims=True)  # [n, k]
-    w = tf.transpose(tf.repeat(w, 3, axis=0))  # [k, n*3], channel e*3 + c
-    y = tf.transpose(tf.reshape(x, [n * 3, size_h, size_w]), [1, 2, 0])[None]
-    y = tf.pad(y, [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
-    y = tf.nn.depthwise_conv2d(y, tf.reshape(w, [1, kernel_size, n * 3, 1]), [1, 1, 1, 1], "VALID")
-    y = tf.nn.depthwise_conv2d(y, tf.reshape(w, [kernel_size, 1, n * 3, 1]), [1, 1, 1, 1], "VALID")
-    return tf.reshape(tf.transpose(y[0], [2, 0, 1]), [n, 3, size_h, size_w])
 
+    def one_pass(y, axis):
+        size = y.shape[axis]
+        pad = [[0, 0]] * 4
+        pad[axis] = [r, r]
+        y = tf.pad(y, pad, mode="REFLECT")
 
-def _on_subset(x, mask, fn, *per_example):
-    """``fn`` on the examples where ``mask`` holds, scattered back in place."""
-    idx = tf.where(mask)
+        def tap(i):
+            begin = [0, 0, 0, 0]
+            begin[axis] = i
+            shape = [-1, -1, -1, -1]
+            shape[axis] = size
+            return tf.slice(y, begin, shape)
 
-    def run():
-        sub = fn(tf.gather_nd(x, idx), *(tf.gather_nd(a, idx) for a in per_example))
-        return tf.tensor_scatter_nd_update(x, idx, sub)
+        weight = lambda i: w[:, i, None, None, None]  # noqa: E731
+        out = weight(r) * tap(r)
+        for i in range(r):
+            out += weight(i) * (tap(i) + tap(kernel_size - 1 - i))
+        return out
 
-    # Padding ops reject empty batches, and an empty subset needs no work.
-    return tf.cond(tf.shape(idx)[0] > 0, run, lambda: tf.identity(x))
+    return one_pass(one_pass(x, 3), 2)
 
 
 def apply_batch(images, params: dict, config: AugmentConfig, view: int, normalize: bool = True,
@@ -721,8 +695,8 @@ def apply_batch(images, params: dict, config: AugmentConfig, view: int, normaliz
     [B, 3, S, S] with ``channels_first``); ``params``: the batched dict from
     :func:`sample_params`. Returns float32 [B, S, S, 3],
     ``(x / 255 - mean) / std`` (or on [0, 1] with ``normalize=False``).
-    ``flipped``: the crops already carry their flips (:func:`crop_resize`
-    and :func:`crop_resize_batch` apply ``params["flip"]``).
+    ``flipped``: the crops already carry their flips
+    (:func:`crop_resize_batch` applies ``params["flip"]``).
 
     >>> cfg = get_preset("cifar")
     >>> p = sample_params(example_keys(0, 0, tf.range(8, dtype=tf.int64)), 32, 32, cfg, 0)
@@ -730,77 +704,66 @@ def apply_batch(images, params: dict, config: AugmentConfig, view: int, normaliz
     TensorShape([8, 32, 32, 3])
     """
     side = int(images.shape[2] if channels_first else images.shape[1])
-    fns = _pixel_fns(config, view, side, bool(normalize), bool(channels_first), bool(flipped))
-    x = fns.head(images, params)
-    if fns.blur_kernel > 1:
-        k = fns.blur_kernel
-        if float(config.blur.prob[view]) >= 1.0:
-            x = _gaussian_blur(x, params["blur_sigma"], k)
-        else:
-            x = _on_subset(x, params["blur"], lambda a, s: _gaussian_blur(a, s, k), params["blur_sigma"])
-    x = fns.tail(x, params)
+    run = _pixel_fn(config, view, side, bool(normalize), bool(channels_first), bool(flipped))
+    x = run(images, {k: params[k] for k in _PIXEL_PARAMS})
     x.set_shape([images.shape[0], side, side, 3])
     return x
 
 
-@dataclass
-class _PixelFns:
-    head: object
-    tail: object
-    blur_kernel: int
+_PIXEL_PARAMS = ("flip", "jitter", "jitter_factors", "jitter_order", "grayscale", "blur", "blur_sigma", "solarize")
 
 
 @functools.lru_cache(maxsize=64)
-def _pixel_fns_cached(cfg_repr, view, side, normalize, channels_first, flipped):
+def _pixel_fn_cached(cfg_repr, view, side, normalize, channels_first, flipped):
+    """The XLA program of :func:`apply_batch`: a loop over the batch, the whole recipe per image.
+
+    One image (600 kB at 224 px) stays in cache from its uint8 crop to its
+    normalised output, so the batch is read once and written once; every
+    "with probability p" is a branch that runs only when taken. Measured
+    1.8× less CPU time than whole-batch ops at 224 px (each pass over a
+    float batch costs about as much as the arithmetic) and 1.4× at 32 px.
+    """
     config = _PIXEL_CONFIGS[cfg_repr]
-    blur_on = config.blur.enabled and float(config.blur.prob[view]) > 0
-    blur_kernel = blur_kernel_size(side, config.blur.kernel_fraction) if blur_on else 0
+    blur_prob = float(config.blur.prob[view]) if config.blur.enabled else 0.0
+    kernel = blur_kernel_size(side, config.blur.kernel_fraction)
+    solarize = config.solarize.enabled and float(config.solarize.prob[view]) > 0
+    mean, std = np.asarray(config.mean, np.float32), np.asarray(config.std, np.float32)
 
-    def per_example(mask):
-        return mask[:, None, None, None]
-
-    def head(images, params):
-        x = tf.cast(images, tf.float32) * (1.0 / 255.0)
-        if not channels_first:
-            x = tf.transpose(x, [0, 3, 1, 2])
+    def one(args):
+        image, p = args
+        x = tf.cast(image, tf.float32) * (1.0 / 255.0)
+        x = (x if channels_first else tf.transpose(x, [2, 0, 1]))[None]  # [1, 3, S, S]
         if config.flip.enabled and not flipped:
-            x = tf.where(per_example(params["flip"]), tf.reverse(x, axis=[3]), x)
+            x = tf.cond(p["flip"], lambda: tf.reverse(x, axis=[3]), lambda: x)
         if config.color_jitter.enabled:
-            x = _color_jitter_per_image(x, params["jitter"], params["jitter_factors"], params["jitter_order"])
+            x = _color_jitter(x, p["jitter"], p["jitter_factors"], p["jitter_order"])
         if config.grayscale.enabled:
-            x = tf.where(per_example(params["grayscale"]), tf.tile(_gray(x), [1, 3, 1, 1]), x)
-        return x
-
-    def tail(x, params):
-        if config.solarize.enabled and float(config.solarize.prob[view]) > 0:
+            x = tf.cond(p["grayscale"], lambda: tf.tile(_gray(x), [1, 3, 1, 1]), lambda: x)
+        if blur_prob > 0 and kernel > 1:
+            # A branch even at p = 1: it also keeps XLA from fusing the two blur passes
+            # into the ops after them (measured 2.8× slower fused).
+            x = tf.cond(p["blur"], lambda: _gaussian_blur(x, p["blur_sigma"][None], kernel), lambda: x)
+        if solarize:
             thr = float(config.solarize.threshold)
-            x = tf.where(per_example(params["solarize"]) & (x >= thr), 1.0 - x, x)
+            x = tf.where(p["solarize"] & (x >= thr), 1.0 - x, x)
         if normalize:
-            mean, std = np.asarray(config.mean, np.float32), np.asarray(config.std, np.float32)
             x = x * (1.0 / std)[:, None, None] - (mean / std)[:, None, None]
-        return tf.transpose(x, [0, 2, 3, 1])
+        return tf.transpose(x[0], [1, 2, 0])
 
-    if blur_kernel <= 1:
-        blur_kernel = 0
-        fused = tf.function(lambda images, params: tail(head(images, params), params), jit_compile=True,
-                            autograph=False)
-        return _PixelFns(fused, lambda x, params: x, 0)
-    # XLA fuses the elementwise work; the blur stays a oneDNN depthwise
-    # convolution in between (XLA's CPU convolutions measured slower).
-    return _PixelFns(
-        tf.function(head, jit_compile=True, autograph=False),
-        tf.function(tail, jit_compile=True, autograph=False),
-        blur_kernel,
-    )
+    @tf.function(jit_compile=True, autograph=False)
+    def run(images, params):
+        return tf.map_fn(one, (images, params), fn_output_signature=tf.float32)
+
+    return run
 
 
 _PIXEL_CONFIGS: dict = {}
 
 
-def _pixel_fns(config, view, side, normalize, channels_first, flipped) -> _PixelFns:
+def _pixel_fn(config, view, side, normalize, channels_first, flipped):
     key = repr(config)
     _PIXEL_CONFIGS[key] = config
-    return _pixel_fns_cached(key, view, side, normalize, channels_first, flipped)
+    return _pixel_fn_cached(key, view, side, normalize, channels_first, flipped)
 
 
 def augment_pair(images, seed: int, config=None, image_size: Optional[int] = None, normalize: bool = True):
@@ -828,21 +791,29 @@ def _make_pair_fn(cfg, size, normalize):
     def run(images, seed):
         n = tf.shape(images)[0]
         keys = example_keys(seed, 0, tf.range(n, dtype=tf.int64))
-        height, width = tf.shape(images)[1], tf.shape(images)[2]
-        pa = sample_params(keys, height, width, cfg, 0)
-        pb = sample_params(keys, height, width, cfg, 1)
-        sig = tf.TensorSpec([size, size, 3], tf.uint8)
-        # Per image: crops differ in size, so each is sliced and resized alone.
-        va, vb = tf.map_fn(
-            lambda args: (crop_resize(args[0], {"crop": args[1], "flip": args[2]}, size, cfg),
-                          crop_resize(args[0], {"crop": args[3], "flip": args[4]}, size, cfg)),
-            (images, pa["crop"], pa["flip"], pb["crop"], pb["flip"]),
-            fn_output_signature=(sig, sig),
-            parallel_iterations=16,
-        )
-        return (
-            apply_batch(va, pa, cfg, 0, normalize, flipped=True),
-            apply_batch(vb, pb, cfg, 1, normalize, flipped=True),
-        )
+        return augment_views(lambda i: images[i], keys, tf.shape(images)[1], tf.shape(images)[2], cfg, size, normalize)
 
     return run
+
+
+def augment_views(image_at, keys, heights, widths, config: AugmentConfig, image_size: int, normalize: bool = True):
+    """``(view_a, view_b)`` of a batch of in-memory images, float32 [B, S, S, 3] each.
+
+    ``image_at(i)``: example ``i``'s uint8 [H, W, 3] image (sizes may
+    differ); ``keys``: int64 [B] example keys; ``heights``/``widths``: the
+    images' sizes, [B] or scalars. Parameters are drawn for the whole
+    batch, each crop is cut and resized on its own, then :func:`apply_batch`.
+    """
+    pa = sample_params(keys, heights, widths, config, 0)
+    pb = sample_params(keys, heights, widths, config, 1)
+    sig = tf.TensorSpec([image_size, image_size, 3], tf.uint8)
+
+    def crops(args):
+        i, box_a, box_b = args
+        image = image_at(i)
+        return (crop_resize(image, {"crop": box_a}, image_size, config),
+                crop_resize(image, {"crop": box_b}, image_size, config))
+
+    va, vb = tf.map_fn(crops, (tf.range(tf.shape(keys)[0]), pa["crop"], pb["crop"]),
+                       fn_output_signature=(sig, sig), parallel_iterations=16)
+    return apply_batch(va, pa, config, 0, normalize), apply_batch(vb, pb, config, 1, normalize)

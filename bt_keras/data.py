@@ -272,6 +272,12 @@ class _Memory:
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         return _Memory(self.name, None, _take(self.labels, sel), flat, offsets, self.shapes[sel], self.uids[sel])
 
+    def image_sizes(self) -> np.ndarray:
+        """int32 [N, 2]: every image's (height, width)."""
+        if self.images is not None:
+            return np.broadcast_to(np.array(self.images.shape[1:3], np.int32), (self.n, 2))
+        return self.shapes[:, :2].astype(np.int32)
+
     def index_to_example(self):
         """A function index -> (uid, uint8 image, label), closing over in-memory tensors."""
         uids = tf.constant(self.uids)
@@ -1050,25 +1056,36 @@ def two_view_dataset(
 
     def per_batch(a, b_):
         (va, pa), (vb, pb) = a, b_
-        return aug.apply_batch(va, pa, cfg, 0, flipped=True), aug.apply_batch(vb, pb, cfg, 1, flipped=True)
+        return aug.apply_batch(va, pa, cfg, 0), aug.apply_batch(vb, pb, cfg, 1)
 
-    if mem is not None and _vectorised_crops(mem, image_size, cfg):
-        # Small same-size images: the whole batch, crops included, in a few batched ops.
-        images, uids = tf.constant(mem.images), tf.constant(mem.uids)
-        height, width = mem.images.shape[1], mem.images.shape[2]
+    if mem is not None:
+        # In memory: whole batches, parameters drawn for the batch at once.
+        uids = tf.constant(mem.uids)
         ds = tf.data.Dataset.range(mem.n).shuffle(mem.n, seed=stream_seed, reshuffle_each_iteration=True)
-        ds = ds.batch(b, drop_remainder=True)
-        ds = tf.data.Dataset.zip((ds, keys))
+        ds = tf.data.Dataset.zip((ds.batch(b, drop_remainder=True), keys))
+        if _vectorised_crops(mem, image_size, cfg):
+            # Small same-size images: the crops too, in a few batched ops.
+            images = tf.constant(mem.images)
+            height, width = mem.images.shape[1], mem.images.shape[2]
 
-        def whole_batch(idx, epoch_key):
-            x = tf.gather(images, idx)
-            k = aug.example_keys(seed, epoch_key, tf.gather(uids, idx))
-            views = []
-            for view in (0, 1):
-                p = aug.sample_params(k, height, width, cfg, view)
-                crops = aug.crop_resize_batch(x, p["crop"], image_size, cfg, channels_first=True, flip=p["flip"])
-                views.append(aug.apply_batch(crops, p, cfg, view, channels_first=True, flipped=True))
-            return tuple(views)
+            def whole_batch(idx, epoch_key):
+                x = tf.gather(images, idx)
+                k = aug.example_keys(seed, epoch_key, tf.gather(uids, idx))
+                views = []
+                for view in (0, 1):
+                    p = aug.sample_params(k, height, width, cfg, view)
+                    crops = aug.crop_resize_batch(x, p["crop"], image_size, cfg, channels_first=True, flip=p["flip"])
+                    views.append(aug.apply_batch(crops, p, cfg, view, channels_first=True, flipped=True))
+                return tuple(views)
+
+        else:
+            get = mem.index_to_example()
+            sizes = tf.constant(mem.image_sizes())
+
+            def whole_batch(idx, epoch_key):
+                k = aug.example_keys(seed, epoch_key, tf.gather(uids, idx))
+                hw = tf.gather(sizes, idx)
+                return aug.augment_views(lambda i: get(idx[i])[1], k, hw[:, 0], hw[:, 1], cfg, image_size)
 
         ds = ds.map(_plain(whole_batch), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         return ds.prefetch(AUTOTUNE).with_options(_options(deterministic, input_context is not None))
@@ -1090,32 +1107,22 @@ def two_view_dataset(
 
         return tf.cond(tf.io.is_jpeg(data), jpeg, lambda: pair_from_image(decode_rgb(data), key))
 
-    if mem is not None:
-        get = mem.index_to_example()
-        ds = tf.data.Dataset.range(mem.n).shuffle(mem.n, seed=stream_seed, reshuffle_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, keys))
+    # Streamed: per-example crops (JPEG crop-decoded), then the batch.
+    kwargs = {}
+    if isinstance(prep.source, _TFDS):
+        kwargs["input_context"] = input_context
+    ds = prep.stream(
+        shuffle_seed=stream_seed, deterministic=deterministic, shuffle_buffer=shuffle_buffer, **kwargs
+    )
+    ds = tf.data.Dataset.zip((ds, keys))
 
-        def per_example(i, epoch_key):
-            uid, image, _ = get(i)
-            return pair_from_image(image, aug.example_keys(seed, epoch_key, uid))
-
-    else:
-        kwargs = {}
-        if isinstance(prep.source, _TFDS):
-            kwargs["input_context"] = input_context
-        ds = prep.stream(
-            shuffle_seed=stream_seed, deterministic=deterministic, shuffle_buffer=shuffle_buffer, **kwargs
-        )
-        ds = tf.data.Dataset.zip((ds, keys))
-
-        def per_example(example, epoch_key):
-            uid, data, _ = example
-            return pair_from_bytes(data, aug.example_keys(seed, epoch_key, uid))
+    def per_example(example, epoch_key):
+        uid, data, _ = example
+        return pair_from_bytes(data, aug.example_keys(seed, epoch_key, uid))
 
     ds = ds.map(_plain(per_example), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    if mem is None:
-        # Validated upstream; anything left that fails to decode is skipped with a logged warning.
-        ds = ds.ignore_errors(log_warning=True)
+    # Validated upstream; anything left that fails to decode is skipped with a logged warning.
+    ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(b, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.map(_plain(per_batch), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.prefetch(AUTOTUNE)

@@ -119,6 +119,27 @@ def test_paper_probe_augmentation_is_crop_and_flip_only():
     assert not np.allclose(np.sort(a.ravel()), np.sort(b.numpy().ravel()))  # new crops each epoch
 
 
+def test_probe_augmentation_flips_half_of_the_images():
+    """Every flip lands once: crop and flip composed must not mirror an image twice."""
+    contract = PreprocessingContract(image_size=16, mean=(0.0,) * 3, std=(1 / 255,) * 3, crop_fraction=1.0)
+    rng = np.random.default_rng(0)
+    n = 2400
+    x = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    images = ev.LabelledImages((x, np.arange(n, dtype=np.int32)), contract)
+    cfg = ev.crop_flip_config(contract)
+    cfg.crop.enabled = False  # the whole image, unresized: each output is its source or the mirror
+    flipped = []
+    for out, label in images.epoch(cfg, batch_size=400):
+        out = np.round(out.numpy()).astype(np.uint8)
+        src = x[label.numpy()]
+        same = (out == src).all(axis=(1, 2, 3))
+        mirror = (out == src[:, :, ::-1]).all(axis=(1, 2, 3))
+        assert (same ^ mirror).all()
+        flipped.append(mirror)
+    rate = np.concatenate(flipped).mean()
+    assert abs(rate - 0.5) <= 3 * np.sqrt(0.25 / n), rate
+
+
 def _subset(src, dst, per_class):
     for cls in sorted(os.listdir(src)):
         os.makedirs(dst / cls)
