@@ -656,9 +656,9 @@ def _gaussian_blur(x, sigma, kernel_size: int):
     """Separable Gaussian blur, one σ per example, reflect padding; channels-first.
 
     Each pass is a sum of shifted copies weighted per example (the kernel is
-    symmetric, so mirrored taps share a multiply). Under XLA a pass fuses
-    into one loop over the batch; measured 1.8× faster than a depthwise
-    convolution with the batch folded into channels.
+    symmetric, so mirrored taps share a multiply); XLA turns each pass into
+    one loop. On a batch of 128 at 224 px: 64 ms, against 115 ms for a
+    depthwise convolution with the batch folded into channels.
     """
     r = kernel_size // 2
     t = tf.range(-r, r + 1, dtype=tf.float32)
@@ -719,9 +719,10 @@ def _pixel_fn_cached(cfg_repr, view, side, normalize, channels_first, flipped):
 
     One image (600 kB at 224 px) stays in cache from its uint8 crop to its
     normalised output, so the batch is read once and written once; every
-    "with probability p" is a branch that runs only when taken. Measured
-    1.8× less CPU time than whole-batch ops at 224 px (each pass over a
-    float batch costs about as much as the arithmetic) and 1.4× at 32 px.
+    "with probability p" is a branch that runs only when taken. On one
+    thread, the ImageNet recipe: 1.8× less time than the same ops applied
+    to the whole batch at 224 px (there each pass over a float batch costs
+    as much as its arithmetic), 1.7× at 32 px.
     """
     config = _PIXEL_CONFIGS[cfg_repr]
     blur_prob = float(config.blur.prob[view]) if config.blur.enabled else 0.0
@@ -803,6 +804,12 @@ def augment_views(image_at, keys, heights, widths, config: AugmentConfig, image_
     differ); ``keys``: int64 [B] example keys; ``heights``/``widths``: the
     images' sizes, [B] or scalars. Parameters are drawn for the whole
     batch, each crop is cut and resized on its own, then :func:`apply_batch`.
+
+    >>> images = tf.zeros([4, 40, 48, 3], tf.uint8)
+    >>> keys = example_keys(0, 0, tf.range(4, dtype=tf.int64))
+    >>> a, b = augment_views(lambda i: images[i], keys, 40, 48, get_preset("cifar"), 32)
+    >>> a.shape
+    TensorShape([4, 32, 32, 3])
     """
     pa = sample_params(keys, heights, widths, config, 0)
     pb = sample_params(keys, heights, widths, config, 1)
