@@ -22,6 +22,10 @@ Baselines, written here:
 The machine may be shared: every pipeline runs ``--rounds`` times,
 interleaved, and the best round is reported, all in one run.
 
+The photos workload ends with a breakdown of bt_keras at 224 px: time to the
+first batch, CPU time of the crops against the XLA pixel program, and the crop
+cost when the sources are 448 px (downscaled, antialiased crops).
+
 Usage:
 
     PYTHONPATH=. python benchmarks/pipeline.py            # both workloads
@@ -210,6 +214,36 @@ def measure(ds, batch, seconds, warmup=3):
     return n * batch / (time.perf_counter() - start)
 
 
+def cpu_ms(fn, repeats=5):
+    """CPU time (user + system, all threads) per call of ``fn``, after one warm-up call."""
+    fn()
+    start = sum(os.times()[:2])
+    for _ in range(repeats):
+        fn()
+    return (sum(os.times()[:2]) - start) / repeats * 1000
+
+
+def breakdown_224(src, arr, cfg, batch):
+    """Where the 224-px time goes: start-up, crops against pixel program, larger sources."""
+    t = time.perf_counter()
+    ds = bt_data.two_view_dataset(src, batch_size=batch, image_size=224, augment=cfg)
+    built = time.perf_counter() - t
+    next(iter(ds))
+    first = time.perf_counter() - t - built
+    images = tf.constant(arr[:batch])
+    keys = bt_augment.example_keys(0, 0, tf.range(batch, dtype=tf.int64))
+    params = [bt_augment.sample_params(keys, 224, 224, cfg, view) for view in (0, 1)]
+    whole = cpu_ms(lambda: [v.numpy() for v in bt_augment.augment_pair(images, seed=0, config=cfg, image_size=224)])
+    pixels = cpu_ms(lambda: [bt_augment.apply_batch(images, params[v], cfg, v).numpy() for v in (0, 1)])
+    large = tf.saturate_cast(tf.round(tf.image.resize(images, [448, 448], method="bicubic")), tf.uint8)
+    whole_448 = cpu_ms(lambda: [v.numpy() for v in bt_augment.augment_pair(large, seed=0, config=cfg, image_size=224)])
+    print(f"\n224 px breakdown, CPU ms per batch of {batch} pairs (all threads):")
+    print(f"  a new bt_keras dataset: built in {built:.1f} s, first batch {first:.1f} s later (XLA compiles both views)")
+    print(f"  whole augmentation (augment_pair): {whole:.0f} ms = crops {whole - pixels:.0f} + pixel program {pixels:.0f}")
+    print(f"  same from 448-px sources (crops downscaled, antialiased): {whole_448:.0f} ms, crops "
+          f"{whole_448 - pixels:.0f} ms ({(whole_448 - pixels) / max(whole - pixels, 1e-9):.1f}× the 224-px crops)")
+
+
 def run_workload(name, rows, batch, seconds, rounds):
     best = {label: 0.0 for label, _ in rows}
     datasets = {label: make() for label, make in rows}
@@ -279,6 +313,7 @@ def main(argv=None):
             ("(b) Keras 3 layers", lambda: baseline_dataset(arr, batch, keras_augmenter(224, True, mean, std))),
         ]
         results.append(("Imagenette photos, 224 px", batch, run_workload("photos", rows, batch, args.seconds, args.rounds)))
+        breakdown_224(src, arr, cfg, batch)
 
     print(f"\nload average at end {os.getloadavg()[0]:.1f}; best of {args.rounds} rounds of {args.seconds:.0f} s\n")
     print("| workload | batch | pipeline | view pairs/s | vs faster baseline |")

@@ -729,8 +729,8 @@ def _pixel_fn_cached(cfg_repr, view, side, normalize, channels_first, flipped):
     as much as its arithmetic), 1.7× at 32 px.
     """
     config = _PIXEL_CONFIGS[cfg_repr]
-    blur_prob = float(config.blur.prob[view]) if config.blur.enabled else 0.0
     kernel = blur_kernel_size(side, config.blur.kernel_fraction)
+    blur = config.blur.enabled and float(config.blur.prob[view]) > 0 and kernel > 1
     solarize = config.solarize.enabled and float(config.solarize.prob[view]) > 0
     mean, std = np.asarray(config.mean, np.float32), np.asarray(config.std, np.float32)
 
@@ -744,7 +744,7 @@ def _pixel_fn_cached(cfg_repr, view, side, normalize, channels_first, flipped):
             x = _color_jitter(x, p["jitter"], p["jitter_factors"], p["jitter_order"])
         if config.grayscale.enabled:
             x = tf.cond(p["grayscale"], lambda: tf.tile(_gray(x), [1, 3, 1, 1]), lambda: x)
-        if blur_prob > 0 and kernel > 1:
+        if blur:
             # A branch even at p = 1: it also keeps XLA from fusing the two blur passes
             # into the ops after them (measured 2.8× slower fused).
             x = tf.cond(p["blur"], lambda: _gaussian_blur(x, p["blur_sigma"][None], kernel), lambda: x)
