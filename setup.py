@@ -27,14 +27,21 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pillow>=10"],
+        "dev": [
+            "pytest>=8",
+            "pillow>=10",
+            "ruff>=0.6",
+            "mkdocs>=1.6",
+            "mkdocs-material>=9.5",
+            "mkdocstrings[python]>=0.26",
+        ],
     },
     entry_points={
         "console_scripts": [
-            "bt-train=bt_keras.train:main",
-            "bt-eval=bt_keras.evaluation:main",
-            "bt-export=bt_keras.export:main",
-            "bt-data=bt_keras.data_cli:main",
+            "bt-train=bt_keras.cli.train:main",
+            "bt-eval=bt_keras.cli.eval:main",
+            "bt-export=bt_keras.cli.export:main",
+            "bt-data=bt_keras.cli.data:main",
         ]
     },
 )

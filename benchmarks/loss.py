@@ -55,8 +55,14 @@ def measure(method, n, d, repeats):
         float(g)
         times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": method, "n": n, "d": d, "seconds": float(np.median(times)),
-            "peak_mb": max(peak - before, 0.0), "loss": float(loss)}
+    return {
+        "method": method,
+        "n": n,
+        "d": d,
+        "seconds": float(np.median(times)),
+        "peak_mb": max(peak - before, 0.0),
+        "loss": float(loss),
+    }
 
 
 def main():
@@ -71,13 +77,20 @@ def main():
         print(json.dumps(measure(m, int(n), int(d), args.repeats)))
         return
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    print(f"{'N':>6}{'D':>7} | {'dense s':>9}{'gram s':>9}{'auto s':>9} | {'dense MB':>9}{'gram MB':>9}"
-          f"{'auto MB':>9} | auto picks | speed-up | mem ratio | rel. diff", flush=True)
+    print(
+        f"{'N':>6}{'D':>7} | {'dense s':>9}{'gram s':>9}{'auto s':>9} | {'dense MB':>9}{'gram MB':>9}"
+        f"{'auto MB':>9} | auto picks | speed-up | mem ratio | rel. diff",
+        flush=True,
+    )
     for n, d in itertools.product(args.n, args.d):
         r = {}
         for m in ("dense", "gram", "auto"):
-            out = subprocess.run([sys.executable, __file__, "--one", m, str(n), str(d), "--repeats",
-                                  str(args.repeats)], capture_output=True, text=True, env=env)
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", m, str(n), str(d), "--repeats", str(args.repeats)],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if out.returncode:
                 sys.exit(out.stderr[-2000:])
             r[m] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -87,9 +100,12 @@ def main():
         speed = r["dense"]["seconds"] / r["auto"]["seconds"]
         mem = r["dense"]["peak_mb"] / max(r["auto"]["peak_mb"], 1e-9)
         diff = abs(r["gram"]["loss"] - r["dense"]["loss"]) / abs(r["dense"]["loss"])
-        print(f"{n:>6}{d:>7} | {r['dense']['seconds']:>9.3f}{r['gram']['seconds']:>9.3f}{r['auto']['seconds']:>9.3f}"
-              f" | {r['dense']['peak_mb']:>9.0f}{r['gram']['peak_mb']:>9.0f}{r['auto']['peak_mb']:>9.0f}"
-              f" | {picks:>10} | {speed:>7.1f}× | {mem:>8.1f}× | {diff:.1e}", flush=True)
+        print(
+            f"{n:>6}{d:>7} | {r['dense']['seconds']:>9.3f}{r['gram']['seconds']:>9.3f}{r['auto']['seconds']:>9.3f}"
+            f" | {r['dense']['peak_mb']:>9.0f}{r['gram']['peak_mb']:>9.0f}{r['auto']['peak_mb']:>9.0f}"
+            f" | {picks:>10} | {speed:>7.1f}× | {mem:>8.1f}× | {diff:.1e}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ from bt_keras import augment as bt_augment  # noqa: E402
 from bt_keras import data as bt_data  # noqa: E402
 
 AUTOTUNE = tf.data.AUTOTUNE
-TRAIN_STEP_PAIRS_PER_S = 688  # CPU benchmark configuration's training rate at 32 px (benchmarks/train_step.py, 2026-12-01)
+TRAIN_STEP_PAIRS_PER_S = (
+    688  # CPU benchmark configuration's training rate at 32 px (benchmarks/train_step.py, 2026-12-01)
+)
 
 
 # --------------------------------------------------------------------------- #
@@ -165,7 +167,10 @@ def keras_augmenter(size, blur, mean, std):
             keras.layers.RandomZoom(height_factor=(-0.7, 0.0)),
             keras.layers.RandomFlip("horizontal"),
             keras.layers.RandomColorJitter(
-                value_range=(0, 1), brightness_factor=0.4, contrast_factor=0.4, saturation_factor=(0.4, 0.6),
+                value_range=(0, 1),
+                brightness_factor=0.4,
+                contrast_factor=0.4,
+                saturation_factor=(0.4, 0.6),
                 hue_factor=0.1,
             ),
             keras.layers.RandomGrayscale(factor=0.2),
@@ -238,10 +243,16 @@ def breakdown_224(src, arr, cfg, batch):
     large = tf.saturate_cast(tf.round(tf.image.resize(images, [448, 448], method="bicubic")), tf.uint8)
     whole_448 = cpu_ms(lambda: [v.numpy() for v in bt_augment.augment_pair(large, seed=0, config=cfg, image_size=224)])
     print(f"\n224 px breakdown, CPU ms per batch of {batch} pairs (all threads):")
-    print(f"  a new bt_keras dataset: built in {built:.1f} s, first batch {first:.1f} s later (XLA compiles both views)")
-    print(f"  whole augmentation (augment_pair): {whole:.0f} ms = crops {whole - pixels:.0f} + pixel program {pixels:.0f}")
-    print(f"  same from 448-px sources (crops downscaled, antialiased): {whole_448:.0f} ms, crops "
-          f"{whole_448 - pixels:.0f} ms ({(whole_448 - pixels) / max(whole - pixels, 1e-9):.1f}× the 224-px crops)")
+    print(
+        f"  a new bt_keras dataset: built in {built:.1f} s, first batch {first:.1f} s later (XLA compiles both views)"
+    )
+    print(
+        f"  whole augmentation (augment_pair): {whole:.0f} ms = crops {whole - pixels:.0f} + pixel program {pixels:.0f}"
+    )
+    print(
+        f"  same from 448-px sources (crops downscaled, antialiased): {whole_448:.0f} ms, crops "
+        f"{whole_448 - pixels:.0f} ms ({(whole_448 - pixels) / max(whole - pixels, 1e-9):.1f}× the 224-px crops)"
+    )
 
 
 def run_workload(name, rows, batch, seconds, rounds):
@@ -273,7 +284,9 @@ def main(argv=None):
         t = time.perf_counter()
         src = f"folder:{folder}"
         n = bt_data.count_examples(src)
-        print(f"CIFAR-10 train folder: {n:,} images; bt_keras scan + decode into memory {time.perf_counter() - t:.1f} s")
+        print(
+            f"CIFAR-10 train folder: {n:,} images; bt_keras scan + decode into memory {time.perf_counter() - t:.1f} s"
+        )
         arr = decoded_array(folder)
         cfg = bt_augment.get_preset("cifar")
         mean, std = tf.constant(cfg.mean), tf.constant(cfg.std)
@@ -295,7 +308,9 @@ def main(argv=None):
         src = f"folder:{folder}"
         t = time.perf_counter()
         n = bt_data.count_examples(src)
-        print(f"Imagenette train folder: {n:,} photos; bt_keras scan + decode into memory {time.perf_counter() - t:.1f} s")
+        print(
+            f"Imagenette train folder: {n:,} photos; bt_keras scan + decode into memory {time.perf_counter() - t:.1f} s"
+        )
         arr = decoded_array(folder)
         cfg = bt_augment.get_preset("imagenet")
         mean, std = tf.constant(cfg.mean), tf.constant(cfg.std)
@@ -312,7 +327,9 @@ def main(argv=None):
             ("(a) map_fn per image", lambda: baseline_dataset(arr, batch, map_fn_augmenter(224, 0.55, 0.1, mean, std))),
             ("(b) Keras 3 layers", lambda: baseline_dataset(arr, batch, keras_augmenter(224, True, mean, std))),
         ]
-        results.append(("Imagenette photos, 224 px", batch, run_workload("photos", rows, batch, args.seconds, args.rounds)))
+        results.append(
+            ("Imagenette photos, 224 px", batch, run_workload("photos", rows, batch, args.seconds, args.rounds))
+        )
         breakdown_224(src, arr, cfg, batch)
 
     print(f"\nload average at end {os.getloadavg()[0]:.1f}; best of {args.rounds} rounds of {args.seconds:.0f} s\n")

@@ -48,8 +48,7 @@ sys.path.insert(0, str(REPO))
 from bt_keras import callbacks as cbs  # noqa: E402
 from bt_keras import evaluation as ev  # noqa: E402
 from bt_keras.config import load_config  # noqa: E402
-from bt_keras.data import eval_dataset, two_view_dataset  # noqa: E402
-from bt_keras.train import build_model, contract_for, save_encoder  # noqa: E402
+from bt_keras.training import build_model, save_encoder  # noqa: E402
 
 DATA = Path(os.environ.get("BT_KERAS_DATA", REPO.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("BT_KERAS_TEST_CACHE", Path.home() / ".cache" / "bt_keras" / "test-data"))
@@ -117,11 +116,19 @@ class Curve(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and "knn_top1" in logs:
-            self.points.append({"epoch": epoch + 1, "train_seconds": round(self.budget.elapsed, 1),
-                                "steps": self.budget.steps, "knn_top1": logs["knn_top1"],
-                                "knn_top5": logs["knn_top5"]})
-            log(f"epoch {epoch + 1}: {self.budget.elapsed / 60:.1f} min, {self.budget.steps} steps, "
-                f"kNN top-1 (10k bank) {logs['knn_top1']:.4f}, loss {logs.get('loss', float('nan')):.1f}")
+            self.points.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_seconds": round(self.budget.elapsed, 1),
+                    "steps": self.budget.steps,
+                    "knn_top1": logs["knn_top1"],
+                    "knn_top5": logs["knn_top5"],
+                }
+            )
+            log(
+                f"epoch {epoch + 1}: {self.budget.elapsed / 60:.1f} min, {self.budget.steps} steps, "
+                f"kNN top-1 (10k bank) {logs['knn_top1']:.4f}, loss {logs.get('loss', float('nan')):.1f}"
+            )
 
 
 def make_optimizer(cfg, peak):
@@ -129,8 +136,13 @@ def make_optimizer(cfg, peak):
 
     o = cfg.optim
     if o.name == "lars":
-        return LARS(peak, weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta,
-                    rank1_lr_multiplier=o.lr_biases / o.lr_weights)
+        return LARS(
+            peak,
+            weight_decay=o.weight_decay,
+            momentum=o.momentum,
+            eta=o.eta,
+            rank1_lr_multiplier=o.lr_biases / o.lr_weights,
+        )
     return keras.optimizers.AdamW(peak, weight_decay=o.weight_decay)
 
 
@@ -151,14 +163,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs" / "cifar10_cpu.yaml"))
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of pretraining steps")
-    p.add_argument("--supervised-minutes", type=float, default=None,
-                   help="budget of the supervised baseline (default: --minutes; 0 skips it)")
+    p.add_argument(
+        "--supervised-minutes",
+        type=float,
+        default=None,
+        help="budget of the supervised baseline (default: --minutes; 0 skips it)",
+    )
     p.add_argument("--data-root", help="extracted CIFAR-10 JPEG root (train/, test/)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "quality"))
     p.add_argument("--curve-bank", type=int, default=10000, help="kNN bank size for the per-epoch curve")
     p.add_argument("--no-linear", action="store_true", help="skip the fast linear probes")
-    p.add_argument("--skip-baselines", action="store_true",
-                   help="only pretrain and evaluate (for configuration exploration)")
+    p.add_argument(
+        "--skip-baselines", action="store_true", help="only pretrain and evaluate (for configuration exploration)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = p.parse_args(argv)
     started = time.time()
@@ -170,26 +187,43 @@ def main(argv=None):
 
     root = cifar_root(args.data_root)
     train_src, test_src = f"folder:{root}/train", f"folder:{root}/test"
-    cfg = load_config(args.config, list(args.set) + [f"data.source={train_src}", f"eval.train_source={train_src}",
-                                                     f"eval.test_source={test_src}"])
-    contract = contract_for(cfg)
+    cfg = load_config(
+        args.config,
+        list(args.set)
+        + [
+            f"data.source={train_src}",
+            "data.cache=true",
+            f"eval.train_source={train_src}",
+            f"eval.test_source={test_src}",
+        ],
+    )
+    contract = cfg.data.contract()
     t, d = cfg.train, cfg.data
     keras.utils.set_random_seed(t.seed)
     keras.mixed_precision.set_dtype_policy(t.mixed_precision)
-    results = {"command": command, "config": args.config, "overrides": args.set, "minutes": args.minutes,
-               "supervised_minutes": sup_minutes, "knn": {"k": cfg.eval.k, "temperature": cfg.eval.temperature},
-               "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
-                           "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()}}
+    results = {
+        "command": command,
+        "config": args.config,
+        "overrides": args.set,
+        "minutes": args.minutes,
+        "supervised_minutes": sup_minutes,
+        "knn": {"k": cfg.eval.k, "temperature": cfg.eval.temperature},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_start": os.getloadavg(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+        },
+    }
 
     def eval_ds(src):
-        return eval_dataset(src, batch_size=512, image_size=contract.image_size, mean=contract.mean,
-                            std=contract.std, crop_fraction=contract.crop_fraction)
+        return d.eval_dataset(512, source=src)
 
     log("decoding the train and test folders into memory")
     t0 = time.time()
     bank_ds, test_ds = eval_ds(train_src), eval_ds(test_src)
-    pairs = two_view_dataset(d.source, batch_size=t.batch_size, image_size=d.image_size, augment=d.augment,
-                             seed=d.seed, cache=True, shuffle_buffer=d.shuffle_buffer).repeat()
+    pairs = d.train_dataset(t.batch_size).repeat()
     curve_bank = cbs.sample_labelled(train_src, args.curve_bank, contract, seed=1, batch_size=512)
     results["decode_seconds"] = round(time.time() - t0, 1)
     log(f"decoded in {results['decode_seconds']} s")
@@ -217,8 +251,10 @@ def main(argv=None):
         log(f"  kNN top-1 {rows['raw pixels']['top1']:.4f}")
 
     model = build_model(cfg, d.image_size)
-    log(f"encoder {cfg.model.encoder} width {cfg.model.width}: {model.encoder.count_params():,} parameters, "
-        f"projector {cfg.model.projector_dims}")
+    log(
+        f"encoder {cfg.model.encoder} width {cfg.model.width}: {model.encoder.count_params():,} parameters, "
+        f"projector {cfg.model.projector_dims}"
+    )
     if not args.skip_baselines:
         log("baseline: random init")
         rows["random init (same encoder)"] = knn_full(model.encoder)
@@ -231,24 +267,31 @@ def main(argv=None):
     def pretrain(model, data, minutes, name):
         schedule = WarmupThenTimeCosine(peak, cfg.optim.warmup_epochs * steps_per_epoch, cfg.optim.end_factor)
         budget = BudgetWithSchedule(minutes * 60, schedule)
-        monitor = cbs.KnnMonitor(curve_bank, test_small, every_epochs=1, k=cfg.eval.k,
-                                 temperature=cfg.eval.temperature, batch_size=512)
+        monitor = cbs.KnnMonitor(
+            curve_bank, test_small, every_epochs=1, k=cfg.eval.k, temperature=cfg.eval.temperature, batch_size=512
+        )
         curve = Curve(budget, monitor)
         # Epoch-0 point: the random encoder with the same bank.
         monitor.set_model(model)
         acc0 = monitor.evaluate()
-        curve.points.append({"epoch": 0, "train_seconds": 0.0, "steps": 0, "knn_top1": acc0["top1"],
-                             "knn_top5": acc0["top5"]})
+        curve.points.append(
+            {"epoch": 0, "train_seconds": 0.0, "steps": 0, "knn_top1": acc0["top1"], "knn_top5": acc0["top5"]}
+        )
         wall = time.time()
-        model.fit(data, epochs=10_000, steps_per_epoch=steps_per_epoch, verbose=0,
-                  callbacks=[budget, monitor, curve])
-        info = {"train_seconds": round(budget.elapsed, 1), "wall_seconds": round(time.time() - wall, 1),
-                "steps": budget.steps, "examples": budget.steps * t.batch_size,
-                "epochs": round(budget.steps / steps_per_epoch, 2),
-                "examples_per_second": round(budget.steps * t.batch_size / max(budget.elapsed, 1e-9), 1),
-                "curve": curve.points}
-        log(f"{name}: {info['steps']} steps = {info['epochs']} epochs in {info['train_seconds']} s of training "
-            f"({info['examples_per_second']} examples/s, load avg now {os.getloadavg()[0]:.1f})")
+        model.fit(data, epochs=10_000, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=[budget, monitor, curve])
+        info = {
+            "train_seconds": round(budget.elapsed, 1),
+            "wall_seconds": round(time.time() - wall, 1),
+            "steps": budget.steps,
+            "examples": budget.steps * t.batch_size,
+            "epochs": round(budget.steps / steps_per_epoch, 2),
+            "examples_per_second": round(budget.steps * t.batch_size / max(budget.elapsed, 1e-9), 1),
+            "curve": curve.points,
+        }
+        log(
+            f"{name}: {info['steps']} steps = {info['epochs']} epochs in {info['train_seconds']} s of training "
+            f"({info['examples_per_second']} examples/s, load avg now {os.getloadavg()[0]:.1f})"
+        )
         return info
 
     log(f"pretraining (Barlow Twins) for {args.minutes} min")
@@ -268,8 +311,12 @@ def main(argv=None):
         keras.utils.set_random_seed(t.seed)
         enc = build_model(cfg, d.image_size).encoder
         sup = Supervised(enc)
-        sup.compile(optimizer=make_optimizer(cfg, peak), loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True), metrics=["accuracy"], jit_compile=False)
+        sup.compile(
+            optimizer=make_optimizer(cfg, peak),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=False,
+        )
         # Decoded and cached before the clock starts, as the Barlow Twins pipeline is.
         images = ev.LabelledImages(train_src, contract).warm()
         labelled = images.epoch(ev.crop_flip_config(contract), t.batch_size, seed=t.seed, repeat=True)
@@ -304,17 +351,30 @@ def plot(results, path):
     for key, label, colour in (("barlow_twins", "Barlow Twins", "C0"), ("supervised", "supervised", "C2")):
         if key in results:
             pts = results[key]["curve"]
-            ax.plot([q["train_seconds"] / 60 for q in pts], [100 * q["knn_top1"] for q in pts], marker="o",
-                    color=colour, label=f"{label} (10k-image bank, per epoch)")
+            ax.plot(
+                [q["train_seconds"] / 60 for q in pts],
+                [100 * q["knn_top1"] for q in pts],
+                marker="o",
+                color=colour,
+                label=f"{label} (10k-image bank, per epoch)",
+            )
     bt = rows.get("Barlow Twins (this config)")
     if bt:
-        ax.scatter([results["barlow_twins"]["train_seconds"] / 60], [100 * bt["top1"]], marker="*", s=150,
-                   color="C0", zorder=5, label=f"Barlow Twins, 50k bank: {100 * bt['top1']:.1f}%")
+        ax.scatter(
+            [results["barlow_twins"]["train_seconds"] / 60],
+            [100 * bt["top1"]],
+            marker="*",
+            s=150,
+            color="C0",
+            zorder=5,
+            label=f"Barlow Twins, 50k bank: {100 * bt['top1']:.1f}%",
+        )
     for name, style in (("raw pixels", ":"), ("random init (same encoder)", "--")):
         if name not in rows:
             continue
-        ax.axhline(100 * rows[name]["top1"], color="grey", linestyle=style,
-                   label=f"{name}: {100 * rows[name]['top1']:.1f}%")
+        ax.axhline(
+            100 * rows[name]["top1"], color="grey", linestyle=style, label=f"{name}: {100 * rows[name]['top1']:.1f}%"
+        )
     ax.set_xlabel("training time (minutes, 2 CPU cores)")
     ax.set_ylabel("CIFAR-10 test kNN top-1 (%)")
     ax.set_title("kNN (k=200, T=0.1) against training time")

@@ -79,8 +79,9 @@ def _jpegs(count: int, shape, seed: int = 0) -> list:
     return out
 
 
-def _time_interleaved(runs: dict, seconds: float, min_rounds: int = 3, block_seconds: float = 0.25,
-                      pause: float = 0.05) -> dict:
+def _time_interleaved(
+    runs: dict, seconds: float, min_rounds: int = 3, block_seconds: float = 0.25, pause: float = 0.05
+) -> dict:
     """Median seconds per call of each runtime, timed in interleaved rounds of blocks.
 
     Each round runs every runtime for a block of calls (rotating the order), so
@@ -137,7 +138,10 @@ def bench_model(key: str, width: int, batches, seconds: float, workdir: Path) ->
     for batch in batches:
         encoded = _jpegs(batch, spec["source"], seed=batch)
         pixels = np.stack(
-            [preprocess.preprocess_for_eval(tf.constant(b), size, crop_fraction=contract.crop_fraction).numpy() for b in encoded]
+            [
+                preprocess.preprocess_for_eval(tf.constant(b), size, crop_fraction=contract.crop_fraction).numpy()
+                for b in encoded
+            ]
         )
         pixels_t = tf.constant(pixels)
         encoded_t = tf.constant(encoded)
@@ -153,13 +157,21 @@ def bench_model(key: str, width: int, batches, seconds: float, workdir: Path) ->
         for name, median in medians.items():
             rows.append(
                 {
-                    "model": key, "width": width, "image_size": size, "batch": batch, "runtime": name,
-                    "median_ms": median * 1e3, "images_per_s": batch / median,
+                    "model": key,
+                    "width": width,
+                    "image_size": size,
+                    "batch": batch,
+                    "runtime": name,
+                    "median_ms": median * 1e3,
+                    "images_per_s": batch / median,
                     "export_seconds": round(export_seconds, 1),
                     "parity_worst_rel": result.report["parity"]["worst"]["max_rel_diff"],
                 }
             )
-            print(f"  {key:13s} batch {batch:3d}  {name:10s} {median * 1e3:9.2f} ms  {batch / median:9.1f} img/s", flush=True)
+            print(
+                f"  {key:13s} batch {batch:3d}  {name:10s} {median * 1e3:9.2f} ms  {batch / median:9.1f} img/s",
+                flush=True,
+            )
     return rows
 
 
@@ -195,7 +207,9 @@ def table(rows) -> str:
             ort = [r for r in sub if r["runtime"] == "ort" and r["batch"] == 1][0]["median_ms"]
             sm = [r for r in sub if r["runtime"] == "sm_float" and r["batch"] == 1][0]["median_ms"]
             verdict = "meets" if ort <= 0.5 * sm else "misses"
-            lines.append(f"\nONNX Runtime / SavedModel latency at batch 1: {ort / sm:.2f}× ({verdict} the ≤ 0.5× target)\n")
+            lines.append(
+                f"\nONNX Runtime / SavedModel latency at batch 1: {ort / sm:.2f}× ({verdict} the ≤ 0.5× target)\n"
+            )
     return "\n".join(lines)
 
 

@@ -74,15 +74,22 @@ def variants_for(model: str, quick: bool, spe_many: int) -> list[Variant]:
     cfg = _load_cfg(model)
     other = "float32" if cfg.train.mixed_precision != "float32" else "mixed_bfloat16"
     batch = cfg.train.batch_size
-    v = [Variant("baseline (config as written)"), Variant("jit_compile=True", jit=True),
-         Variant(other, precision=other), Variant(f"steps_per_execution={spe_many}", spe=spe_many),
-         Variant("loss dense", loss="dense"), Variant("loss gram", loss="gram")]
+    v = [
+        Variant("baseline (config as written)"),
+        Variant("jit_compile=True", jit=True),
+        Variant(other, precision=other),
+        Variant(f"steps_per_execution={spe_many}", spe=spe_many),
+        Variant("loss dense", loss="dense"),
+        Variant("loss gram", loss="gram"),
+    ]
     if quick:
         return v
-    v += [Variant(f"{other} + XLA", jit=True, precision=other),
-          Variant("sync BN flipped", flip_sync_bn=True),
-          Variant("fused BN flipped", flip_fused_bn=True),
-          Variant(f"fused BN flipped + {other}", flip_fused_bn=True, precision=other)]
+    v += [
+        Variant(f"{other} + XLA", jit=True, precision=other),
+        Variant("sync BN flipped", flip_sync_bn=True),
+        Variant("fused BN flipped", flip_fused_bn=True),
+        Variant(f"fused BN flipped + {other}", flip_fused_bn=True, precision=other),
+    ]
     if model == "cpu":
         v += [Variant(f"batch {batch // 2}", batch=batch // 2), Variant(f"batch {batch * 2}", batch=batch * 2)]
     # A loss form equal to what "auto" resolves to repeats the baseline: kept only on the cpu model,
@@ -112,8 +119,9 @@ def count_flops(model, batch: int, loss_method: str) -> dict:
         elif isinstance(layer, keras.layers.Dense):
             f = 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
             enc_fwd, enc_bwd = enc_fwd + f, enc_bwd + 2 * f
-    proj = sum(2 * l.kernel.shape[0] * l.kernel.shape[1] for l in model.projector.layers
-               if isinstance(l, keras.layers.Dense))
+    proj = sum(
+        2 * d.kernel.shape[0] * d.kernel.shape[1] for d in model.projector.layers if isinstance(d, keras.layers.Dense)
+    )
     per_view = batch * (enc_fwd + enc_bwd + 3 * proj)
     d = model.projector_dims[-1]
     if resolve_method(loss_method, batch, d) == "gram":
@@ -136,18 +144,23 @@ def build_variant(model_name: str, v: Variant, seed: int = 0):
     import numpy as np
     import tensorflow as tf
 
-    from bt_keras.train import build_model, make_optimizer
+    from bt_keras.training import build_model, make_optimizer
 
     cfg = _load_cfg(model_name)
     sync = cfg.model.sync_batchnorm != v.flip_sync_bn
     fused = cfg.model.fused_batchnorm != v.flip_fused_bn
     batch = v.batch or cfg.train.batch_size
     # Resolved settings, for the table.
-    v = dataclasses.replace(v, jit=bool(cfg.train.jit_compile) if v.jit is None else v.jit,
-                            precision=v.precision or cfg.train.mixed_precision,
-                            spe=v.spe or cfg.train.steps_per_execution, loss=v.loss or cfg.model.loss_method)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, loss_method=v.loss, sync_batchnorm=sync,
-                                                             fused_batchnorm=fused))
+    v = dataclasses.replace(
+        v,
+        jit=bool(cfg.train.jit_compile) if v.jit is None else v.jit,
+        precision=v.precision or cfg.train.mixed_precision,
+        spe=v.spe or cfg.train.steps_per_execution,
+        loss=v.loss or cfg.model.loss_method,
+    )
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, loss_method=v.loss, sync_batchnorm=sync, fused_batchnorm=fused)
+    )
     size = cfg.data.image_size
     keras.utils.set_random_seed(seed)
     keras.mixed_precision.set_dtype_policy(v.precision)
@@ -156,17 +169,29 @@ def build_variant(model_name: str, v: Variant, seed: int = 0):
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     steps_per_epoch = max(50000 // batch, 1)
-    model.compile(optimizer=make_optimizer(cfg.optim, batch, steps_per_epoch, cfg.train.epochs),
-                  jit_compile=v.jit, steps_per_execution=v.spe)
+    model.compile(
+        optimizer=make_optimizer(cfg.optim, batch, steps_per_epoch, cfg.train.epochs),
+        jit_compile=v.jit,
+        steps_per_execution=v.spe,
+    )
     rng = np.random.default_rng(seed)
     views = tuple(tf.constant(rng.normal(size=(batch, size, size, 3)).astype("float32")) for _ in range(2))
     iterator = iter(tf.data.Dataset.from_tensors(views).repeat())
     model.make_train_function()
     flops = count_flops(model, batch, v.loss)
-    return {"model": model, "iterator": iterator, "batch": batch, "flops": flops, "sync": sync, "fused": fused,
-            "variant": v,
-            "optimizer": cfg.optim.name, "encoder": f"{cfg.model.encoder} w{cfg.model.width}",
-            "projector": "×".join(map(str, cfg.model.projector_dims)), "size": size}
+    return {
+        "model": model,
+        "iterator": iterator,
+        "batch": batch,
+        "flops": flops,
+        "sync": sync,
+        "fused": fused,
+        "variant": v,
+        "optimizer": cfg.optim.name,
+        "encoder": f"{cfg.model.encoder} w{cfg.model.width}",
+        "projector": "×".join(map(str, cfg.model.projector_dims)),
+        "size": size,
+    }
 
 
 def run_calls(entry, calls: int) -> list[float]:
@@ -200,8 +225,7 @@ def matmul_peak(n: int = 4096, repeats: int = 6) -> float:
 # --------------------------------------------------------------------------- profile
 def _op_category(name: str, op: str) -> str:
     if "Conv2D" in op:
-        return ("conv backprop-filter" if "Filter" in op else "conv backprop-input" if "Input" in op
-                else "conv forward")
+        return "conv backprop-filter" if "Filter" in op else "conv backprop-input" if "Input" in op else "conv forward"
     if "MatMul" in op:
         return "matmul (projector, loss)"
     if re.search(r"_bn\d*(_\d+)?/|/bn\d(_\d+)?/|batchnorm|moments|FusedBatchNorm", name + op):
@@ -249,8 +273,11 @@ def profile_ops(entry, steps: int) -> dict:
                 by_op[op] += ms
                 by_cat[_op_category(scope, op)] += ms
     total = sum(by_op.values()) or 1.0
-    return {"total_ms": total, "by_op": [(o, ms, ms / total) for o, ms in by_op.most_common(12)],
-            "by_category": [(c, ms, ms / total) for c, ms in by_cat.most_common()]}
+    return {
+        "total_ms": total,
+        "by_op": [(o, ms, ms / total) for o, ms in by_op.most_common(12)],
+        "by_category": [(c, ms, ms / total) for c, ms in by_cat.most_common()],
+    }
 
 
 # --------------------------------------------------------------------------- env sweep (subprocesses)
@@ -299,15 +326,23 @@ def env_sweep(model: str, rounds: int, calls: int, only=None) -> list[dict]:
             results[name] += r["seconds"]
             peaks[name].append(r["peak"])
             flops = r["flops"]
-            print(f"[env] {name}: {1000 * statistics.median(r['seconds']):.0f} ms/step, peak {r['peak']:.0f}",
-                  flush=True)
+            print(
+                f"[env] {name}: {1000 * statistics.median(r['seconds']):.0f} ms/step, peak {r['peak']:.0f}", flush=True
+            )
     rows = []
     for name, _, _ in settings:
         if not results[name]:
             continue
         s = min(results[name])
-        rows.append({"setting": name, "step_ms": 1000 * s, "gflops": flops / s / 1e9, "seconds": results[name],
-                     "matmul_peak": max(peaks[name])})
+        rows.append(
+            {
+                "setting": name,
+                "step_ms": 1000 * s,
+                "gflops": flops / s / 1e9,
+                "seconds": results[name],
+                "matmul_peak": max(peaks[name]),
+            }
+        )
     return rows
 
 
@@ -315,8 +350,10 @@ def env_sweep(model: str, rounds: int, calls: int, only=None) -> list[dict]:
 def _describe(model_name: str) -> str:
     cfg = _load_cfg(model_name)
     m = cfg.model
-    return (f"{m.encoder} width {m.width}, projector {'×'.join(map(str, m.projector_dims))}, "
-            f"{cfg.data.image_size} px, optimizer {cfg.optim.name}")
+    return (
+        f"{m.encoder} width {m.width}, projector {'×'.join(map(str, m.projector_dims))}, "
+        f"{cfg.data.image_size} px, optimizer {cfg.optim.name}"
+    )
 
 
 def render_model(model_name: str, rep: dict) -> str:
@@ -324,27 +361,38 @@ def render_model(model_name: str, rep: dict) -> str:
     peak = max(rep["peaks"])  # The best the machine showed: other jobs only ever lower it.
     vs = rep["variants"]
     base_name = next(iter(vs))
-    base_best, base_med = (f(vs[base_name]["seconds"]) / vs[base_name]["batch"]
-                           for f in (min, statistics.median))
+    base_best, base_med = (f(vs[base_name]["seconds"]) / vs[base_name]["batch"] for f in (min, statistics.median))
     b = vs[base_name]
-    lines = [f"**{model_name}** ({rep.get('describe') or _describe(model_name)}): "
-             f"{b['flops_per_step'] / 1e9:.1f} GFLOP per step at batch {b['batch']}; fp32 matmul peak "
-             f"{peak:.0f} GFLOP/s (best of {len(rep['peaks'])} rounds, median {statistics.median(rep['peaks']):.0f}); "
-             f"{len(b['seconds'])} timed steps per variant, interleaved", "",
-             "| variant | XLA | precision | spe | loss | sync BN | fused BN | batch | ms/step best | ms/step median "
-             "| pairs/s | GFLOP/s | % of peak | vs baseline (best) | vs baseline (median) |",
-             "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"**{model_name}** ({rep.get('describe') or _describe(model_name)}): "
+        f"{b['flops_per_step'] / 1e9:.1f} GFLOP per step at batch {b['batch']}; fp32 matmul peak "
+        f"{peak:.0f} GFLOP/s (best of {len(rep['peaks'])} rounds, median {statistics.median(rep['peaks']):.0f}); "
+        f"{len(b['seconds'])} timed steps per variant, interleaved",
+        "",
+        "| variant | XLA | precision | spe | loss | sync BN | fused BN | batch | ms/step best | ms/step median "
+        "| pairs/s | GFLOP/s | % of peak | vs baseline (best) | vs baseline (median) |",
+        "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, v in vs.items():
         best, med = min(v["seconds"]), statistics.median(v["seconds"])
         gf = v["flops_per_step"] / best / 1e9
-        lines.append(f"| {name} | {'on' if v['jit'] else 'off'} | {v['precision']} | {v['spe']} | {v['loss']} | "
-                     f"{'yes' if v['sync_bn'] else 'no'} | {'yes' if v.get('fused_bn') else 'no'} | {v['batch']} | {1000 * best:.0f} | {1000 * med:.0f} | "
-                     f"{v['batch'] / best:.0f} | {gf:.0f} | {100 * gf / peak:.0f}% | "
-                     f"{base_best / (best / v['batch']):.2f}× | {base_med / (med / v['batch']):.2f}× |")
+        lines.append(
+            f"| {name} | {'on' if v['jit'] else 'off'} | {v['precision']} | {v['spe']} | {v['loss']} | "
+            f"{'yes' if v['sync_bn'] else 'no'} | {'yes' if v.get('fused_bn') else 'no'} | {v['batch']} | "
+            f"{1000 * best:.0f} | {1000 * med:.0f} | "
+            f"{v['batch'] / best:.0f} | {gf:.0f} | {100 * gf / peak:.0f}% | "
+            f"{base_best / (best / v['batch']):.2f}× | {base_med / (med / v['batch']):.2f}× |"
+        )
     for name, prof in (rep.get("profiles") or {}).items():
-        lines += ["", f"Where the step's time goes: {model_name}, {name} (TF profiler trace of "
-                  f"{prof.get('steps', '?')} steps; op time {prof['total_ms']:.0f} ms/step summed over TF's "
-                  f"threads):", "", "| category | ms/step | share |", "|---|---:|---:|"]
+        lines += [
+            "",
+            f"Where the step's time goes: {model_name}, {name} (TF profiler trace of "
+            f"{prof.get('steps', '?')} steps; op time {prof['total_ms']:.0f} ms/step summed over TF's "
+            f"threads):",
+            "",
+            "| category | ms/step | share |",
+            "|---|---:|---:|",
+        ]
         lines += [f"| {c} | {ms:.0f} | {100 * sh:.1f}% |" for c, ms, sh in prof["by_category"]]
         lines += ["", "| op type | ms/step | share |", "|---|---:|---:|"]
         lines += [f"| {o} | {ms:.0f} | {100 * sh:.1f}% |" for o, ms, sh in prof["by_op"]]
@@ -352,12 +400,18 @@ def render_model(model_name: str, rep: dict) -> str:
 
 
 def render_env(rows: list[dict]) -> str:
-    lines = ["Environment settings (cpu model baseline; one process per setting, alternated over rounds; "
-             "best step):", "", "| setting | ms/step | GFLOP/s | vs default | matmul peak in that process |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "Environment settings (cpu model baseline; one process per setting, alternated over rounds; best step):",
+        "",
+        "| setting | ms/step | GFLOP/s | vs default | matmul peak in that process |",
+        "|---|---:|---:|---:|---:|",
+    ]
     base = next((r["step_ms"] for r in rows if r["setting"] == "default"), None)
-    lines += [f"| {r['setting']} | {r['step_ms']:.0f} | {r['gflops']:.0f} | "
-              f"{(base / r['step_ms']) if base else float('nan'):.2f}× | {r['matmul_peak']:.0f} |" for r in rows]
+    lines += [
+        f"| {r['setting']} | {r['step_ms']:.0f} | {r['gflops']:.0f} | "
+        f"{(base / r['step_ms']) if base else float('nan'):.2f}× | {r['matmul_peak']:.0f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -365,13 +419,22 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=None, help="comma-separated: cpu,resnet18 (default: both; --quick: cpu)")
     p.add_argument("--quick", action="store_true", help="main knobs only, fewer rounds")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved rounds (default: cpu 8, resnet18 3, env sweep 2; --quick 2)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds (default: cpu 8, resnet18 3, env sweep 2; --quick 2)",
+    )
     p.add_argument("--calls", type=int, default=None, help="timed calls per variant per round")
     p.add_argument("--spe", type=int, default=None, help="the 'many' steps_per_execution (default 8; resnet18: 2)")
     p.add_argument("--variants", default=None, help="comma-separated subset of variant names (substring match)")
-    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                   help="trace STEPS baseline steps per model and print the top ops")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="trace STEPS baseline steps per model and print the top ops",
+    )
     p.add_argument("--env-sweep", action="store_true", help="also compare oneDNN/thread settings (cpu model)")
     p.add_argument("--env-only", help="comma-separated subset of --env-sweep settings (substring match)")
     p.add_argument("--json", help="write all measurements here")
@@ -391,13 +454,17 @@ def main(argv=None):
         _env_child(args.env_child, args.calls or 3, args.jit)
         return
 
-    models = [m for m in ("cpu" if args.quick else "cpu,resnet18" if args.models is None else args.models)
-              .split(",") if m]
+    models = [
+        m for m in ("cpu" if args.quick else "cpu,resnet18" if args.models is None else args.models).split(",") if m
+    ]
     import tensorflow as tf
 
-    print(f"TF {tf.__version__}; CPU flags: "
-          + ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in open("/proc/cpuinfo").read())
-          + f"; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"TF {tf.__version__}; CPU flags: "
+        + ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in open("/proc/cpuinfo").read())
+        + f"; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     report = {"models": {}}
     for model_name in models:
         calls = args.calls or 1
@@ -425,27 +492,45 @@ def main(argv=None):
             random.Random(r).shuffle(order)
             for v in order:
                 results[v.name] += run_calls(entries[v.name], calls)
-            print(f"[{model_name}] round {r + 1}/{rounds}: peak {peaks[-1]:.0f} GFLOP/s, load "
-                  f"{os.getloadavg()[0]:.1f}; " + ", ".join(
-                      f"{n}: {1000 * statistics.median(results[n][-calls:]):.0f} ms" for n in results), flush=True)
+            print(
+                f"[{model_name}] round {r + 1}/{rounds}: peak {peaks[-1]:.0f} GFLOP/s, load "
+                f"{os.getloadavg()[0]:.1f}; "
+                + ", ".join(f"{n}: {1000 * statistics.median(results[n][-calls:]):.0f} ms" for n in results),
+                flush=True,
+            )
         rep = report["models"][model_name] = {
-            "describe": _describe(model_name), "peaks": peaks, "profiles": {},
-            "variants": {n: {**dataclasses.asdict(e["variant"]), "batch": e["batch"], "sync_bn": e["sync"],
-                             "fused_bn": e["fused"],
-                             "flops_per_step": e["flops"]["per_step"], "seconds": results[n],
-                             "compile_s": e["compile_s"]} for n, e in entries.items()}}
+            "describe": _describe(model_name),
+            "peaks": peaks,
+            "profiles": {},
+            "variants": {
+                n: {
+                    **dataclasses.asdict(e["variant"]),
+                    "batch": e["batch"],
+                    "sync_bn": e["sync"],
+                    "fused_bn": e["fused"],
+                    "flops_per_step": e["flops"]["per_step"],
+                    "seconds": results[n],
+                    "compile_s": e["compile_s"],
+                }
+                for n, e in entries.items()
+            },
+        }
         # The baseline and the fastest variant.
         fastest = min(entries, key=lambda n: min(results[n]) / entries[n]["batch"])
         for name in dict.fromkeys([vs[0].name, fastest]) if args.profile else []:
             rep["profiles"][name] = {**profile_ops(entries[name], args.profile), "steps": args.profile}
         print("\n" + render_model(model_name, rep) + "\n", flush=True)
-        del entries
+        entries.clear()  # free the compiled models before the next one
         if args.json:  # after each model: a late failure keeps the earlier measurements
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=1, default=str)
     if args.env_sweep:
-        report["env_sweep"] = env_sweep("cpu", rounds=args.rounds or 2, calls=args.calls or 3,
-                                        only=args.env_only.split(",") if args.env_only else None)
+        report["env_sweep"] = env_sweep(
+            "cpu",
+            rounds=args.rounds or 2,
+            calls=args.calls or 3,
+            only=args.env_only.split(",") if args.env_only else None,
+        )
         print("\n" + render_env(report["env_sweep"]), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -1,49 +1,81 @@
-"""bt_keras: Barlow Twins self-supervised learning for TensorFlow / Keras 3.
+"""bt_keras: Barlow Twins self-supervised learning for Keras 3.
 
 The loss is that of the global batch across replicas, so training gives the
 same result on one device, several GPUs, several hosts or a TPU pod.
+
+The public API lives here. Names are imported on first use (PEP 562), so
+``import bt_keras`` and the ``bt-*`` commands' argument and config checks do
+not pay for importing TensorFlow.
+
+Examples:
+
+>>> import bt_keras
+>>> bt_keras.barlow_twins_loss.__module__
+'bt_keras.losses'
 """
 
-from bt_keras import augment, callbacks, data, encoders, evaluation, layers, losses, optimizers, preprocess
-from bt_keras.augment import AugmentConfig, get_preset
-from bt_keras.data import DataConfig, count_examples, eval_dataset, load_demo, two_view_dataset, write_tfrecords
-from bt_keras.encoders import build_encoder, resnet, small_cnn
-from bt_keras.export import export_encoder
-from bt_keras.layers import FusedBatchNormalization
-from bt_keras.losses import BarlowTwinsTerms, barlow_twins_loss, barlow_twins_terms
-from bt_keras.model import BarlowTwins, build_projector
-from bt_keras.optimizers import LARS, WarmupCosine
-from bt_keras.version import __version__
+from __future__ import annotations
 
-__all__ = [
-    "AugmentConfig",
-    "DataConfig",
+import importlib
+
+from bt_keras.version import __version__ as __version__
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "AugmentConfig": "bt_keras.augment",
+    "get_preset": "bt_keras.augment",
+    "DataConfig": "bt_keras.data",
+    "count_examples": "bt_keras.data",
+    "eval_dataset": "bt_keras.data",
+    "load_demo": "bt_keras.data",
+    "two_view_dataset": "bt_keras.data",
+    "write_tfrecords": "bt_keras.data",
+    "build_encoder": "bt_keras.encoders",
+    "resnet": "bt_keras.encoders",
+    "small_cnn": "bt_keras.encoders",
+    "export_encoder": "bt_keras.export",
+    "FusedBatchNormalization": "bt_keras.layers",
+    "BarlowTwinsTerms": "bt_keras.losses",
+    "barlow_twins_loss": "bt_keras.losses",
+    "barlow_twins_terms": "bt_keras.losses",
+    "BarlowTwins": "bt_keras.model",
+    "build_projector": "bt_keras.model",
+    "LARS": "bt_keras.optimizers",
+    "WarmupCosine": "bt_keras.optimizers",
+    "PreprocessingContract": "bt_keras.contract",
+}
+_SUBMODULES = (
     "augment",
     "callbacks",
-    "count_examples",
+    "contract",
     "data",
-    "eval_dataset",
-    "evaluation",
-    "layers",
-    "FusedBatchNormalization",
-    "get_preset",
-    "load_demo",
-    "two_view_dataset",
-    "write_tfrecords",
-    "BarlowTwins",
-    "BarlowTwinsTerms",
-    "LARS",
-    "WarmupCosine",
-    "__version__",
-    "barlow_twins_loss",
-    "barlow_twins_terms",
-    "build_encoder",
-    "build_projector",
     "encoders",
-    "export_encoder",
+    "errors",
+    "evaluation",
+    "export",
+    "io",
+    "layers",
     "losses",
+    "model",
     "optimizers",
     "preprocess",
-    "resnet",
-    "small_cnn",
-]
+    "saving",
+    "training",
+)
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"bt_keras.{name}")
+    else:
+        raise AttributeError(f"module 'bt_keras' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return __all__

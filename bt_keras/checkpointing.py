@@ -18,6 +18,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from bt_keras.io import atomic_path, is_remote
+
 CHECKPOINT_NAME = "latest.weights.h5"
 
 
@@ -27,23 +29,8 @@ def checkpoint_path(run_dir: str) -> str:
 
 def save_checkpoint(model: keras.Model, path: str) -> None:
     """Writes model + optimizer state to ``path`` atomically (local or gs://)."""
-    directory = os.path.dirname(path)
-    tf.io.gfile.makedirs(directory)
-    if "://" in path:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, CHECKPOINT_NAME)
-            model.save_weights(local)
-            tf.io.gfile.copy(local, path + ".tmp", overwrite=True)
-        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-        return
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".weights.h5")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".weights.h5") as tmp:
         model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def restore_checkpoint(model: keras.Model, path: str) -> int:
@@ -53,7 +40,7 @@ def restore_checkpoint(model: keras.Model, path: str) -> int:
     # Optimizer slots are created here, so under a strategy they must be the strategy's variables.
     with model.distribute_strategy.scope():
         model.optimizer.build(model.trainable_variables)
-        if "://" in path:
+        if is_remote(path):
             with tempfile.TemporaryDirectory() as tmp:
                 local = os.path.join(tmp, CHECKPOINT_NAME)
                 tf.io.gfile.copy(path, local)

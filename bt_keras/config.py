@@ -3,7 +3,7 @@
 Unknown keys, wrong types and bad values are reported as one line naming the
 key and what is allowed (``ConfigError``, exit code 2 in the CLIs).
 
-Example:
+Examples:
 
 >>> from bt_keras.config import config_from_dict
 >>> cfg = config_from_dict({"train": {"epochs": 5}}, overrides=["model.lambd=0.01"])
@@ -16,17 +16,17 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Literal, Optional
+from typing import Literal
 
 import yaml
 
-from bt_keras.cli import UserError
-from bt_keras.data import DataConfig
-from bt_keras.encoders import ENCODER_NAMES
+from bt_keras.data.config import DataConfig
+from bt_keras.errors import ConfigError, UserError
+from bt_keras.io import is_remote
 
-
-class ConfigError(UserError, ValueError):
-    """A configuration problem, reported as one line."""
+# The built-in encoders (``bt_keras.encoders.build_encoder``). Listed here, not
+# imported from there, so that checking a config does not import Keras.
+ENCODER_NAMES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet34_cifar", "resnet34", "resnet50")
 
 
 @dataclasses.dataclass
@@ -75,11 +75,11 @@ class TrainConfig:
     batch_size: int = 256
     run_dir: str = "runs/default"
     strategy: Literal["auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu"] = "auto"
-    tpu: Optional[str] = None
-    zone: Optional[str] = None
-    project: Optional[str] = None
+    tpu: str | None = None
+    zone: str | None = None
+    project: str | None = None
     mixed_precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
-    jit_compile: Optional[bool] = None
+    jit_compile: bool | None = None
     steps_per_execution: int = 1
     checkpoint_every_steps: int = 0
     seed: int = 0
@@ -93,8 +93,8 @@ class EvalConfig:
     ``train_source``/``test_source``: None disables the final evaluation.
     """
 
-    train_source: Optional[str] = None
-    test_source: Optional[str] = None
+    train_source: str | None = None
+    test_source: str | None = None
     k: int = 200
     temperature: float = 0.1
     batch_size: int = 256
@@ -115,8 +115,8 @@ class MonitorConfig:
     """
 
     knn_every_epochs: int = 0
-    knn_train_source: Optional[str] = None
-    knn_val_source: Optional[str] = None
+    knn_train_source: str | None = None
+    knn_val_source: str | None = None
     knn_max_train: int = 10000
     knn_max_val: int = 2000
     health: bool = True
@@ -265,8 +265,10 @@ def _validate(cfg: Config) -> Config:
         (cfg.train.steps_per_execution >= 1, "train.steps_per_execution: must be >= 1"),
         (cfg.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps: must be >= 0"),
         (cfg.model.width >= 1, "model.width: must be >= 1"),
-        (len(cfg.model.projector_dims) >= 1 and min(cfg.model.projector_dims) >= 1,
-         "model.projector_dims: must be a non-empty list of positive widths"),
+        (
+            len(cfg.model.projector_dims) >= 1 and min(cfg.model.projector_dims) >= 1,
+            "model.projector_dims: must be a non-empty list of positive widths",
+        ),
         (cfg.model.lambd >= 0, "model.lambd: must be >= 0"),
         (cfg.optim.lr_weights > 0 and cfg.optim.lr_biases >= 0, "optim.lr_weights must be > 0, optim.lr_biases >= 0"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs: must be >= 0"),
@@ -289,20 +291,33 @@ def config_from_dict(raw: dict | None, overrides=()) -> Config:
 
 def load_config(path: str, overrides=()) -> Config:
     """Reads a YAML config file (local or ``gs://``) and applies overrides."""
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(path):
-        raise ConfigError(f"config file not found: {path}")
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            raw = yaml.safe_load(f.read())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{where}") from None
+    try:
+        raw = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return config_from_dict(raw, overrides)
+
+
+def _read_text(path: str) -> str:
+    # TensorFlow (for gs:// and other remote file systems) only when the path needs it.
+    if is_remote(path):
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            raise ConfigError(f"config file not found: {path}")
+        with tf.io.gfile.GFile(path) as f:
+            return f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def _plain(value):

@@ -3,7 +3,7 @@
 ``make_strategy("auto")`` gives a ``MirroredStrategy`` over the visible GPUs
 when there are several, else the default (one device) strategy.
 
-Example:
+Examples:
 
 >>> from bt_keras.distribute import make_strategy
 >>> make_strategy("cpu").num_replicas_in_sync
@@ -17,7 +17,7 @@ import os
 
 import tensorflow as tf
 
-from bt_keras.cli import UserError
+from bt_keras.errors import UserError
 
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
 
@@ -33,14 +33,17 @@ def _check_tf_config():
         int(task["index"])
         task["type"]
     except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"TF_CONFIG is malformed ({type(e).__name__}: {e}); expected "
-                        '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') from None
+        raise UserError(
+            f"TF_CONFIG is malformed ({type(e).__name__}: {e}); expected "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+        ) from None
     if not isinstance(workers, list) or not workers:
         raise UserError("TF_CONFIG cluster.worker must be a non-empty list of host:port")
 
 
-def make_strategy(name: str = "auto", tpu: str | None = None, zone: str | None = None,
-                  project: str | None = None) -> tf.distribute.Strategy:
+def make_strategy(
+    name: str = "auto", tpu: str | None = None, zone: str | None = None, project: str | None = None
+) -> tf.distribute.Strategy:
     """Builds the ``tf.distribute`` strategy named in the config.
 
     ``auto``: several GPUs → mirrored, else one device. ``cpu``/``gpu``: one
@@ -79,6 +82,16 @@ def _tpu_strategy(tpu, zone, project):
         first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot reach TPU {tpu or '(default)'}: {first}") from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: the chief, or worker 0 of a chief-less cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    )
 
 
 def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> int:

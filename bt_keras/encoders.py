@@ -8,7 +8,7 @@ training, BN runs as one fused kernel where its statistics are local
 (``bt_keras.layers.FusedBatchNormalization``; ``fused_batchnorm=False`` for
 Keras' own layer).
 
-Example:
+Examples:
 
 >>> from bt_keras import encoders
 >>> enc = encoders.resnet(18, stem="cifar", width=16, input_shape=(32, 32, 3))
@@ -21,6 +21,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from bt_keras.config import ENCODER_NAMES
 from bt_keras.layers import batch_norm
 
 _BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
@@ -28,8 +29,13 @@ _BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottl
 
 def _conv(filters, kernel, stride=1, name=None):
     return layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False,
-        kernel_initializer="he_normal", name=name,
+        filters,
+        kernel,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=name,
     )
 
 
@@ -97,7 +103,12 @@ def resnet(
         for block in range(count):
             stride = 2 if stage > 0 and block == 0 else 1
             x = _residual_block(
-                x, width * 2**stage, stride, kind, bn, zero_init_residual,
+                x,
+                width * 2**stage,
+                stride,
+                kind,
+                bn,
+                zero_init_residual,
                 name=f"stage{stage + 1}_block{block + 1}",
             )
     outputs = layers.GlobalAveragePooling2D(name="pool")(x)
@@ -136,6 +147,3 @@ def build_encoder(name: str, input_shape=(None, None, 3), **kwargs) -> keras.Mod
             stem = "cifar" if name.endswith("_cifar") else "imagenet"
             return resnet(depth, stem=stem, input_shape=input_shape, **kwargs)
     raise ValueError(f"unknown encoder {name!r}; choose from {ENCODER_NAMES}")
-
-
-ENCODER_NAMES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet34_cifar", "resnet34", "resnet50")

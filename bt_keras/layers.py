@@ -12,7 +12,7 @@ The fused path is taken in training when the statistics are local: not
 synchronised, or synchronised over a single replica. Otherwise (synchronised
 BN across replicas, masks, inference) the layer is exactly Keras' own.
 
-Example:
+Examples:
 
 >>> import numpy as np
 >>> from bt_keras.layers import FusedBatchNormalization
@@ -52,20 +52,27 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
         y, mean, var, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=gamma, offset=beta, mean=tf.zeros([0], tf.float32), variance=tf.zeros([0], tf.float32),
-            epsilon=self.epsilon, data_format="NHWC", is_training=True)
+            x=x,
+            scale=gamma,
+            offset=beta,
+            mean=tf.zeros([0], tf.float32),
+            variance=tf.zeros([0], tf.float32),
+            epsilon=self.epsilon,
+            data_format="NHWC",
+            is_training=True,
+        )
         # The returned batch variance carries Bessel's correction; Keras' moving variance does not.
         count = tf.cast(tf.size(x) // channels, tf.float32)
         var = var * (count - 1.0) / tf.maximum(count, 1.0)
         m = self.momentum
         self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1.0 - m))
-        self.moving_variance.assign(
-            self.moving_variance * m + tf.cast(var, self.moving_variance.dtype) * (1.0 - m))
+        self.moving_variance.assign(self.moving_variance * m + tf.cast(var, self.moving_variance.dtype) * (1.0 - m))
         return tf.reshape(y, tf.shape(inputs)) if len(inputs.shape) == 2 else y
 
 
 def batch_norm(sync: bool, fused: bool = True, zero_gamma: bool = False, name=None):
     """The package's BN layer: momentum 0.9, ε 1e-5 (the official code's PyTorch defaults)."""
     cls = FusedBatchNormalization if fused else keras.layers.BatchNormalization
-    return cls(momentum=0.9, epsilon=1e-5, synchronized=sync,
-               gamma_initializer="zeros" if zero_gamma else "ones", name=name)
+    return cls(
+        momentum=0.9, epsilon=1e-5, synchronized=sync, gamma_initializer="zeros" if zero_gamma else "ones", name=name
+    )

@@ -11,7 +11,7 @@ single-device training on the global batch. The caller divides by
 ``num_replicas_in_sync`` before differentiating, because Keras' TF optimizer
 sums the replicas' gradients.
 
-Example:
+Examples:
 
 >>> import tensorflow as tf
 >>> from bt_keras.losses import barlow_twins_loss
@@ -57,9 +57,7 @@ def _terms_dense(a, b, n, lambd):
 
 def _terms_gram(a, b, n, lambd):
     # Σ_ij C_ij² = ‖aᵀb‖²_F / n² = ⟨a aᵀ, b bᵀ⟩_F / n²: O(n²D) time, O(n²) memory.
-    total = tf.reduce_sum(tf.matmul(a, a, transpose_b=True) * tf.matmul(b, b, transpose_b=True)) / (
-        n * n
-    )
+    total = tf.reduce_sum(tf.matmul(a, a, transpose_b=True) * tf.matmul(b, b, transpose_b=True)) / (n * n)
     diag = tf.reduce_sum(a * b, axis=0) / n
     on = tf.reduce_sum(tf.square(diag - 1.0))
     off = total - tf.reduce_sum(tf.square(diag))

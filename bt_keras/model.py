@@ -1,7 +1,7 @@
 """``BarlowTwins``: a Keras model whose ``train_step`` optimises the Barlow Twins
 loss of the global batch, exactly, under any ``tf.distribute`` strategy.
 
-Example:
+Examples:
 
 >>> import numpy as np, tensorflow as tf
 >>> import bt_keras
@@ -28,11 +28,13 @@ from bt_keras.losses import barlow_twins_terms
 def _multi_worker(strategy) -> bool:
     extended = getattr(strategy, "extended", None)
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
-        getattr(extended, "_in_multi_worker_mode", lambda: False)())
+        getattr(extended, "_in_multi_worker_mode", lambda: False)()
+    )
 
 
-def build_projector(dims, sync_batchnorm: bool = True, fused_batchnorm: bool = True,
-                    name: str = "projector") -> keras.Sequential:
+def build_projector(
+    dims, sync_batchnorm: bool = True, fused_batchnorm: bool = True, name: str = "projector"
+) -> keras.Sequential:
     """``[Dense(no bias) → BN → ReLU] × (len(dims) − 1) → Dense(no bias)``."""
     stack = []
     for i, d in enumerate(dims):

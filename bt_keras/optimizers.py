@@ -1,6 +1,6 @@
 """LARS and the warmup + cosine learning-rate schedule of the official recipe.
 
-Example:
+Examples:
 
 >>> import keras
 >>> from bt_keras.optimizers import LARS, WarmupCosine

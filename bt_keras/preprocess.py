@@ -4,7 +4,7 @@ One implementation serves the evaluation datasets, the training pipeline's
 decoder and the exported SavedModel's ``serving_default`` signature, so what is
 served is exactly what was evaluated.
 
-Example:
+Examples:
 
 >>> import tensorflow as tf
 >>> from bt_keras import preprocess
@@ -16,53 +16,18 @@ TensorShape([32, 32, 3])
 
 from __future__ import annotations
 
-import dataclasses
-import json
-
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-@dataclasses.dataclass(frozen=True)
-class PreprocessingContract:
-    """What an encoder expects: written next to every trained encoder.
-
-    Images are RGB, scaled to [0, 1], centre-cropped to a square covering
-    ``crop_fraction`` of the shorter side, resized to ``image_size`` and
-    normalised with ``(x - mean) / std``; layout NHWC float32.
-    """
-
-    image_size: int
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
-    crop_fraction: float = 0.875
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "image_size": self.image_size,
-                "mean": list(self.mean),
-                "std": list(self.std),
-                "crop_fraction": self.crop_fraction,
-                "layout": "NHWC",
-                "value_range": "RGB in [0, 1] before (x - mean) / std",
-            },
-            indent=2,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> "PreprocessingContract":
-        d = json.loads(text)
-        return cls(
-            image_size=int(d["image_size"]),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
-            crop_fraction=float(d["crop_fraction"]),
-        )
+# The contract itself has no TensorFlow in it; it is re-exported here, where it always was.
+from bt_keras.contract import (  # noqa: E402, F401
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PreprocessingContract,
+    default_crop_fraction,
+    make_contract,
+)
 
 
 def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -76,20 +41,22 @@ def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     image = tf.cond(
         tf.io.is_jpeg(image_bytes),
         lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(
-            image_bytes, channels=3, dtype=tf.uint8, expand_animations=False
-        ),
+        lambda: tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False),
     )
     image.set_shape([None, None, 3])
     return image
 
 
-def center_crop_resize(image: tf.Tensor, image_size: int, crop_fraction: float = 0.875) -> tf.Tensor:
+def center_crop_resize(image: tf.Tensor, image_size: int, crop_fraction: float | None = None) -> tf.Tensor:
     """Central square of ``crop_fraction`` × the shorter side, resized to ``image_size``.
+
+    ``None`` takes :func:`~bt_keras.contract.default_crop_fraction` of ``image_size``.
 
     Returns float32 in [0, 255] with static shape [image_size, image_size, 3].
     Bilinear without antialiasing: the op every exporter and runtime supports.
     """
+    if crop_fraction is None:
+        crop_fraction = default_crop_fraction(image_size)
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
     side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32) * crop_fraction, tf.int32)
@@ -97,9 +64,7 @@ def center_crop_resize(image: tf.Tensor, image_size: int, crop_fraction: float =
     top = (height - side) // 2
     left = (width - side) // 2
     crop = image[top : top + side, left : left + side, :]
-    out = tf.image.resize(
-        tf.cast(crop, tf.float32), [image_size, image_size], method="bilinear", antialias=False
-    )
+    out = tf.image.resize(tf.cast(crop, tf.float32), [image_size, image_size], method="bilinear", antialias=False)
     out.set_shape([image_size, image_size, 3])
     return out
 
@@ -115,7 +80,7 @@ def preprocess_for_eval(
     image_size: int,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
-    crop_fraction: float = 0.875,
+    crop_fraction: float | None = None,
 ) -> tf.Tensor:
     """Encoded bytes or a uint8 image → normalised float32 [image_size, image_size, 3]."""
     x = image_bytes_or_pixels

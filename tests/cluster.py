@@ -12,5 +12,6 @@ def free_port() -> int:
 
 def tf_config(ports, index: int) -> str:
     """TF_CONFIG of worker ``index`` in a cluster of one worker per port."""
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+    )

@@ -38,6 +38,7 @@ def main():
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
 
     import keras
+
     keras.config.disable_traceback_filtering()
 
     import bt_keras
@@ -64,19 +65,20 @@ def main():
     with strategy.scope():
         sync = not args.no_sync_bn
         encoder = bt_keras.small_cnn(widths=(4, 8), input_shape=(8, 8, 3), sync_batchnorm=sync)
-        model = bt_keras.BarlowTwins(encoder, projector_dims=(32, 32, args.dim), loss_method=args.method,
-                                     sync_batchnorm=sync)
+        model = bt_keras.BarlowTwins(
+            encoder, projector_dims=(32, 32, args.dim), loss_method=args.method, sync_batchnorm=sync
+        )
         model.build((None, 8, 8, 3))
         init = np.random.RandomState(1)
         initial = [
             init.normal(0, np.sqrt(2.0 / np.prod(w.shape[:-1])), w.shape).astype("float32")
-            if len(w.shape) > 1 else w.numpy()
+            if len(w.shape) > 1
+            else w.numpy()
             for w in model.weights
         ]
         model.set_weights(initial)
         schedule = bt_keras.WarmupCosine(1.0, warmup_steps=1, total_steps=STEPS)
-        model.compile(optimizer=bt_keras.LARS(schedule, weight_decay=1e-4, eta=0.02),
-                      jit_compile=args.jit)
+        model.compile(optimizer=bt_keras.LARS(schedule, weight_decay=1e-4, eta=0.02), jit_compile=args.jit)
 
     losses = []
 
@@ -86,9 +88,13 @@ def main():
 
     model.fit(distribute(strategy, dataset_fn), epochs=1, verbose=0, callbacks=[Record()])
     extra = {"seen": seen_examples(strategy)} if args.multi_worker else {}
-    np.savez(args.out, losses=np.array(losses), **extra,
-             **{f"w{i}": w.numpy() for i, w in enumerate(model.weights)},
-             **{f"init{i}": w for i, w in enumerate(initial)})
+    np.savez(
+        args.out,
+        losses=np.array(losses),
+        **extra,
+        **{f"w{i}": w.numpy() for i, w in enumerate(model.weights)},
+        **{f"init{i}": w for i, w in enumerate(initial)},
+    )
     return 0
 
 
@@ -104,7 +110,8 @@ def seen_examples(strategy, n=64):
     cfg = get_preset("none")
     images = np.broadcast_to((2 * np.arange(n) + 40).astype(np.uint8)[:, None, None, None], (n, 8, 8, 3)).copy()
     dist = strategy.distribute_datasets_from_function(
-        lambda ctx: two_view_dataset(images, batch_size=8, image_size=8, augment=cfg, input_context=ctx))
+        lambda ctx: two_view_dataset(images, batch_size=8, image_size=8, augment=cfg, input_context=ctx)
+    )
     seen = []
     for view_a, _ in dist:
         for local in strategy.experimental_local_results(view_a):

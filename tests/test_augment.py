@@ -77,8 +77,11 @@ def test_none_preset_only_normalises():
 
 
 def test_overrides_keep_the_rest_of_the_preset():
-    cfg = AugmentConfig(preset="imagenet", blur=augment.BlurConfig(prob=(0.5, 0.5)), grayscale={"enabled": False}
-                        if False else augment.GrayscaleConfig(enabled=False)).resolve()
+    cfg = AugmentConfig(
+        preset="imagenet",
+        blur=augment.BlurConfig(prob=(0.5, 0.5)),
+        grayscale={"enabled": False} if False else augment.GrayscaleConfig(enabled=False),
+    ).resolve()
     assert cfg.blur.prob == (0.5, 0.5) and cfg.blur.sigma == (0.1, 2.0)
     assert not cfg.grayscale.enabled and cfg.grayscale.prob == 0.2
     assert get_preset("cifar", color_jitter={"hue": 0.0}).color_jitter.brightness == 0.4
@@ -367,7 +370,9 @@ def test_batched_matrix_crops_match_per_image_resize(source_side, size):
     rng = np.random.default_rng(5)
     img = rng.integers(0, 256, (64, source_side, source_side, 3), dtype=np.uint8)
     p = _params(cfg, 0, n=64, height=source_side, width=source_side)
-    batched = augment.crop_resize_batch(tf.constant(img), tf.constant(p["crop"]), size, cfg, flip=tf.constant(p["flip"]))
+    batched = augment.crop_resize_batch(
+        tf.constant(img), tf.constant(p["crop"]), size, cfg, flip=tf.constant(p["flip"])
+    )
     single = np.stack([augment.crop_resize(img[i], {"crop": p["crop"][i]}, size, cfg).numpy() for i in range(64)])
     single = np.where(p["flip"][:, None, None, None], single[:, :, ::-1], single)
     diff = np.abs(batched.numpy().astype(int) - single.astype(int))
@@ -415,6 +420,12 @@ def test_apply_batch_equals_the_recipe_composed_op_by_op(view):
         ref = (tf.transpose(x, [0, 2, 3, 1]).numpy()[0] - mean) / std
         np.testing.assert_allclose(out[i], ref, atol=1e-4, err_msg=f"example {i}")
     # Every op with 0 < p < 1 in this view was taken by some examples and skipped by others.
-    probs = {"flip": 0.5, "jitter": 0.8, "grayscale": 0.2, "blur": cfg.blur.prob[view], "solarize": cfg.solarize.prob[view]}
+    probs = {
+        "flip": 0.5,
+        "jitter": 0.8,
+        "grayscale": 0.2,
+        "blur": cfg.blur.prob[view],
+        "solarize": cfg.solarize.prob[view],
+    }
     for name, prob in probs.items():
         assert p[name].any() == (prob > 0) and p[name].all() == (prob == 1), name

@@ -50,15 +50,22 @@ def test_callbacks_write_scalars_image_and_report(tmp_path):
     x = rng.random((128, 16, 16, 3)).astype("float32")
     y = rng.integers(0, 4, 128)
     pairs = tf.data.Dataset.from_tensor_slices((x, x + 0.05 * rng.random(x.shape).astype("float32"))).batch(
-        32, drop_remainder=True)
+        32, drop_remainder=True
+    )
     model = _tiny_model()
     log_dir = str(tmp_path / "logs" / "monitor")
     views = (x[:64], x[64:])
     history_path = str(tmp_path / "history.csv")
     callbacks = [
         keras.callbacks.CSVLogger(history_path),
-        cbs.KnnMonitor((x[:96], y[:96]), (x[96:], y[96:]), every_epochs=2, k=10, log_dir=log_dir,
-                       csv_path=str(tmp_path / "knn.csv")),
+        cbs.KnnMonitor(
+            (x[:96], y[:96]),
+            (x[96:], y[96:]),
+            every_epochs=2,
+            k=10,
+            log_dir=log_dir,
+            csv_path=str(tmp_path / "knn.csv"),
+        ),
         cbs.RepresentationHealth(views, log_dir),
         cbs.CorrelationImage(views, log_dir, max_side=32),
         cbs.TrainingReport(str(tmp_path / "report.png"), history_path, str(tmp_path / "knn.csv"), lambd=0.0051),
@@ -77,9 +84,17 @@ def test_callbacks_write_scalars_image_and_report(tmp_path):
     events = read_events(log_dir)
     assert [s for s, _ in events["knn/top1"]] == [1, 2]  # every 2 epochs, and the last one
     assert all(0.0 <= v <= 1.0 for _, v in events["knn/top1"] + events["knn/top5"])
-    for tag in ("health/embedding_std", "health/embedding_std_min", "health/effective_rank",
-                "health/effective_rank_ratio", "health/dead_fraction", "health/embedding_dead_fraction",
-                "correlation/diag_mean", "correlation/off_diag_rms", "health/embedding_dim_std"):
+    for tag in (
+        "health/embedding_std",
+        "health/embedding_std_min",
+        "health/effective_rank",
+        "health/effective_rank_ratio",
+        "health/dead_fraction",
+        "health/embedding_dead_fraction",
+        "correlation/diag_mean",
+        "correlation/off_diag_rms",
+        "health/embedding_dim_std",
+    ):
         assert [s for s, _ in events[tag]] == [0, 1, 2], tag
     assert all(1.0 <= v <= 16.0 for _, v in events["health/effective_rank"])
     images = events["correlation/C"]
@@ -141,13 +156,43 @@ def test_time_budget_stops_training_and_drives_the_learning_rate():
 def test_bt_train_config_switches_the_monitors_on(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "bt_keras.train", "--config", os.path.join(ROOT, "configs", "demo.yaml"),
-         "--run-dir", str(run), "--set", "model.width=4", "--set", "model.projector_dims=[32,32,32]",
-         "--set", "train.batch_size=64", "--set", "train.verbose=0", "--set", "train.epochs=2",
-         "--set", "eval.train_source=null", "--set", "monitor.knn_every_epochs=1",
-         "--set", "monitor.knn_train_source=demo:train", "--set", "monitor.knn_val_source=demo:test",
-         "--set", "monitor.knn_max_train=300", "--set", "monitor.knn_max_val=100"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "bt_keras.cli.train",
+            "--config",
+            os.path.join(ROOT, "configs", "demo.yaml"),
+            "--run-dir",
+            str(run),
+            "--set",
+            "model.width=4",
+            "--set",
+            "model.projector_dims=[32,32,32]",
+            "--set",
+            "train.batch_size=64",
+            "--set",
+            "train.verbose=0",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "eval.train_source=null",
+            "--set",
+            "monitor.knn_every_epochs=1",
+            "--set",
+            "monitor.knn_train_source=demo:train",
+            "--set",
+            "monitor.knn_val_source=demo:test",
+            "--set",
+            "monitor.knn_max_train=300",
+            "--set",
+            "monitor.knn_max_val=100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = read_events(run / "logs" / "monitor")
     assert [s for s, _ in events["knn/top1"]] == [0, 1]
@@ -163,7 +208,7 @@ import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from bt_keras.config import config_from_dict
-from bt_keras.train import train
+from bt_keras.training import train
 cfg = config_from_dict({"data": {"source": "demo:train", "augment": {"preset": "cifar", "flip": {"enabled": False}}},
     "model": {"encoder": "small_cnn", "width": 4, "projector_dims": [32, 32]},
     "optim": {"name": "adamw", "lr_weights": 0.004, "warmup_epochs": 0},
@@ -178,8 +223,14 @@ print("STEPS", summary["steps"])
 
 def test_monitors_run_under_a_two_replica_strategy(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(run)], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, str(run)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"STEPS {1438 // 64}" in proc.stdout
     events = read_events(run / "logs" / "monitor")

@@ -26,24 +26,33 @@ def test_required_configs_exist():
 
 
 def test_overrides_and_types():
-    cfg = config_from_dict({"model": {"projector_dims": [64, 64]}},
-                           overrides=["train.epochs=3", "optim.weight_decay=1e-4", "train.jit_compile=true",
-                                      "data.augment.flip.enabled=false"])
+    cfg = config_from_dict(
+        {"model": {"projector_dims": [64, 64]}},
+        overrides=[
+            "train.epochs=3",
+            "optim.weight_decay=1e-4",
+            "train.jit_compile=true",
+            "data.augment.flip.enabled=false",
+        ],
+    )
     assert cfg.train.epochs == 3 and cfg.optim.weight_decay == 1e-4 and cfg.train.jit_compile is True
     assert cfg.model.projector_dims == (64, 64)
     assert cfg.data.augment.flip.enabled is False
 
 
-@pytest.mark.parametrize("raw,overrides,message", [
-    ({"trian": {}}, [], "unknown key 'trian'; allowed: data, model, optim, train, eval"),
-    ({"train": {"epoch": 3}}, [], "unknown key 'train.epoch'"),
-    ({"train": {"epochs": "ten"}}, [], "train.epochs: expected int, got 'ten'"),
-    ({"train": {"strategy": "horovod"}}, [], "train.strategy: expected one of 'auto'"),
-    ({"model": {"encoder": "vit"}}, [], "model.encoder: expected one of 'small_cnn'"),
-    ({"train": {"batch_size": 1}}, [], "train.batch_size: must be >= 2"),
-    ({}, ["train.epochs"], "--set expects key.sub=value"),
-    ({"model": {"projector_dims": [64, "x"]}}, [], "model.projector_dims[1]: expected int"),
-])
+@pytest.mark.parametrize(
+    "raw,overrides,message",
+    [
+        ({"trian": {}}, [], "unknown key 'trian'; allowed: data, model, optim, train, eval"),
+        ({"train": {"epoch": 3}}, [], "unknown key 'train.epoch'"),
+        ({"train": {"epochs": "ten"}}, [], "train.epochs: expected int, got 'ten'"),
+        ({"train": {"strategy": "horovod"}}, [], "train.strategy: expected one of 'auto'"),
+        ({"model": {"encoder": "vit"}}, [], "model.encoder: expected one of 'small_cnn'"),
+        ({"train": {"batch_size": 1}}, [], "train.batch_size: must be >= 2"),
+        ({}, ["train.epochs"], "--set expects key.sub=value"),
+        ({"model": {"projector_dims": [64, "x"]}}, [], "model.projector_dims[1]: expected int"),
+    ],
+)
 def test_bad_values_name_the_key(raw, overrides, message):
     with pytest.raises(ConfigError) as e:
         config_from_dict(raw, overrides)
@@ -53,7 +62,7 @@ def test_bad_values_name_the_key(raw, overrides, message):
 
 def _bt_train(capsys, *args):
     """Runs the real bt-train entry point in-process (config errors stop before any TF work)."""
-    from bt_keras.train import main
+    from bt_keras.cli.train import main
 
     with pytest.raises(SystemExit) as e:
         main(list(args))
@@ -61,13 +70,16 @@ def _bt_train(capsys, *args):
     return subprocess.CompletedProcess(args, e.value.code, out, err)
 
 
-@pytest.mark.parametrize("yaml_text,args,expected", [
-    ("train:\n  epochz: 1\n", [], "bt-train: error: unknown key 'train.epochz'; allowed: epochs,"),
-    ("train: [1, 2\n", [], "not valid YAML (line"),
-    ("model:\n  lambd: high\n", [], "model.lambd: expected float, got 'high'"),
-    ("{}\n", ["--set", "optim.name=sgd"], "optim.name: expected one of 'lars', 'adamw'"),
-    ("{}\n", ["--bogus"], "bt-train: error: unrecognized arguments: --bogus"),
-])
+@pytest.mark.parametrize(
+    "yaml_text,args,expected",
+    [
+        ("train:\n  epochz: 1\n", [], "bt-train: error: unknown key 'train.epochz'; allowed: epochs,"),
+        ("train: [1, 2\n", [], "not valid YAML (line"),
+        ("model:\n  lambd: high\n", [], "model.lambd: expected float, got 'high'"),
+        ("{}\n", ["--set", "optim.name=sgd"], "optim.name: expected one of 'lars', 'adamw'"),
+        ("{}\n", ["--bogus"], "bt-train: error: unrecognized arguments: --bogus"),
+    ],
+)
 def test_cli_config_errors_exit_2_with_one_line(tmp_path, capsys, yaml_text, args, expected):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text)
@@ -99,8 +111,13 @@ def test_global_batch_must_divide_over_replicas():
         "    except UserError as e:\n"
         "        print(e)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "global batch 16 is not divisible by the 3 replicas" in proc.stdout
     assert "per-replica batch is 1" in proc.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import pytest
@@ -108,8 +109,7 @@ def test_non_deterministic_order_gives_the_same_views():
 def test_eval_dataset_uses_the_serving_preprocessing_keeps_order_and_remainder():
     x = np.random.default_rng(3).integers(0, 256, (21, 40, 48, 3), dtype=np.uint8)
     y = np.arange(21) % 4
-    ds = data.eval_dataset((x, y), batch_size=8, image_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                           crop_fraction=0.875)
+    ds = data.eval_dataset((x, y), batch_size=8, image_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_fraction=0.875)
     batches = _epoch(ds)
     assert [len(b[1]) for b in batches] == [8, 8, 5]
     labels = np.concatenate([b[1] for b in batches])
@@ -119,6 +119,36 @@ def test_eval_dataset_uses_the_serving_preprocessing_keeps_order_and_remainder()
     np.testing.assert_allclose(batches[1][0][1], ref.numpy(), atol=1e-6)
     with pytest.raises(DataError, match="no labels"):
         data.eval_dataset(x, batch_size=8, image_size=32)
+
+
+def test_config_modules_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, bt_keras.data.config, bt_keras.augment.config; assert 'tensorflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_data_config_is_the_one_path_to_datasets():
+    from bt_keras.contract import default_crop_fraction
+
+    cfg = DataConfig(
+        source="demo:test", image_size=32, augment="imagenet", val_source="demo:test", seed=2, deterministic=True
+    )
+    assert cfg.augment == data.DataConfig(augment="imagenet").augment and hash(cfg) == hash(dataclasses_replace(cfg))
+    assert cfg.crop_fraction is None and cfg.contract().crop_fraction == default_crop_fraction(32)
+    assert cfg.contract().mean == cfg.mean == cfg.augment.mean
+    assert cfg.count() == 359 and cfg.info().class_names is None and cfg.info().has_labels
+    a = _epoch(cfg.train_dataset(64, seed_offset=1).take(1))
+    b = data.two_view_dataset("demo:test", batch_size=64, image_size=32, augment="imagenet", seed=3, deterministic=True)
+    b = _epoch(b.take(1))
+    np.testing.assert_array_equal(a[0][0], b[0][0])
+    ((x, y),) = _epoch(cfg.eval_dataset(400))
+    assert x.shape == (359, 32, 32, 3)
+    with pytest.raises(DataError, match="crop_fraction"):
+        DataConfig(crop_fraction=0.0)
+    with pytest.raises(DataError, match="val_source"):
+        DataConfig().eval_dataset(8)
 
 
 def test_data_config_validation_and_yaml_loader():
@@ -204,20 +234,21 @@ def odd_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("cache", [None, False])
-def test_odd_folder_uses_every_good_file_and_lists_the_bad_ones(odd_folder, tmp_path, capsys, cache):
+def test_odd_folder_uses_every_good_file_and_lists_the_bad_ones(odd_folder, tmp_path, caplog, cache):
     root, good, bad = odd_folder
     source = f"folder:{root}"
     skipped = tmp_path / "run" / "skipped.tsv"
     info = data.source_info(source, cache=cache)
     assert info.num_examples == len(good) and info.class_names == ["cats", "dogs"]
-    ds = data.two_view_dataset(source, batch_size=len(good), image_size=32, augment="imagenet",
-                               skipped_path=str(skipped), cache=cache)
-    (a, b), = _epoch(ds)  # one epoch is one full batch: every good file was used
+    ds = data.two_view_dataset(
+        source, batch_size=len(good), image_size=32, augment="imagenet", skipped_path=str(skipped), cache=cache
+    )
+    ((a, b),) = _epoch(ds)  # one epoch is one full batch: every good file was used
     assert a.shape == (len(good), 32, 32, 3) and np.isfinite(a).all() and np.isfinite(b).all()
-    err = capsys.readouterr().err
+    err = caplog.text  # the library logs the summary (the CLIs show it on stderr)
     assert f"skipped {len(bad)} of {len(good) + len(bad)} files: see {skipped}" in err
     rows = [line.split("\t") for line in skipped.read_text().splitlines()]
-    listed = {path[len(str(root)) + 1:]: reason for path, reason in rows}
+    listed = {path[len(str(root)) + 1 :]: reason for path, reason in rows}
     for name, reason in bad.items():
         assert reason in listed[name], (name, listed[name])
     assert listed["cats/notes.txt"].startswith("ignored:")
@@ -236,7 +267,7 @@ def test_odd_formats_decode_to_three_channel_uint8(odd_folder):
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, name
     assert x["dogs/tiny.png"].shape == (1, 1, 3) and x["dogs/wide.jpg"].shape == (6, 1200, 3)
     deep = x["dogs/deep16.png"][..., 0].astype(int)
-    expected = ((np.arange(40 * 50).reshape(40, 50) * 32) / 65535 * 255)
+    expected = (np.arange(40 * 50).reshape(40, 50) * 32) / 65535 * 255
     assert np.abs(deep - expected).max() <= 1  # 16-bit scaled, not truncated
     assert (x["cats/gray.png"][..., 0] == x["cats/gray.png"][..., 2]).all()
 
@@ -257,7 +288,7 @@ def test_folder_without_usable_images_is_an_error_naming_the_path(tmp_path):
 def test_quick_validation_without_decoding_catches_structural_damage(odd_folder):
     root, good, bad = odd_folder
     info = data.source_info(f"folder:{root}", cache=False, validate="quick")
-    listed = {p[len(str(root)) + 1:] for p, r in info.skipped if not r.startswith("ignored")}
+    listed = {p[len(str(root)) + 1 :] for p, r in info.skipped if not r.startswith("ignored")}
     assert listed == set(bad) and info.num_examples == len(good)
 
 
@@ -280,7 +311,7 @@ def test_folder_through_a_non_local_filesystem():
 
 
 def test_tfrecord_round_trip_through_bt_data(odd_folder, tmp_path, capsys):
-    from bt_keras.data_cli import main
+    from bt_keras.cli.data import main
 
     root, good, bad = odd_folder
     out = tmp_path / "shards"
@@ -307,7 +338,7 @@ def test_tfrecord_round_trip_through_bt_data(odd_folder, tmp_path, capsys):
     assert dist.min(axis=1).max() < 1e-5  # the same bytes, the same decoder
     np.testing.assert_array_equal(yr, yf[match])
 
-    (a, b), = _epoch(data.two_view_dataset(source, batch_size=len(good), image_size=32, cache=False))
+    ((a, b),) = _epoch(data.two_view_dataset(source, batch_size=len(good), image_size=32, cache=False))
     assert a.shape == (len(good), 32, 32, 3)
 
     capsys.readouterr()
@@ -322,8 +353,10 @@ def test_tfrecord_with_bad_records_single_file_sharding(tmp_path, capsys):
     with tf.io.TFRecordWriter(path) as w:
         for i in range(10):
             img = _jpeg(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
-            feats = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[img])),
-                     "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 3]))}
+            feats = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[img])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 3])),
+            }
             w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
         w.write(b"definitely not an Example")
         junk = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\xff\xd8\xff garbage"]))}
@@ -336,8 +369,11 @@ def test_tfrecord_with_bad_records_single_file_sharding(tmp_path, capsys):
     labels = []
     for i in range(2):  # one file, two pipelines: sharded by record
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i, num_replicas_in_sync=2)
-        labels.append(np.concatenate([y for _, y in _epoch(
-            data.eval_dataset(source, batch_size=4, image_size=16, input_context=ctx))]))
+        labels.append(
+            np.concatenate(
+                [y for _, y in _epoch(data.eval_dataset(source, batch_size=4, image_size=16, input_context=ctx))]
+            )
+        )
     assert len(labels[0]) + len(labels[1]) == 10
 
 
@@ -366,14 +402,29 @@ def test_cifar10_jpeg_folder(cifar10_dir, tmp_path):
     source = f"folder:{cifar10_dir / 'test'}"
     info = data.source_info(source)
     assert info.num_examples == 10_000 and not info.skipped
-    assert info.class_names == ["airplane", "automobile", "bird", "cat", "deer",
-                                "dog", "frog", "horse", "ship", "truck"]
+    assert info.class_names == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     ds = data.two_view_dataset(source, batch_size=256, image_size=32, skipped_path=str(tmp_path / "s.tsv"))
     a, b = next(iter(ds))
     assert a.shape == (256, 32, 32, 3)
     # Normalised with CIFAR statistics: roughly zero mean, unit spread over a batch.
     assert abs(float(tf.reduce_mean(a))) < 0.5 and 0.6 < float(tf.math.reduce_std(a)) < 1.5
     assert (tmp_path / "s.tsv").read_text() == ""
-    images, labels = next(iter(data.eval_dataset(source, batch_size=100, image_size=32, mean=CIFAR10_MEAN,
-                                                   std=CIFAR10_STD, crop_fraction=1.0)))
+    images, labels = next(
+        iter(
+            data.eval_dataset(
+                source, batch_size=100, image_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_fraction=1.0
+            )
+        )
+    )
     assert images.shape == (100, 32, 32, 3) and set(labels.numpy()) == {0}  # sorted: airplanes first

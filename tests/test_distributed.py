@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from cluster import free_port, tf_config
 
+pytestmark = pytest.mark.slow  # multi-replica and multi-process training
+
 SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_case.py")
 CASES = {
     "r1": ["--replicas", "1"],
@@ -32,8 +34,13 @@ def runs(tmp_path_factory):
 
     def run(name):
         path = out / f"{name}.npz"
-        proc = subprocess.run([sys.executable, SCRIPT, *CASES[name], "--out", str(path)],
-                              env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, SCRIPT, *CASES[name], "--out", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return name, dict(np.load(path))
 
@@ -76,9 +83,15 @@ def two_workers(tmp_path_factory):
     procs = []
     for i in range(2):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", TF_CONFIG=tf_config(ports, i))
-        procs.append(subprocess.Popen(
-            [sys.executable, SCRIPT, "--replicas", "1", "--multi-worker", "--out", str(out / f"w{i}.npz")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, SCRIPT, "--replicas", "1", "--multi-worker", "--out", str(out / f"w{i}.npz")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     results = []
     for p in procs:
         output, _ = p.communicate(timeout=300)

@@ -1,5 +1,6 @@
 """kNN and linear probes on cases with known answers, and bt-eval end to end on real CIFAR-10 JPEGs."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,9 +10,9 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from bt_keras import evaluation as ev
+from bt_keras.cli import eval as eval_cli
 from bt_keras.cli import run_command
 from bt_keras.preprocess import PreprocessingContract
 
@@ -59,8 +60,9 @@ def test_knn_batched_equals_unbatched_and_reference():
     x_te, _ = _clusters(13, num_classes=5, dim=8, spread=2.0, seed=4)
     whole = ev.knn_predict(x_tr, y_tr, x_te, 5, k=20, temperature=0.1, batch_size=10_000)
     for batch in (1, 7, 64):
-        np.testing.assert_allclose(ev.knn_predict(x_tr, y_tr, x_te, 5, k=20, temperature=0.1, batch_size=batch),
-                                   whole, rtol=1e-5)
+        np.testing.assert_allclose(
+            ev.knn_predict(x_tr, y_tr, x_te, 5, k=20, temperature=0.1, batch_size=batch), whole, rtol=1e-5
+        )
     np.testing.assert_allclose(whole, _knn_reference(x_tr, y_tr, x_te, 20, 0.1, 5), rtol=1e-4)
 
 
@@ -97,8 +99,9 @@ def test_paper_probe_learns_and_leaves_encoder_unchanged():
     encoder = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
     before = [v.numpy().copy() for v in encoder.weights]  # includes BN moving mean/variance
     contract = PreprocessingContract(image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, crop_fraction=1.0)
-    out = ev.linear_probe_sgd(encoder, _colour_arrays(600, 0), _colour_arrays(150, 1), contract,
-                              epochs=4, batch_size=64)
+    out = ev.linear_probe_sgd(
+        encoder, _colour_arrays(600, 0), _colour_arrays(150, 1), contract, epochs=4, batch_size=64
+    )
     after = [v.numpy() for v in encoder.weights]
     assert all(np.array_equal(a, b) for a, b in zip(before, after)), "the probe changed the encoder"
     assert out["top1"] > 0.95, out
@@ -127,7 +130,8 @@ def test_probe_augmentation_flips_half_of_the_images():
     x = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
     images = ev.LabelledImages((x, np.arange(n, dtype=np.int32)), contract)
     cfg = ev.crop_flip_config(contract)
-    cfg.crop.enabled = False  # the whole image, unresized: each output is its source or the mirror
+    # The whole image, unresized: each output is its source or the mirror (AugmentConfig is frozen now).
+    cfg = dataclasses.replace(cfg, crop=dataclasses.replace(cfg.crop, enabled=False))
     flipped = []
     for out, label in images.epoch(cfg, batch_size=400):
         out = np.round(out.numpy()).astype(np.uint8)
@@ -157,12 +161,11 @@ def cifar_subset(cifar10_dir, tmp_path_factory):
 
 def _tiny_run(run_dir):
     from bt_keras.encoders import small_cnn
-    from bt_keras.train import save_encoder
+    from bt_keras.training import save_encoder
 
     keras.utils.set_random_seed(0)
     encoder = small_cnn(widths=(8, 16), input_shape=(32, 32, 3), sync_batchnorm=False)
-    contract = PreprocessingContract(image_size=32, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
-                                     crop_fraction=1.0)
+    contract = PreprocessingContract(image_size=32, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), crop_fraction=1.0)
     save_encoder(encoder, str(run_dir), contract)
     return encoder, contract
 
@@ -172,10 +175,27 @@ def test_bt_eval_end_to_end_on_cifar_jpegs(cifar_subset, tmp_path):
     run.mkdir()
     _tiny_run(run)
     proc = subprocess.run(
-        [sys.executable, "-m", "bt_keras.evaluation", "--run", str(run), "--train-data",
-         f"folder:{cifar_subset / 'train'}", "--test-data", f"folder:{cifar_subset / 'test'}",
-         "--protocol", "both", "--k", "20"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        [
+            sys.executable,
+            "-m",
+            "bt_keras.cli.eval",
+            "--run",
+            str(run),
+            "--train-data",
+            f"folder:{cifar_subset / 'train'}",
+            "--test-data",
+            f"folder:{cifar_subset / 'test'}",
+            "--protocol",
+            "both",
+            "--k",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((run / "eval_report.json").read_text())
     assert report["num_train"] == 200 and report["num_test"] == 100 and report["feature_dim"] == 16
@@ -190,8 +210,15 @@ def test_saved_model_gives_the_same_knn_as_the_keras_encoder(cifar_subset, tmp_p
     from bt_keras.export import export_encoder
 
     encoder, contract = _tiny_run(tmp_path)
-    export_encoder(encoder, tmp_path / "export", image_size=32, formats=("saved_model",), mean=contract.mean,
-                   std=contract.std, crop_fraction=1.0)
+    export_encoder(
+        encoder,
+        tmp_path / "export",
+        image_size=32,
+        formats=("saved_model",),
+        mean=contract.mean,
+        std=contract.std,
+        crop_fraction=1.0,
+    )
     train, test = f"folder:{cifar_subset / 'train'}", f"folder:{cifar_subset / 'test'}"
     from_keras = ev.evaluate(ev.load_frozen_encoder(run=str(tmp_path)), train, test, k=20)
     loaded = ev.load_frozen_encoder(saved_model=str(tmp_path / "export"))
@@ -202,18 +229,51 @@ def test_saved_model_gives_the_same_knn_as_the_keras_encoder(cifar_subset, tmp_p
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
-    assert run_command("bt-eval", ev._main, ["--run", str(tmp_path / "missing"), "--train-data", "demo:train",
-                                             "--test-data", "demo:test"]) == 2
+    assert (
+        run_command(
+            "bt-eval",
+            eval_cli._main,
+            ["--run", str(tmp_path / "missing"), "--train-data", "demo:train", "--test-data", "demo:test"],
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such directory" in err
     enc = tmp_path / "enc.keras"
     keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten()]).save(enc)
-    assert run_command("bt-eval", ev._main, ["--encoder", str(enc), "--train-data", "demo:train",
-                                             "--test-data", "demo:test"]) == 2
+    assert (
+        run_command(
+            "bt-eval", eval_cli._main, ["--encoder", str(enc), "--train-data", "demo:train", "--test-data", "demo:test"]
+        )
+        == 2
+    )
     assert "no preprocessing contract found" in capsys.readouterr().err
-    assert run_command("bt-eval", ev._main, ["--saved-model", str(tmp_path), "--train-data", "demo:train",
-                                             "--test-data", "demo:test"]) == 2
+    assert (
+        run_command(
+            "bt-eval",
+            eval_cli._main,
+            ["--saved-model", str(tmp_path), "--train-data", "demo:train", "--test-data", "demo:test"],
+        )
+        == 2
+    )
     assert "no saved_model.pb" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        ev._main(["--train-data", "demo:train"])
+        eval_cli._main(["--train-data", "demo:train"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--crop-fraction", "0.5"], "--crop-fraction 0.5 conflicts with"),
+        (["--image-size", "64"], "wrong image size: --image-size 64 conflicts with"),
+    ],
+)
+def test_flags_that_contradict_the_recorded_contract_are_rejected(tmp_path, capsys, flags, message):
+    """bt-eval, like bt-export, never silently overrides a run's preprocessing.json."""
+    _tiny_run(tmp_path)
+    argv = ["--run", str(tmp_path), "--train-data", "demo:train", "--test-data", "demo:test", *flags]
+    assert run_command("bt-eval", eval_cli._main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bt-eval: error: ") and message in err, err
+    assert "preprocessing.json" in err and not (tmp_path / "eval_report.json").exists()

@@ -31,6 +31,7 @@ import tensorflow as tf  # noqa: E402
 
 import bt_keras  # noqa: E402
 from bt_keras import export, preprocess  # noqa: E402
+from bt_keras.cli import export as export_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -92,7 +93,7 @@ def ex(tmp_path_factory):
     contract = preprocess.PreprocessingContract(SIZE, preprocess.CIFAR10_MEAN, preprocess.CIFAR10_STD, 1.0)
     run = _write_run(root / "run", encoder, contract)
     out = root / "out"
-    assert export.main(["--run", str(run), "--out", str(out)]) == 0
+    assert export_cli.main(["--run", str(run), "--out", str(out)]) == 0
     images = _images(7)
     pixels = np.stack(
         [preprocess.preprocess_for_eval(tf.constant(b), SIZE, contract.mean, contract.std, 1.0).numpy() for b in images]
@@ -101,8 +102,16 @@ def ex(tmp_path_factory):
     np.save(root / "pixels7.npy", pixels)
     np.save(root / "bytes7.npy", np.array(images, dtype=object), allow_pickle=True)
     return SimpleNamespace(
-        root=root, run=run, out=out, encoder=encoder, contract=contract, images=images, pixels=pixels, ref=ref,
-        sm=out / "saved_model" / "encoder" / "1", onnx=out / "onnx" / "encoder.onnx",
+        root=root,
+        run=run,
+        out=out,
+        encoder=encoder,
+        contract=contract,
+        images=images,
+        pixels=pixels,
+        ref=ref,
+        sm=out / "saved_model" / "encoder" / "1",
+        onnx=out / "onnx" / "encoder.onnx",
     )
 
 
@@ -143,7 +152,8 @@ results = {}
 session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
 for n in (1, 7):
     results[f"float{n}"] = model.signatures["serve_float"](images=tf.constant(pixels[:n]))["embedding"].numpy()
-    results[f"bytes{n}"] = model.signatures["serving_default"](image_bytes=tf.constant(encoded[:n]))["embedding"].numpy()
+    serve_bytes = model.signatures["serving_default"]
+    results[f"bytes{n}"] = serve_bytes(image_bytes=tf.constant(encoded[:n]))["embedding"].numpy()
     results[f"onnx{n}"] = session.run(["embedding"], {"images": pixels[:n]})[0]
 assert "bt_keras" not in sys.modules, "bt_keras was imported"
 np.savez(root + "/clean.npz", **results)
@@ -155,7 +165,11 @@ def test_round_trip_in_a_process_without_bt_keras(ex):
     script.write_text(_CLEAN_PROCESS)
     proc = subprocess.run(
         [sys.executable, str(script), str(ex.sm), str(ex.onnx), str(ex.root)],
-        cwd=ex.root, env=_env(with_repo=False), capture_output=True, text=True, timeout=300,
+        cwd=ex.root,
+        env=_env(with_repo=False),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.load(ex.root / "clean.npz")
@@ -178,8 +192,8 @@ def _saved_model_cli(*args) -> subprocess.CompletedProcess:
 
 def test_saved_model_cli_show_lists_both_signatures(ex):
     text = _saved_model_cli("show", "--all", "--dir", str(ex.sm)).stdout
-    default = text[text.index("signature_def['serving_default']"):]
-    serve_float = text[text.index("signature_def['serve_float']"):]
+    default = text[text.index("signature_def['serving_default']") :]
+    serve_float = text[text.index("signature_def['serve_float']") :]
     default = default[: default.index("Method name")]
     serve_float = serve_float[: serve_float.index("Method name")]
     assert "inputs['image_bytes']" in default and "DT_STRING" in default and "shape: (-1)" in default
@@ -188,15 +202,27 @@ def test_saved_model_cli_show_lists_both_signatures(ex):
     assert "outputs['embedding']" in serve_float and "DT_FLOAT" in serve_float
 
 
-@pytest.mark.parametrize("signature,key,inputs", [
-    ("serve_float", "images", "pixels7.npy"),
-    ("serving_default", "image_bytes", "bytes7.npy"),
-])
+@pytest.mark.parametrize(
+    "signature,key,inputs",
+    [
+        ("serve_float", "images", "pixels7.npy"),
+        ("serving_default", "image_bytes", "bytes7.npy"),
+    ],
+)
 def test_saved_model_cli_run_reproduces_embeddings(ex, signature, key, inputs):
     outdir = ex.root / f"cli_{signature}"
     _saved_model_cli(
-        "run", "--dir", str(ex.sm), "--tag_set", "serve", "--signature_def", signature,
-        "--inputs", f"{key}={ex.root / inputs}", "--outdir", str(outdir),
+        "run",
+        "--dir",
+        str(ex.sm),
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        signature,
+        "--inputs",
+        f"{key}={ex.root / inputs}",
+        "--outdir",
+        str(outdir),
     )
     got = np.load(outdir / "embedding.npy")
     assert got.shape == (7, 16)
@@ -277,9 +303,9 @@ def test_warmup_requests_parse_and_run(ex):
     seen = set()
     for record in records:
         # PredictionLog.predict_log = 6 -> PredictLog.request = 1 -> PredictRequest{model_spec = 1, inputs = 2}
-        (number, predict_log), = _pb_fields(record)
+        ((number, predict_log),) = _pb_fields(record)
         assert number == 6
-        (number, request), = _pb_fields(predict_log)
+        ((number, request),) = _pb_fields(predict_log)
         assert number == 1
         spec = dict(f for f in _pb_fields(request) if f[0] == 1)[1]
         spec = dict(_pb_fields(spec))
@@ -311,7 +337,7 @@ def _fail_lines(capsys) -> list:
 
 def test_refuses_to_overwrite_without_flag(ex, capsys):
     before = (ex.out / "export_report.json").read_bytes()
-    assert export.main(["--run", str(ex.run), "--out", str(ex.out)]) == 2
+    assert export_cli.main(["--run", str(ex.run), "--out", str(ex.out)]) == 2
     (line,) = _fail_lines(capsys)
     assert line.startswith("bt-export: error:") and "--overwrite" in line
     assert (ex.out / "export_report.json").read_bytes() == before
@@ -324,18 +350,28 @@ def test_overwrite_replaces_the_whole_export(ex, tmp_path, capsys):
     assert (out / "saved_model").is_dir()
     # --encoder picks up the preprocessing.json next to the file (CIFAR statistics here).
     argv = ["--encoder", str(ex.run / "encoder.keras"), "--out", str(out), "--formats", "onnx", "--overwrite"]
-    assert export.main(argv) == 0
+    assert export_cli.main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "onnx"]
     report = json.loads((out / "export_report.json").read_text())
     assert report["formats"] == ["onnx"] and report["preprocessing"]["mean"] == list(preprocess.CIFAR10_MEAN)
     assert _leftovers(out) == []
 
 
-@pytest.mark.parametrize("case", [
-    "missing_run", "run_without_encoder", "wrong_image_size_run", "wrong_image_size_encoder",
-    "unknown_format", "encoder_without_image_size", "bad_version", "bad_name", "foreign_out_dir",
-    "not_a_keras_file",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_run",
+        "run_without_encoder",
+        "wrong_image_size_run",
+        "wrong_image_size_encoder",
+        "unknown_format",
+        "encoder_without_image_size",
+        "bad_version",
+        "bad_name",
+        "foreign_out_dir",
+        "not_a_keras_file",
+    ],
+)
 def test_bad_arguments_are_one_line_exit_2(ex, tmp_path, capsys, case):
     out = tmp_path / "out"
     static = tmp_path / "static" / "enc.keras"
@@ -362,14 +398,19 @@ def test_bad_arguments_are_one_line_exit_2(ex, tmp_path, capsys, case):
     }[case]
     if case == "encoder_without_image_size":
         ex.encoder.save(tmp_path / "x.keras")
-    assert export.main([*argv, "--out", str(out)]) == 2
+    assert export_cli.main([*argv, "--out", str(out)]) == 2
     (line,) = _fail_lines(capsys)
     assert line.startswith("bt-export: error:") and "Traceback" not in line
     expected = {
-        "missing_run": "does not exist", "run_without_encoder": "encoder.keras",
-        "wrong_image_size_run": "wrong image size", "wrong_image_size_encoder": "wrong image size",
-        "unknown_format": "unknown format tflite", "encoder_without_image_size": "--image-size",
-        "bad_version": "--version", "bad_name": "--name", "foreign_out_dir": "not a bt-export output",
+        "missing_run": "does not exist",
+        "run_without_encoder": "encoder.keras",
+        "wrong_image_size_run": "wrong image size",
+        "wrong_image_size_encoder": "wrong image size",
+        "unknown_format": "unknown format tflite",
+        "encoder_without_image_size": "--image-size",
+        "bad_version": "--version",
+        "bad_name": "--name",
+        "foreign_out_dir": "not a bt-export output",
         "not_a_keras_file": "cannot load",
     }[case]
     assert expected in line, line
@@ -382,8 +423,12 @@ def test_bad_arguments_are_one_line_exit_2(ex, tmp_path, capsys, case):
 
 def test_cli_process_exit_code_and_single_error_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "bt_keras.export", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
-        env=_env(with_repo=True), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [sys.executable, "-m", "bt_keras.cli.export", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+        env=_env(with_repo=True),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -393,8 +438,11 @@ def test_cli_process_exit_code_and_single_error_line(tmp_path):
 
 def _start_export(run: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "bt_keras.export", "--run", str(run), "--out", str(out)],
-        env=_env(with_repo=True), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "bt_keras.cli.export", "--run", str(run), "--out", str(out)],
+        env=_env(with_repo=True),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -473,8 +521,11 @@ def test_mixed_precision_encoder_is_exported_in_float32(tmp_path):
     reduced = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
     assert not [t.name for t in model.graph.initializer if t.data_type in reduced]
     assert not [v.name for v in model.graph.value_info if v.type.tensor_type.elem_type in reduced]
-    assert not [n.name for n in model.graph.node if n.op_type == "Cast" and
-                any(a.name == "to" and a.i in reduced for a in n.attribute)]
+    assert not [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Cast" and any(a.name == "to" and a.i in reduced for a in n.attribute)
+    ]
     signatures = result.report["artifacts"]["saved_model"]["signatures"]
     assert signatures["serving_default"]["outputs"]["embedding"]["dtype"] == "float32"
     assert encoder.layers[1].compute_dtype == "bfloat16"  # the source is left alone

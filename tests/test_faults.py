@@ -16,17 +16,40 @@ import time
 import pytest
 from cluster import free_port, tf_config
 
+pytestmark = pytest.mark.slow  # kill, SIGTERM and lost-worker runs of bt-train
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH = 1438 // 64
 EPOCHS = 3
-ARGS = ["--set", "model.width=4", "--set", "model.projector_dims=[32,32,32]", "--set", "train.batch_size=64",
-        "--set", f"train.epochs={EPOCHS}", "--set", "train.checkpoint_every_steps=4", "--set", "train.verbose=0",
-        "--set", "eval.train_source=null"]
+ARGS = [
+    "--set",
+    "model.width=4",
+    "--set",
+    "model.projector_dims=[32,32,32]",
+    "--set",
+    "train.batch_size=64",
+    "--set",
+    f"train.epochs={EPOCHS}",
+    "--set",
+    "train.checkpoint_every_steps=4",
+    "--set",
+    "train.verbose=0",
+    "--set",
+    "eval.train_source=null",
+]
 
 
 def _cmd(run_dir):
-    return [sys.executable, "-m", "bt_keras.train", "--config", os.path.join(ROOT, "configs", "demo.yaml"),
-            "--run-dir", str(run_dir), *ARGS]
+    return [
+        sys.executable,
+        "-m",
+        "bt_keras.cli.train",
+        "--config",
+        os.path.join(ROOT, "configs", "demo.yaml"),
+        "--run-dir",
+        str(run_dir),
+        *ARGS,
+    ]
 
 
 def _env():
@@ -56,8 +79,9 @@ def _wait_for_checkpoints(procs, run_dir, saves):
 
 def _start_and_wait_for_checkpoints(run_dir, saves):
     """Starts a run; returns it once its checkpoint has been written ``saves`` times."""
-    proc = subprocess.Popen(_cmd(run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(), cwd=ROOT)
+    proc = subprocess.Popen(
+        _cmd(run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
+    )
     _wait_for_checkpoints([proc], run_dir, saves)
     return proc
 
@@ -126,8 +150,9 @@ def _start_workers(run_dir, ports, epochs):
     for i in range(2):
         cmd = _cmd(run_dir) + ["--set", "train.strategy=multi_worker", "--set", f"train.epochs={epochs}"]
         env = dict(_env(), TF_CONFIG=tf_config(ports, i), CUDA_VISIBLE_DEVICES="")
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                      cwd=ROOT))
+        procs.append(
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        )
     return procs
 
 

@@ -55,8 +55,9 @@ def test_half_precision_inputs_give_float32_loss():
     for dtype in (tf.bfloat16, tf.float16):
         loss = barlow_twins_loss(tf.cast(z, dtype), tf.cast(z[::-1], dtype))
         assert loss.dtype == tf.float32
-        want = reference_loss(tf.cast(tf.cast(z, dtype), tf.float32).numpy(),
-                              tf.cast(tf.cast(z[::-1], dtype), tf.float32).numpy())[0]
+        want = reference_loss(
+            tf.cast(tf.cast(z, dtype), tf.float32).numpy(), tf.cast(tf.cast(z[::-1], dtype), tf.float32).numpy()
+        )[0]
         np.testing.assert_allclose(float(loss), want, rtol=1e-4)
 
 

@@ -43,8 +43,8 @@ def test_fit_logs_all_metrics_and_loss_decreases():
     assert set(history) >= {"loss", "on_diag", "off_diag", "learning_rate", "embedding_std"}
     assert history["loss"][-1] < history["loss"][0]
     np.testing.assert_allclose(
-        np.array(history["loss"]),
-        np.array(history["on_diag"]) + 0.0051 * np.array(history["off_diag"]), rtol=1e-4)
+        np.array(history["loss"]), np.array(history["on_diag"]) + 0.0051 * np.array(history["off_diag"]), rtol=1e-4
+    )
     assert all(0 < s < 2 for s in history["embedding_std"])
     assert history["learning_rate"][-1] == pytest.approx(3e-3)
 

@@ -31,7 +31,7 @@ def test_lars_matches_hand_computation_over_steps():
     w, b, z = keras.Variable(w0), keras.Variable(b0), keras.Variable(z0)
     opt = LARS(learning_rate=0.5, weight_decay=0.01, momentum=0.9, eta=0.02, rank1_lr_multiplier=0.1)
     ref = {"w": (w0.astype(np.float64), 0.0), "b": (b0.astype(np.float64), 0.0), "z": (z0.astype(np.float64), 0.0)}
-    for step in range(3):
+    for _ in range(3):
         grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in (("w", w0), ("b", b0), ("z", z0))}
         opt.apply_gradients([(grads["w"], w), (grads["b"], b), (grads["z"], z)])
         for k in ref:

@@ -32,7 +32,7 @@ def _model(fused_bn=True):
     return model
 
 
-@functools.lru_cache(maxsize=None)  # The float32 reference serves two tests.
+@functools.cache  # The float32 reference serves two tests.
 def _train(policy, steps=5, jit=False, fused_bn=True):
     """Per-step losses of ``steps`` LARS steps on one fixed batch, and the model."""
     keras.mixed_precision.set_dtype_policy(policy)
@@ -75,8 +75,10 @@ def test_mixed_bfloat16_training_tracks_float32():
 
 def _gradients(fused_bn):
     model = _model(fused_bn)
-    n_fused = sum(isinstance(l, bt_keras.layers.FusedBatchNormalization)
-                  for l in model._flatten_layers(include_self=False, recursive=True))
+    n_fused = sum(
+        isinstance(layer, bt_keras.layers.FusedBatchNormalization)
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+    )
     assert n_fused == (6 if fused_bn else 0)  # 4 in the encoder, 2 in the projector
     x = np.random.default_rng(3).random((32, 16, 16, 3), np.float32)
 

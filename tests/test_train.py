@@ -6,24 +6,58 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end bt-train runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--set", "model.width=4", "--set", "model.projector_dims=[32,32,32]", "--set", "train.batch_size=64",
-         "--set", "train.verbose=0", "--set", "eval.k=5"]
+SMALL = [
+    "--set",
+    "model.width=4",
+    "--set",
+    "model.projector_dims=[32,32,32]",
+    "--set",
+    "train.batch_size=64",
+    "--set",
+    "train.verbose=0",
+    "--set",
+    "eval.k=5",
+]
 
 
 def _bt_train(run_dir, *args):
     return subprocess.run(
-        [sys.executable, "-m", "bt_keras.train", "--config", os.path.join(ROOT, "configs", "demo.yaml"),
-         "--run-dir", str(run_dir), *SMALL, *args],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "bt_keras.cli.train",
+            "--config",
+            os.path.join(ROOT, "configs", "demo.yaml"),
+            "--run-dir",
+            str(run_dir),
+            *SMALL,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        cwd=ROOT,
+    )
 
 
 def test_demo_runs_end_to_end_then_resumes(tmp_path):
     run = tmp_path / "run"
     proc = _bt_train(run, "--set", "train.epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("config.yaml", "encoder.keras", "preprocessing.json", "history.csv", "summary.json",
-                 "checkpoints/latest.weights.h5"):
+    for name in (
+        "config.yaml",
+        "encoder.keras",
+        "preprocessing.json",
+        "history.csv",
+        "summary.json",
+        "checkpoints/latest.weights.h5",
+    ):
         assert (run / name).exists(), name
     assert any((run / "logs").rglob("events.out.tfevents.*"))
     summary = json.loads((run / "summary.json").read_text())

@@ -43,11 +43,11 @@ def _body(argv) -> int:
     if not source.startswith(("folder:", "tfds:", "tfrecord:", "demo")):
         source = "folder:" + source  # a bare path (local or gs://) is a folder
     if source.startswith("folder:"):
-        source = "folder:" + os.path.expanduser(source[len("folder:"):])
+        source = "folder:" + os.path.expanduser(source[len("folder:") :])
     if args.shards < 1:
         raise UserError(f"--shards: must be >= 1, got {args.shards}")
 
-    from bt_keras.data import write_tfrecords  # imports TensorFlow: after argument checks
+    from bt_keras.data.tfrecords import write_tfrecords  # imports TensorFlow: after argument checks
 
     info = write_tfrecords(
         source, args.output, name=args.name, num_shards=args.shards, data_dir=args.data_dir, seed=args.seed

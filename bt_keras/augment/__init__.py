@@ -1,0 +1,92 @@
+"""Barlow Twins view augmentations in pure, stateless TensorFlow.
+
+The recipe is the paper's (official PyTorch code): random resized crop (area
+scale (0.08, 1), aspect ratio (3/4, 4/3), bicubic), horizontal flip p=0.5,
+colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, the four
+in random order) with p=0.8, grayscale p=0.2, Gaussian blur (σ ~ U(0.1, 2),
+kernel ≈ 10% of the side) with p=1.0 / 0.1 and solarize with p=0.0 / 0.2 for
+view A / view B, then mean/std normalisation.
+
+One module per concern:
+
+- :mod:`~bt_keras.augment.config`: the settings, presets and validation (no TensorFlow);
+- :mod:`~bt_keras.augment.rng`: counter-based per-example keys and uniform draws;
+- :mod:`~bt_keras.augment.params`: every random parameter of a view, from its key;
+- :mod:`~bt_keras.augment.crop`: stage 1, the crop and resize;
+- :mod:`~bt_keras.augment.pixel`: stage 2, the per-image XLA pixel program;
+- :mod:`~bt_keras.augment.views`: :class:`TwoViews`, which the data pipeline
+  calls to turn images or bytes into two views.
+
+Names are imported on first use (PEP 562): ``import bt_keras.augment.config``
+does not import TensorFlow.
+
+Examples:
+
+>>> import numpy as np
+>>> from bt_keras import augment
+>>> cfg = augment.AugmentConfig.from_preset("cifar")
+>>> images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+>>> view_a, view_b = augment.augment_pair(images, seed=0, config=cfg, image_size=32)
+>>> view_a.shape
+TensorShape([4, 32, 32, 3])
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_CONFIG = (
+    "AugmentConfig",
+    "AugmentConfigError",
+    "BlurConfig",
+    "ColorJitterConfig",
+    "CropConfig",
+    "FlipConfig",
+    "GrayscaleConfig",
+    "PRESETS",
+    "PRESETS_NAMES",
+    "RESIZE_METHODS",
+    "SolarizeConfig",
+    "get_preset",
+    "resolve_augment",
+)
+_PIXEL = (
+    "apply_batch",
+    "blur_kernel_size",
+    "_JITTER_OPS",
+    "_brightness",
+    "_color_jitter",
+    "_contrast",
+    "_gaussian_blur",
+    "_gray",
+    "_hue",
+    "_saturation",
+)
+# Name -> the submodule that defines it.
+_EXPORTS = {
+    **{name: "config" for name in _CONFIG},
+    **{name: "rng" for name in ("example_keys", "fold_key", "uniforms", "view_key")},
+    **{name: "params" for name in ("sample_params", "PIXEL_PARAMS")},
+    **{name: "crop" for name in ("crop_resize", "crop_resize_batch", "decode_crop_resize")},
+    **{name: "pixel" for name in _PIXEL},
+    **{name: "views" for name in ("TwoViews", "VECTORISED_MAX_SIDE", "augment_pair", "augment_views")},
+}
+_ALIASES = {"_resolved": ("config", "resolve_augment")}  # the old private name
+
+__all__ = sorted(name for name in _EXPORTS if not name.startswith("_"))
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module, attr = _EXPORTS[name], name
+    elif name in _ALIASES:
+        module, attr = _ALIASES[name]
+    else:
+        raise AttributeError(f"module 'bt_keras.augment' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bt_keras.augment.{module}"), attr)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted([*__all__, "config", "crop", "params", "pixel", "rng", "views"])

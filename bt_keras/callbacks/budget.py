@@ -1,0 +1,68 @@
+"""A wall-clock budget of training steps, and a learning rate driven by its elapsed fraction.
+
+Examples:
+
+>>> from bt_keras.callbacks.budget import TimeBudget
+>>> TimeBudget(60).seconds
+60.0
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import keras
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training once ``seconds`` of training steps have run.
+
+    Only the time inside training steps counts (from batch begin to batch
+    end, input waiting included); epoch-end work such as the kNN monitor
+    does not, nor does the first step, which traces and compiles the graph
+    (``first_step_seconds``). On a shared machine throughput drifts, so a
+    schedule tied to elapsed time ends its decay when the budget ends, where
+    a step-count schedule sized in advance would be cut short or finish early.
+
+    Args:
+        seconds: the budget.
+        learning_rate: optional ``f(fraction) -> lr`` of the elapsed fraction of
+            the budget, set before every step (the optimizer needs a float
+            learning rate).
+
+    Examples:
+
+    >>> cb = TimeBudget(60, learning_rate=lambda f: 0.1 * (1 - f))
+    >>> cb.fraction
+    0.0
+    """
+
+    def __init__(self, seconds: float, learning_rate: Callable[[float], float] | None = None):
+        super().__init__()
+        if seconds <= 0:
+            raise ValueError(f"seconds must be > 0, got {seconds}")
+        self.seconds = float(seconds)
+        self.learning_rate = learning_rate
+        self.elapsed = 0.0
+        self.steps = 0
+        self.first_step_seconds = 0.0
+        self._t0 = None
+
+    @property
+    def fraction(self) -> float:
+        return min(self.elapsed / self.seconds, 1.0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.learning_rate is not None:
+            self.model.optimizer.learning_rate = float(self.learning_rate(self.fraction))
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._t0 is not None and self.steps > 0:
+            self.elapsed += time.perf_counter() - self._t0
+        else:
+            self.first_step_seconds = time.perf_counter() - self._t0
+        self.steps += 1
+        if self.elapsed >= self.seconds:
+            self.model.stop_training = True

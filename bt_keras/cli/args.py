@@ -1,0 +1,102 @@
+"""Argument types shared by the ``bt-*`` commands.
+
+Each raises ``argparse.ArgumentTypeError``, so a bad value is reported by
+argparse as one line (``prog: error: argument --flag: ...``) with exit code 2.
+
+Examples:
+
+>>> from bt_keras.cli.args import floats, positive_int
+>>> floats("0.485,0.456, 0.406"), positive_int("3")
+((0.485, 0.456, 0.406), 3)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+
+def floats(text: str) -> tuple:
+    """Three numbers (R, G, B) separated by commas and/or spaces, for ``--mean``/``--std``.
+
+    Args:
+        text: the flag's value.
+
+    Examples:
+
+    >>> floats("0.5 0.5 0.5")
+    (0.5, 0.5, 0.5)
+    >>> floats("0.5,x")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected three comma-separated numbers (R,G,B), got '0.5,x'
+    """
+    try:
+        values = tuple(float(v) for v in re.split(r"[,\s]+", text.strip()) if v)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), got {text!r}")
+    return values
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1.
+
+    Args:
+        text: the flag's value.
+
+    Examples:
+
+    >>> positive_int("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a positive integer, got '0'
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0.
+
+    Args:
+        text: the flag's value.
+
+    Examples:
+
+    >>> positive_float("0.1")
+    0.1
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in (0, 1], for ``--crop-fraction``.
+
+    Args:
+        text: the flag's value.
+
+    Examples:
+
+    >>> fraction("0.875")
+    0.875
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value

@@ -1,0 +1,127 @@
+"""``bt-eval``: evaluate a frozen encoder with kNN and/or a linear probe, and write a JSON report.
+
+    bt-eval --run runs/cifar --train-data folder:cifar10/train --test-data folder:cifar10/test --protocol both
+    bt-eval --saved-model exports/cifar --train-data ... --test-data ...
+
+The preprocessing contract is the recorded one (``preprocessing.json`` of the
+run, next to ``--encoder``, or in the SavedModel's ``assets.extra``);
+``--image-size/--mean/--std/--crop-fraction`` may repeat it but not contradict
+it (one-line error, exit code 2). See :mod:`bt_keras.evaluation`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from bt_keras.cli import ArgumentParser, run_command
+from bt_keras.cli.args import floats, fraction, positive_float, positive_int
+from bt_keras.errors import UserError
+from bt_keras.evaluation import LINEAR_MODES, PROTOCOLS, evaluate, format_table
+from bt_keras.io import atomic_write
+from bt_keras.saving import load_frozen_encoder
+
+PROG = "bt-eval"
+
+
+def build_parser() -> ArgumentParser:
+    """The ``bt-eval`` argument parser."""
+    parser = ArgumentParser(prog=PROG, description="Evaluate a frozen encoder: kNN and/or linear probe.")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="run directory of bt-train (encoder.keras + preprocessing.json)")
+    which.add_argument("--encoder", help="a .keras encoder (preprocessing.json next to it, or --image-size)")
+    which.add_argument("--saved-model", help="a SavedModel from bt-export (its serve_float signature)")
+    parser.add_argument(
+        "--train-data",
+        help="labelled source for the kNN bank / probe training "
+        "(folder:PATH, tfds:NAME[:SPLIT], tfrecord:GLOB, demo:train); default: the run's eval.train_source",
+    )
+    parser.add_argument("--test-data", help="labelled test source; default: the run's eval.test_source")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="both")
+    parser.add_argument(
+        "--linear",
+        choices=LINEAR_MODES,
+        default="fast",
+        help="fast: logistic regression on extracted features; paper: SGD 100 epochs with crops",
+    )
+    parser.add_argument("--k", type=positive_int, default=200)
+    parser.add_argument("--temperature", type=positive_float, default=0.1)
+    parser.add_argument("--epochs", type=positive_int, default=100, help="epochs of the paper linear protocol")
+    parser.add_argument("--C", type=positive_float, default=1.0, help="inverse L2 strength of the fast probe")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="feature-extraction batch")
+    parser.add_argument("--data-dir", help="TFDS data_dir")
+    parser.add_argument("--image-size", type=positive_int, help="needed when no preprocessing.json is recorded")
+    parser.add_argument("--mean", type=floats, help="R,G,B (must match a recorded contract)")
+    parser.add_argument("--std", type=floats, help="R,G,B (must match a recorded contract)")
+    parser.add_argument("--crop-fraction", type=fraction, help="(must match a recorded contract)")
+    parser.add_argument("--report", help="JSON report path (default: RUN/eval_report.json, else ./eval_report.json)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _data_sources(args) -> tuple:
+    """``(train source, test source, data_dir)``: the flags, else the run's ``config.yaml``."""
+    import tensorflow as tf
+
+    train_data, test_data, data_dir = args.train_data, args.test_data, args.data_dir
+    if args.run and not tf.io.gfile.isdir(args.run):
+        raise UserError(f"--run {args.run}: no such directory")
+    if args.run and (train_data is None or test_data is None):
+        cfg_path = args.run.rstrip("/") + "/config.yaml"
+        if tf.io.gfile.exists(cfg_path):
+            from bt_keras.config import load_config
+
+            cfg = load_config(cfg_path)
+            train_data = train_data or cfg.eval.train_source
+            test_data = test_data or cfg.eval.test_source
+            data_dir = data_dir or cfg.data.data_dir
+    if not train_data or not test_data:
+        raise UserError("--train-data and --test-data are required (labelled sources)")
+    return train_data, test_data, data_dir
+
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    train_data, test_data, data_dir = _data_sources(args)
+    encoder = load_frozen_encoder(
+        args.run,
+        args.encoder,
+        args.saved_model,
+        image_size=args.image_size,
+        mean=args.mean,
+        std=args.std,
+        crop_fraction=args.crop_fraction,
+    )
+    report = evaluate(
+        encoder,
+        train_data,
+        test_data,
+        protocol=args.protocol,
+        linear=args.linear,
+        k=args.k,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        C=args.C,
+        data_dir=data_dir,
+        seed=args.seed,
+        log=lambda m: print(f"{PROG}: {m}", file=sys.stderr, flush=True),
+    )
+    path = args.report or (args.run.rstrip("/") + "/eval_report.json" if args.run else "eval_report.json")
+    atomic_write(path, json.dumps(report, indent=2) + "\n")
+    print(
+        f"{PROG}: {report['encoder']}: {report.get('num_train', '?')} train / {report.get('num_test', '?')} "
+        f"test images, {report.get('feature_dim', '?')}-d features"
+    )
+    print(format_table(report))
+    print(f"report: {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """``bt-eval`` entry point; returns the exit code."""
+    return run_command(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

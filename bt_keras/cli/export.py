@@ -1,0 +1,162 @@
+"""``bt-export``: export a trained encoder as a TF Serving SavedModel and/or ONNX, behind a parity gate.
+
+    bt-export --run runs/cifar --out exports/cifar [--name encoder] [--version 1] [--formats saved_model,onnx]
+    bt-export --encoder enc.keras --image-size 32 --out exports/enc
+
+The preprocessing contract is the run's (or the one next to ``--encoder``)
+``preprocessing.json``; ``--image-size/--mean/--std/--crop-fraction`` may
+repeat it but not contradict it. Bad arguments: one line, exit code 2; a
+failed export (conversion, parity): exit code 1; SIGTERM or Ctrl-C: exit
+code 130. Nothing is left behind in any case. See :mod:`bt_keras.export`.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+from bt_keras.cli import ArgumentParser, run_command
+from bt_keras.cli.args import floats, fraction, positive_int
+from bt_keras.contract import read_contract, resolve_contract
+from bt_keras.errors import ExportArgumentError, ExportFailed, one_line
+from bt_keras.export import DEFAULT_TOLERANCE, FORMATS, ONNX_OPSET, checks, export_encoder, publish
+
+PROG = "bt-export"
+
+
+def build_parser() -> ArgumentParser:
+    """The ``bt-export`` argument parser."""
+    p = ArgumentParser(
+        prog=PROG,
+        description="Export a trained encoder as a TF Serving SavedModel and/or ONNX, behind a parity gate.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", metavar="RUN_DIR", help="bt-train run directory (encoder.keras + preprocessing.json)")
+    src.add_argument("--encoder", metavar="FILE.keras", help="an encoder saved with encoder.save(...)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--name", default="encoder", help="TF Serving model name (default: encoder)")
+    p.add_argument("--version", type=positive_int, default=1, help="TF Serving model version (default: 1)")
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: saved_model,onnx (default: both)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export in DIR")
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="image side (needed with --encoder unless a preprocessing.json is next to it)",
+    )
+    p.add_argument("--mean", type=floats, help="RGB mean, e.g. 0.485,0.456,0.406 (default: ImageNet)")
+    p.add_argument("--std", type=floats, help="RGB std, e.g. 0.229,0.224,0.225 (default: ImageNet)")
+    p.add_argument("--crop-fraction", type=fraction, help="centre crop fraction (default: 0.875 from 64 px, 1.0 below)")
+    p.add_argument(
+        "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="parity gate relative tolerance (default: 1e-4)"
+    )
+    return p
+
+
+def _sources(args) -> tuple:
+    """``(encoder file, preprocessing.json or None)`` named by ``--run`` or ``--encoder``."""
+    if args.run is not None:
+        run = Path(args.run)
+        if not run.is_dir():
+            raise ExportArgumentError(f"run directory {run} does not exist")
+        encoder_file = run / "encoder.keras"
+        if not encoder_file.is_file():
+            raise ExportArgumentError(f"{run} has no encoder.keras (is it a finished bt-train run?)")
+        contract_file = run / "preprocessing.json"
+        if not contract_file.is_file():
+            raise ExportArgumentError(f"{run} has no preprocessing.json")
+        return encoder_file, contract_file
+    encoder_file = Path(args.encoder)
+    if not encoder_file.is_file():
+        raise ExportArgumentError(f"encoder file {encoder_file} does not exist")
+    contract_file = encoder_file.parent / "preprocessing.json"
+    return encoder_file, contract_file if contract_file.is_file() else None
+
+
+def _resolve(args):
+    """Encoder file, contract file and contract from the arguments; checks that need no TensorFlow."""
+    encoder_file, contract_file = _sources(args)
+    recorded = None if contract_file is None else read_contract(contract_file)
+    contract = resolve_contract(
+        recorded,
+        image_size=args.image_size,
+        mean=args.mean,
+        std=args.std,
+        crop_fraction=args.crop_fraction,
+        where=str(contract_file or encoder_file.parent),
+    )
+    return encoder_file, contract_file, contract
+
+
+def _print_result(result) -> None:
+    parity = result.report["parity"]
+    print(f"{PROG}: wrote {result.out_dir}")
+    if result.saved_model_dir is not None:
+        print(f"  SavedModel  {result.saved_model_dir}  (signatures serving_default, serve_float)")
+    if result.onnx_path is not None:
+        print(f"  ONNX        {result.onnx_path}  (opset {ONNX_OPSET})")
+    worst = parity["worst"]
+    print(
+        f"  parity      worst relative difference {worst['max_rel_diff']:.2e}"
+        f" ({worst['target']}, batch {worst['batch']}),"
+        f" tolerance {parity['tolerance']:g}"
+    )
+
+
+def _body(argv) -> int:
+    args = build_parser().parse_args(argv)
+    formats = checks.check_formats(args.formats)
+    checks.check_name(args.name, what="--name")
+    encoder_file, contract_file, contract = _resolve(args)
+    publish.check_destination(Path(args.out).absolute(), args.overwrite)
+    source = {
+        "run_dir": None if args.run is None else str(Path(args.run).absolute()),
+        "preprocessing_file": None if contract_file is None else str(contract_file.absolute()),
+    }
+    try:
+        result = export_encoder(
+            str(encoder_file),
+            args.out,
+            contract.image_size,
+            formats=formats,
+            name=args.name,
+            version=args.version,
+            mean=contract.mean,
+            std=contract.std,
+            crop_fraction=contract.crop_fraction,
+            overwrite=args.overwrite,
+            tolerance=args.tolerance,
+            source=source,
+        )
+    except (ExportFailed, OSError) as e:
+        # Not the user's arguments (exit 2) but the export itself; nothing was written.
+        sys.stderr.write(f"{PROG}: export failed: {e if isinstance(e, ExportFailed) else one_line(e)}\n")
+        return 1
+    _print_result(result)
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    """``bt-export`` entry point. Example: ``bt-export --run runs/cifar --out exports/cifar``."""
+    previous = signal.getsignal(signal.SIGTERM)
+    # SIGTERM (docker stop, kill) unwinds like Ctrl-C so the temporary directory is removed.
+    in_main_thread = True
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread
+        in_main_thread = False
+    try:
+        return run_command(PROG, _body, argv)
+    except SystemExit as e:  # argparse (--help, bad flags): return the code, as for every other outcome
+        return e.code if isinstance(e.code, int) else 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

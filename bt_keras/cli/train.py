@@ -1,0 +1,65 @@
+"""``bt-train``: pretrain a Barlow Twins encoder from a YAML config.
+
+    bt-train --config configs/demo.yaml [--set train.epochs=5 ...] [--run-dir DIR]
+
+The config is read and checked before TensorFlow is imported, so a typo is
+reported at once. See ``bt_keras.training`` for what a run directory holds.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bt_keras.cli import ArgumentParser, run_command
+from bt_keras.errors import TrainingStopped
+
+PROG = "bt-train"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 (repeatable)",
+    )
+    parser.add_argument("--run-dir", help="run directory (default: train.run_dir from the config)")
+    return parser
+
+
+def print_summary(summary: dict) -> None:
+    print(f"{PROG}: {summary['steps']} steps in {summary['seconds']} s; encoder: {summary.get('encoder')}")
+    if "knn_trained" in summary:
+        rows = [("trained encoder", summary["knn_trained"])]
+        if "knn_random_init" in summary:
+            rows.append(("random init (same arch)", summary["knn_random_init"]))
+        print(f"{'kNN (held-out split)':<26}{'top-1':>8}{'top-5':>8}")
+        for name, acc in rows:
+            print(f"{name:<26}{acc['top1']:>8.3f}{acc['top5']:>8.3f}")
+
+
+def _body(argv) -> int:
+    args = build_parser().parse_args(argv)
+    from bt_keras.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    from bt_keras.training import train
+
+    try:
+        summary = train(cfg, args.run_dir)
+    except TrainingStopped as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 1
+    print_summary(summary)
+    return 0
+
+
+def main(argv=None):
+    sys.exit(run_command(PROG, _body, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The two datasets: augmented view pairs for training, labelled images for evaluation.
+
+Both prepare their source the same way (:func:`~bt_keras.data.prepare.prepare`),
+take the per-replica batch from one helper (:func:`per_replica_batch`) and
+read only their input pipeline's shard. The views themselves are made by
+:class:`~bt_keras.augment.TwoViews`, which also chooses the crop algorithm.
+
+Examples:
+
+>>> from bt_keras.data.pipelines import eval_dataset
+>>> ds = eval_dataset("demo:test", batch_size=128, image_size=32, crop_fraction=1.0)
+>>> sum(int(y.shape[0]) for _, y in ds)
+359
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from bt_keras.augment.views import TwoViews
+from bt_keras.contract import IMAGENET_MEAN, IMAGENET_STD
+from bt_keras.data.config import check_positive
+from bt_keras.data.prepare import prepare
+from bt_keras.data.sources import AUTOTUNE, plain, source_name
+from bt_keras.data.validation import report_skipped
+from bt_keras.errors import DataError
+from bt_keras.preprocess import preprocess_for_eval
+
+__all__ = ["eval_dataset", "per_replica_batch", "two_view_dataset"]
+
+
+def per_replica_batch(batch_size: int, input_context=None) -> int:
+    """The batch of one replica: ``batch_size`` is global; without a context it is the batch.
+
+    >>> ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=0, num_replicas_in_sync=4)
+    >>> per_replica_batch(8, ctx), per_replica_batch(8)
+    (2, 8)
+    """
+    check_positive("batch_size", batch_size)
+    return input_context.get_per_replica_batch_size(batch_size) if input_context is not None else batch_size
+
+
+def _shard_of(input_context):
+    if input_context is None:
+        return (1, 0)
+    return (int(input_context.num_input_pipelines), int(input_context.input_pipeline_id))
+
+
+def _options(deterministic: bool, sharded: bool) -> tf.data.Options:
+    opts = tf.data.Options()
+    opts.deterministic = deterministic
+    opts.autotune.enabled = True
+    opts.experimental_optimization.map_parallelization = True
+    if sharded:
+        # Each input pipeline already reads only its own files or examples.
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return opts
+
+
+def _epoch_keys(seed: int):
+    """One int64 per element, constant within a pass and different for each new pass.
+
+    ``rerandomize_each_iteration`` advances a seed generator every time the
+    dataset is iterated again, so epoch k of a run is the same for every run
+    with the same seed.
+    """
+    first = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return first.flat_map(lambda k: tf.data.Dataset.from_tensors(k).repeat())
+
+
+def _image_at(mem):
+    get = mem.index_to_example()
+    return lambda i: get(i)[1]
+
+
+def two_view_dataset(
+    source,
+    *,
+    batch_size: int,
+    image_size: int = 32,
+    augment=None,
+    seed: int = 0,
+    data_dir: str | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    skipped_path: str | None = None,
+    shuffle_buffer: int = 10_000,
+    cache: bool | None = None,
+    cache_max_mb: int = 2048,
+    validate: str = "auto",
+    deterministic: bool = False,
+) -> tf.data.Dataset:
+    """Batches of two augmented views ``(view_a, view_b)`` of the same images.
+
+    Each is float32 ``[b, image_size, image_size, 3]``, normalised with the
+    augmentation config's mean/std; ``b = batch_size`` or, with an
+    ``input_context``, its per-replica share (and only this pipeline's shard
+    of the data is read). The last partial batch is dropped (static shapes).
+    One pass over the dataset is one epoch; every new pass is reshuffled and
+    re-augmented, the same way in every run with the same ``seed``.
+
+    Args:
+        source: a source string or NumPy arrays (see :mod:`bt_keras.data`).
+        batch_size: the global batch.
+        image_size: side of the views.
+        augment: an :class:`~bt_keras.augment.AugmentConfig` or a preset name
+            (default ``cifar``).
+        seed: the views' and the shuffle's seed.
+        data_dir, shuffle_buffer, cache, cache_max_mb, validate, deterministic:
+            as in :class:`~bt_keras.data.DataConfig`.
+        input_context: a ``tf.distribute.InputContext``.
+        skipped_path: where to write the skipped files as TSV.
+
+    Examples:
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).integers(0, 256, (64, 40, 40, 3), dtype=np.uint8)
+    >>> ds = two_view_dataset(x, batch_size=16, image_size=32, augment="imagenet")
+    >>> [a.shape for a in next(iter(ds))]
+    [TensorShape([16, 32, 32, 3]), TensorShape([16, 32, 32, 3])]
+    """
+    views = TwoViews(augment, image_size, seed)
+    check_positive("batch_size", batch_size)
+    check_positive("image_size", image_size)
+    b = per_replica_batch(batch_size, input_context)
+    shard = _shard_of(input_context)
+    prep = prepare(source, data_dir=data_dir, shard=shard, cache=cache, cache_max_mb=cache_max_mb, validate=validate)
+    report_skipped(prep.skipped, prep.num_examples, skipped_path)
+    if prep.num_examples < b:
+        raise DataError(
+            f"{source_name(source)}: {prep.num_examples:,} usable images in this input pipeline, "
+            f"fewer than one batch of {b:,} (batches are full-size for static shapes)"
+        )
+    # Distinct, reproducible streams for each input pipeline.
+    stream_seed = int(seed) * 1_000_003 + shard[1]
+    keys = _epoch_keys(stream_seed)
+    if prep.memory is not None:
+        ds = _pairs_in_memory(prep.memory, views, keys, b, stream_seed, deterministic)
+    else:
+        ds = _pairs_streamed(prep, views, keys, b, stream_seed, deterministic, shuffle_buffer, input_context)
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic, input_context is not None))
+
+
+def _pairs_in_memory(mem, views: TwoViews, keys, b: int, stream_seed: int, deterministic: bool):
+    """Whole batches of in-memory images, parameters drawn for the batch at once."""
+    make = views.in_memory(mem.uids, mem.image_sizes(), lambda: _image_at(mem), mem.images)
+    ds = tf.data.Dataset.range(mem.n).shuffle(mem.n, seed=stream_seed, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds.batch(b, drop_remainder=True), keys))
+    return ds.map(plain(make), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _pairs_streamed(prep, views: TwoViews, keys, b, stream_seed, deterministic, shuffle_buffer, input_context):
+    """Streamed records: per-example crops (JPEG crop-decoded), then the pixel stage per batch."""
+    ds = prep.stream(
+        shuffle_seed=stream_seed,
+        deterministic=deterministic,
+        shuffle_buffer=shuffle_buffer,
+        input_context=input_context,
+    )
+    ds = tf.data.Dataset.zip((ds, keys))
+
+    def per_example(example, epoch_key):
+        uid, data, _ = example
+        return views.crops_from_bytes(data, views.keys(epoch_key, uid))
+
+    ds = ds.map(plain(per_example), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    # Validated upstream; anything left that fails to decode is skipped with a logged warning.
+    ds = ds.ignore_errors(log_warning=True)
+    ds = ds.batch(b, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return ds.map(plain(views.finish), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def eval_dataset(
+    source,
+    *,
+    batch_size: int,
+    image_size: int,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    crop_fraction: float | None = None,
+    data_dir: str | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    skipped_path: str | None = None,
+    cache: bool | None = None,
+    cache_max_mb: int = 2048,
+    validate: str = "auto",
+) -> tf.data.Dataset:
+    """Labelled single views for evaluation: ``(images, labels)`` batches.
+
+    Images are centre-cropped (``crop_fraction`` of the shorter side), resized
+    and normalised by :func:`bt_keras.preprocess.preprocess_for_eval`, the code
+    the exported serving signature runs. Order is deterministic and the last
+    partial batch is kept. A source without labels is a ``DataError``.
+
+    Args:
+        source: a labelled source string or ``(images, labels)`` arrays.
+        batch_size: the global batch.
+        image_size, mean, std, crop_fraction: the preprocessing contract
+            (``crop_fraction`` None: :func:`~bt_keras.contract.default_crop_fraction`).
+        data_dir, cache, cache_max_mb, validate: as in :class:`~bt_keras.data.DataConfig`.
+        input_context: a ``tf.distribute.InputContext``.
+        skipped_path: where to write the skipped files as TSV.
+
+    Examples:
+
+    >>> from bt_keras.contract import CIFAR10_MEAN, CIFAR10_STD
+    >>> ds = eval_dataset("demo:test", batch_size=128, image_size=32, mean=CIFAR10_MEAN,
+    ...                   std=CIFAR10_STD, crop_fraction=1.0)
+    >>> sum(int(y.shape[0]) for _, y in ds)
+    359
+    """
+    check_positive("batch_size", batch_size)
+    check_positive("image_size", image_size)
+    b = per_replica_batch(batch_size, input_context)
+    prep = prepare(
+        source,
+        data_dir=data_dir,
+        shard=_shard_of(input_context),
+        cache=cache,
+        cache_max_mb=cache_max_mb,
+        validate=validate,
+    )
+    if not prep.has_labels:
+        raise DataError(
+            f"{source_name(source)}: no labels (folders need one sub-folder per class; TFRecords need "
+            "image/class/label; arrays need (images, labels))"
+        )
+    report_skipped(prep.skipped, prep.num_examples, skipped_path)
+    mean, std = tuple(mean), tuple(std)
+
+    def prep_fn(x):
+        return preprocess_for_eval(x, image_size, mean=mean, std=std, crop_fraction=crop_fraction)
+
+    ds = _labelled_images(prep, prep_fn, input_context)
+    ds = ds.batch(b, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+    return ds.with_options(_options(True, input_context is not None))
+
+
+def _labelled_images(prep, prep_fn, input_context):
+    """``(prep_fn(image), label)`` of every usable example, in order."""
+    if prep.memory is not None:
+        get = prep.memory.index_to_example()
+
+        def one(i):
+            _, image, label = get(i)
+            return prep_fn(image), label
+
+        return tf.data.Dataset.range(prep.memory.n).map(plain(one), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = prep.stream(deterministic=True, input_context=input_context)
+    ds = ds.map(plain(lambda u, d, y: (prep_fn(d), y)), num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.ignore_errors(log_warning=True)

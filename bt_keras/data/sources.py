@@ -1,0 +1,481 @@
+"""Where images come from: demo, arrays, folder, TFRecord and TFDS sources behind one interface.
+
+:func:`parse_source` turns a ``data.source`` string (or NumPy arrays) into a
+:class:`Source`. Every source has a ``kind`` (which :mod:`~bt_keras.data.prepare`
+uses to pick its preparation), a ``name`` for messages, ``read(uid)`` /
+``locate(uid)`` for diagnosing one bad item, ``image_bytes`` to unwrap a
+stored record and ``records_to_write`` for ``bt-data``. Example ids (uids)
+are stable: an index for arrays and folders, ``file << 32 | record`` for
+TFRecords, a hash of ``tfds_id`` for TFDS, so the augmentation keys do not
+depend on sharding or order.
+
+Examples:
+
+>>> from bt_keras.data.sources import parse_source, source_name
+>>> src = parse_source("demo:test")
+>>> src.kind, src.n, source_name("demo:test")
+('memory', 359, 'demo:test')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from bt_keras.data.demo import load_demo
+from bt_keras.errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FolderSource",
+    "MemorySource",
+    "Source",
+    "TFDSSource",
+    "TFRecordSource",
+    "parse_source",
+    "source_name",
+]
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Pipeline functions are plain TensorFlow without Python control flow on
+# tensors: skipping AutoGraph's source conversion saves seconds per dataset.
+plain = tf.autograph.experimental.do_not_convert
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def source_name(source) -> str:
+    """How a source is named in messages: its string, or ``arrays``.
+
+    >>> source_name("folder:/data"), source_name(None)
+    ('folder:/data', 'arrays')
+    """
+    return source if isinstance(source, str) else "arrays"
+
+
+class Source:
+    """What every source offers besides its records (those differ by kind; see prepare).
+
+    ``kind``: ``memory``, ``folder``, ``tfrecord`` or ``tfds``; ``ignored``:
+    ``(path, reason)`` of files not considered (e.g. ``notes.txt``).
+    """
+
+    kind = "source"
+    name = "source"
+    ignored: list = []
+    class_names: list | None = None
+
+    def listing(self) -> tuple:
+        """The files behind the source (changes when files appear or disappear)."""
+        return ()
+
+    def read(self, uid: int) -> bytes:
+        """The stored bytes of item ``uid`` (raises on I/O errors)."""
+        raise OSError(f"{self.name}: items cannot be read one by one")
+
+    def locate(self, uid: int) -> str:
+        """Where item ``uid`` is, for the list of skipped files."""
+        return f"{self.name}#{int(uid)}"
+
+    def image_bytes(self, data: bytes):
+        """``(encoded image, None)`` from what :meth:`read` gives, or ``(None, reason)``."""
+        return data, None
+
+    def filename(self, uid: int) -> str | None:
+        """The file name ``bt-data`` records as ``image/filename`` (None: none)."""
+        return None
+
+    def records_to_write(self, prep, rng):
+        """``((uid, encoded bytes, label) dataset, count)`` in ``bt-data``'s fixed shuffled order."""
+        if prep.stream is None:
+            raise DataError(f"{self.name}: cannot be written as TFRecords")
+        return prep.stream(deterministic=True), prep.num_examples
+
+
+class MemorySource(Source):
+    """Images already decoded: NumPy arrays, the demo set, or a scanned source."""
+
+    kind = "memory"
+
+    def __init__(self, name, images=None, labels=None, flat=None, offsets=None, shapes=None, uids=None):
+        self.name = name
+        self.labels = labels  # int32 [N] or None
+        self.images = images  # uint8 [N, H, W, 3] when all images share a size
+        self.flat, self.offsets, self.shapes = flat, offsets, shapes  # packed otherwise
+        n = len(images) if images is not None else len(shapes)
+        self.uids = np.arange(n, dtype=np.int64) if uids is None else uids
+        self.n = n
+
+    def shard(self, num, index):
+        if num == 1:
+            return self
+        sel = np.arange(index, self.n, num)
+        if self.images is not None:
+            return MemorySource(self.name, self.images[sel], _take(self.labels, sel), uids=self.uids[sel])
+        parts = [self.flat[self.offsets[i] : self.offsets[i] + np.prod(self.shapes[i]) * 3] for i in sel]
+        flat = np.concatenate(parts) if parts else np.zeros([0], np.uint8)
+        sizes = np.array([len(p) for p in parts], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        return MemorySource(self.name, None, _take(self.labels, sel), flat, offsets, self.shapes[sel], self.uids[sel])
+
+    def records_to_write(self, prep, rng):
+        """The images as PNG, in a fixed shuffled order."""
+        get = self.index_to_example()
+        order = rng.permutation(self.n)
+        records = tf.data.Dataset.from_tensor_slices(order).map(
+            lambda i: (lambda u, im, y: (u, tf.io.encode_png(im), y))(*get(i)), num_parallel_calls=AUTOTUNE
+        )
+        return records, self.n
+
+    def image_sizes(self) -> np.ndarray:
+        """int32 [N, 2]: every image's (height, width)."""
+        if self.images is not None:
+            return np.broadcast_to(np.array(self.images.shape[1:3], np.int32), (self.n, 2))
+        return self.shapes[:, :2].astype(np.int32)
+
+    def index_to_example(self):
+        """A function index -> (uid, uint8 image, label), closing over in-memory tensors."""
+        uids = tf.constant(self.uids)
+        labels = tf.constant(self.labels if self.labels is not None else np.full([self.n], -1, np.int32))
+        if self.images is not None:
+            images = tf.constant(self.images)
+
+            def get(i):
+                return uids[i], images[i], labels[i]
+
+        else:
+            flat = tf.constant(self.flat)
+            offsets = tf.constant(self.offsets)
+            shapes = tf.constant(self.shapes.astype(np.int64))
+
+            def get(i):
+                shape = shapes[i]
+                size = shape[0] * shape[1] * 3
+                image = tf.reshape(flat[offsets[i] : offsets[i] + size], [shape[0], shape[1], 3])
+                return uids[i], image, labels[i]
+
+        return get
+
+
+def _take(a, sel):
+    return None if a is None else a[sel]
+
+
+def as_memory(images, labels=None, name="arrays") -> MemorySource:
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise DataError(
+            f"{name}: expected uint8 images (0..255), got dtype {images.dtype}; "
+            "convert with np.clip(x * 255, 0, 255).astype(np.uint8) for [0, 1] floats"
+        )
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise DataError(
+            f"{name}: expected images of shape [N, H, W, 3] (or [N, H, W], [N, H, W, 1]), got {images.shape}"
+        )
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    elif images.shape[-1] == 4:
+        images = images[..., :3]
+    if len(images) == 0:
+        raise DataError(f"{name}: no images")
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(images):
+            raise DataError(f"{name}: {len(images)} images but {len(labels)} labels")
+        labels = labels.astype(np.int32)
+    return MemorySource(name, images=images, labels=labels)
+
+
+class FolderSource(Source):
+    """Image files under a directory (local or gs://), sorted, labels from sub-folders."""
+
+    kind = "folder"
+
+    def __init__(self, root: str):
+        self.name = f"folder:{root}"
+        root = root.rstrip("/") or "/"
+        if not tf.io.gfile.isdir(root):
+            raise DataError(f"folder:{root}: no such directory")
+        self.root = root
+        files, ignored = [], []
+        for dirpath, _, filenames in tf.io.gfile.walk(root):
+            for fname in filenames:
+                path = dirpath.rstrip("/") + "/" + fname
+                if fname.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(path)
+                else:
+                    ignored.append((path, "ignored: not an image file extension (jpg, jpeg, png, bmp, gif)"))
+        files.sort()
+        self.paths = files
+        self.ignored = sorted(ignored)
+        rel = [p[len(root) :].lstrip("/") for p in files]
+        if files and all("/" in r for r in rel):
+            top = [r.split("/", 1)[0] for r in rel]
+            self.class_names = sorted(set(top))
+            index = {c: i for i, c in enumerate(self.class_names)}
+            self.labels = np.array([index[t] for t in top], np.int32)
+        else:
+            self.class_names, self.labels = None, None
+        self.uids = np.arange(len(files), dtype=np.int64)
+
+    def listing(self) -> tuple:
+        return tuple(self.paths)
+
+    def shard(self, num, index):
+        return np.arange(index, len(self.paths), num)
+
+    def locate(self, uid: int) -> str:
+        return self.paths[int(uid)]
+
+    def filename(self, uid: int) -> str:
+        return self.locate(uid)
+
+    def records_to_write(self, prep, rng):
+        """The usable files, in a fixed shuffled order."""
+        return self.records(rng.permutation(prep.good_uids)), len(prep.good_uids)
+
+    def read(self, uid: int) -> bytes:
+        with tf.io.gfile.GFile(self.paths[int(uid)], "rb") as f:
+            return f.read()
+
+    def records(self, sel, *, shuffle_seed=None, deterministic=True):
+        """(uid, encoded bytes, label) for the selected files; a full reshuffle per epoch."""
+        paths = tf.constant([self.paths[i].encode("utf-8") for i in sel], tf.string)
+        labels = self.labels[sel] if self.labels is not None else np.full([len(sel)], -1, np.int32)
+        ds = tf.data.Dataset.from_tensor_slices((self.uids[sel], paths, labels))
+        if shuffle_seed is not None:
+            ds = ds.shuffle(len(sel), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return ds.map(
+            lambda u, p, y: (u, tf.io.read_file(p), y), num_parallel_calls=AUTOTUNE, deterministic=deterministic
+        )
+
+
+_TFR_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+}
+
+
+def parse_example(record):
+    ex = tf.io.parse_single_example(record, _TFR_FEATURES)
+    return ex["image/encoded"], tf.cast(ex["image/class/label"], tf.int32)
+
+
+class TFRecordSource(Source):
+    """``image/encoded`` Examples in files matching a glob (local or gs://)."""
+
+    kind = "tfrecord"
+
+    def __init__(self, pattern: str):
+        self.name = f"tfrecord:{pattern}"
+        files = sorted(tf.io.gfile.glob(pattern))
+        if not files:
+            raise DataError(f"tfrecord:{pattern}: no file matches")
+        self.files = files
+        self.ignored = []
+        self.info = _read_sidecar(files)
+        self.class_names = self.info.get("class_names") if self.info else None
+        self._counts = None
+        self._has_labels = None
+
+    @property
+    def has_labels(self) -> bool:
+        if self._has_labels is None:
+            if self.info is not None and "has_labels" in self.info:
+                self._has_labels = bool(self.info["has_labels"])
+            else:
+                self._has_labels = False
+                for rec in tf.data.TFRecordDataset(self.files[:1]).take(1):
+                    ex = tf.train.Example.FromString(rec.numpy())
+                    self._has_labels = "image/class/label" in ex.features.feature
+        return self._has_labels
+
+    def counts(self):
+        if self._counts is None:
+            if self.info is not None and "counts" in self.info:
+                self._counts = [int(self.info["counts"][os.path.basename(f)]) for f in self.files]
+            else:
+                self._counts = [
+                    int(tf.data.TFRecordDataset(f).reduce(np.int64(0), lambda n, _: n + 1)) for f in self.files
+                ]
+        return self._counts
+
+    def listing(self) -> tuple:
+        return tuple(self.files)
+
+    def locate(self, uid: int) -> str:
+        uid = int(uid)
+        return f"{self.files[uid >> 32]}#{uid & 0xFFFFFFFF}"
+
+    def image_bytes(self, data: bytes):
+        """The ``image/encoded`` bytes of a serialized Example, or why there are none."""
+        try:
+            ex = tf.train.Example.FromString(data)
+        except Exception:  # noqa: BLE001 - any parse failure means the same to the user
+            return None, "not a tf.train.Example record"
+        feat = ex.features.feature.get("image/encoded")
+        if feat is None or not feat.bytes_list.value:
+            return None, "Example without image/encoded"
+        return feat.bytes_list.value[0], None
+
+    def read(self, uid: int) -> bytes:
+        uid = int(uid)
+        for rec in tf.data.TFRecordDataset(self.files[uid >> 32]).skip(uid & 0xFFFFFFFF).take(1):
+            return rec.numpy()
+        raise OSError("record not found")
+
+    def file_shard(self, num, index):
+        """Files of this input pipeline, and the record-level shard if files are too few."""
+        ids = np.arange(len(self.files))
+        if num > 1 and len(self.files) >= num:
+            return ids[index::num], (1, 0)
+        return ids, (num, index)
+
+    def records(self, file_ids, record_shard=(1, 0), *, shuffle_seed=None, deterministic=True, shuffle_buffer=0):
+        files = tf.constant([self.files[i] for i in file_ids])
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(np.asarray(file_ids, np.int64)), files))
+        if shuffle_seed is not None:
+            ds = ds.shuffle(len(file_ids), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+        def read_file(fid, path):
+            return tf.data.TFRecordDataset(path).enumerate().map(lambda i, r: (fid * (1 << 32) + i, r))
+
+        ds = ds.interleave(
+            read_file,
+            cycle_length=max(1, min(len(file_ids), 16)),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=deterministic,
+        )
+        if record_shard[0] > 1:
+            ds = ds.shard(*record_shard)
+        if shuffle_seed is not None and shuffle_buffer > 1:
+            ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed + 1, reshuffle_each_iteration=True)
+        return ds.map(lambda u, r: (u,) + parse_example(r), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+class TFDSSource(Source):
+    """A prepared TensorFlow Datasets split, read without decoding (JPEG crops decode less)."""
+
+    kind = "tfds"
+
+    def __init__(self, name: str, split: str, data_dir: str | None):
+        import tensorflow_datasets as tfds
+
+        self.name = f"tfds:{name}:{split}"
+        self.split = split
+        self.ignored = []
+        try:
+            self.builder = tfds.builder(name, data_dir=data_dir)
+        except Exception as e:  # noqa: BLE001 - tfds raises many types for unknown names
+            raise DataError(f"tfds:{name}: {str(e).splitlines()[0]}") from None
+        feats = self.builder.info.features
+        self.image_key = next((k for k, f in feats.items() if isinstance(f, tfds.features.Image)), None)
+        if self.image_key is None:
+            raise DataError(f"tfds:{name}: the dataset has no image feature")
+        label = feats["label"] if "label" in feats else None
+        self.label_key = "label" if isinstance(label, tfds.features.ClassLabel) else None
+        self.class_names = list(label.names) if self.label_key else None
+        self.image_shape = feats[self.image_key].shape
+
+    def dataset(self, *, input_context=None, shuffle_seed=None):
+        import tensorflow_datasets as tfds
+
+        read_config = tfds.ReadConfig(
+            input_context=input_context, shuffle_seed=shuffle_seed, add_tfds_id=True, try_autocache=False
+        )
+        try:
+            return self.builder.as_dataset(
+                split=self.split,
+                shuffle_files=shuffle_seed is not None,
+                decoders={self.image_key: tfds.decode.SkipDecoding()},
+                read_config=read_config,
+            )
+        except AssertionError as e:
+            raise DataError(f"{self.name}: {str(e).splitlines()[0]} (no downloads at run time)") from None
+        except ValueError as e:
+            raise DataError(f"{self.name}: {str(e).splitlines()[0]}") from None
+
+    def records(self, input_context=None, *, shuffle_seed=None, deterministic=True, shuffle_buffer=0):
+        ds = None
+        shard = (1, 0)
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            try:
+                ds = self.dataset(input_context=input_context, shuffle_seed=shuffle_seed)
+            except DataError:
+                raise
+            except Exception:  # noqa: BLE001 - fewer files than pipelines: shard the records instead
+                shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if ds is None:
+            ds = self.dataset(shuffle_seed=shuffle_seed)
+        if shard[0] > 1:
+            ds = ds.shard(*shard)
+        if shuffle_seed is not None and shuffle_buffer > 1:
+            ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed + 1, reshuffle_each_iteration=True)
+        label_key, image_key = self.label_key, self.image_key
+
+        def convert(ex):
+            uid = tf.strings.to_hash_bucket_fast(ex["tfds_id"], 1 << 62)
+            label = tf.cast(ex[label_key], tf.int32) if label_key else tf.constant(-1, tf.int32)
+            return uid, ex[image_key], label
+
+        return ds.map(plain(convert), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _read_sidecar(files):
+    """The ``<name>.bt-data.json`` written by ``bt-data`` next to its shards, if it matches."""
+    m = re.match(r"(.*)-\d{5}-of-\d{5}\.tfrecord$", files[0])
+    if not m:
+        return None
+    path = m.group(1) + ".bt-data.json"
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            info = json.load(f)
+    except (tf.errors.NotFoundError, ValueError, OSError):
+        return None
+    names = set(info.get("counts", {}))
+    if not {os.path.basename(f) for f in files} <= names:
+        return None
+    return info
+
+
+def parse_source(source, data_dir=None) -> Source:
+    """A source string or NumPy arrays (``images`` or ``(images, labels)``) as a :class:`Source`.
+
+    Args:
+        source: ``demo[:train|test]``, ``tfds:NAME[:SPLIT]``, ``folder:PATH``,
+            ``tfrecord:GLOB``, a uint8 array or ``(images, labels)``.
+        data_dir: TensorFlow Datasets directory for ``tfds:`` sources.
+
+    Examples:
+
+    >>> parse_source("ftp://x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bt_keras.errors.DataError: data.source: cannot read 'ftp://x'; use demo[:train|test], tfds:NAME[:SPLIT], ...
+    """
+    if isinstance(source, tuple) and len(source) == 2:
+        return as_memory(source[0], source[1])
+    if isinstance(source, np.ndarray):
+        return as_memory(source)
+    if not isinstance(source, str):
+        raise DataError(f"data.source: expected a string or NumPy arrays, got {type(source).__name__}")
+    kind, _, rest = source.partition(":")
+    if kind == "demo":
+        x, y = load_demo(rest or "train")
+        return MemorySource(source, images=x, labels=y)
+    if kind == "folder" and rest:
+        return FolderSource(rest)
+    if kind == "tfrecord" and rest:
+        return TFRecordSource(rest)
+    if kind == "tfds" and rest:
+        name, _, split = rest.partition(":")
+        return TFDSSource(name, split or "train", data_dir)
+    raise DataError(
+        f"data.source: cannot read {source!r}; use demo[:train|test], tfds:NAME[:SPLIT], "
+        "folder:PATH, tfrecord:GLOB or NumPy arrays"
+    )

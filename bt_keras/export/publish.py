@@ -1,0 +1,130 @@
+"""All or nothing: an export is built in a hidden sibling directory and renamed into place.
+
+:func:`staging_directory` creates ``.<out>.bt-export-tmp-<pid>-<random>`` next
+to the output directory and always removes it; :func:`publish` swaps it in
+with renames (the previous export, if any, is moved aside as
+``.<out>.bt-export-old-<pid>-<random>`` and deleted only once the new one is in
+place), so a crash or Ctrl-C never leaves a half export. Temporaries carry the
+writer's pid, so a later export removes those of a writer that was killed
+(SIGKILL cannot be cleaned up after) but never those of a running one.
+
+Examples:
+
+>>> import os, tempfile
+>>> from pathlib import Path
+>>> from bt_keras.export.publish import publish, staging_directory
+>>> out = Path(tempfile.mkdtemp()) / "exp"
+>>> with staging_directory(out) as tmp:
+...     _ = (tmp / "export_report.json").write_text("{}")
+...     publish(tmp, out, overwrite=False)
+>>> sorted(os.listdir(out)), sorted(os.listdir(out.parent))
+(['export_report.json'], ['exp'])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from bt_keras.errors import ExportArgumentError, one_line
+
+REPORT_FILE = "export_report.json"
+_TMP_MARK = ".bt-export-tmp-"
+_OLD_MARK = ".bt-export-old-"
+
+
+def check_destination(out_dir: Path, overwrite: bool) -> None:
+    """Refuses an output directory that holds something else, or an export without ``overwrite``.
+
+    An existing directory is a bt-export output when it has ``export_report.json``;
+    any other non-empty directory is never touched.
+
+    Args:
+        out_dir: the output directory (absolute).
+        overwrite: whether an existing export may be replaced.
+
+    Examples:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> check_destination(Path(tempfile.mkdtemp()) / "new", overwrite=False)
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportArgumentError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / REPORT_FILE).is_file():
+            raise ExportArgumentError(
+                f"{out_dir} is not empty and is not a bt-export output; choose another output directory"
+            )
+        if not overwrite:
+            raise ExportArgumentError(
+                f"{out_dir} already holds an export; pass --overwrite (overwrite=True) to replace it"
+            )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Removes temporaries a killed export left next to ``out_dir`` (their pid is gone)."""
+    prefix = f".{out_dir.name}"
+    for entry in out_dir.parent.glob(f"{prefix}.bt-export-*"):
+        match = re.fullmatch(re.escape(prefix) + r"\.bt-export-(tmp|old)-(\d+)-\w+", entry.name)
+        if match and entry.is_dir() and not _pid_alive(int(match.group(2))):
+            if match.group(1) == "old" and not out_dir.exists():
+                continue  # the previous export, moved aside by a writer killed mid-swap: keep it
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_directory(out_dir: Path):
+    """Yields a new hidden directory next to ``out_dir`` to build the export in; always removed after.
+
+    Stale temporaries of killed writers are removed first.
+
+    Args:
+        out_dir: the output directory (absolute); its parent is created.
+    """
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{_TMP_MARK}{os.getpid()}-", dir=out_dir.parent))
+    except OSError as e:
+        raise ExportArgumentError(f"cannot write next to {out_dir}: {one_line(e)}") from None
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Renames the finished ``tmp`` onto ``out_dir``, replacing an earlier export when ``overwrite``.
+
+    Args:
+        tmp: the staging directory, complete.
+        out_dir: the output directory (absolute).
+        overwrite: whether an existing export may be replaced (checked again here).
+    """
+    check_destination(out_dir, overwrite)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        old = out_dir.parent / f".{out_dir.name}{_OLD_MARK}{os.getpid()}-{os.urandom(4).hex()}"
+        os.rename(out_dir, old)
+        try:
+            os.rename(tmp, out_dir)
+        except BaseException:
+            os.rename(old, out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out_dir)  # replaces an empty directory; fails if one appeared meanwhile

@@ -1,0 +1,132 @@
+"""The TF Serving SavedModel: two signatures over one float32 encoder.
+
+``serving_default`` takes encoded image bytes and runs the evaluation
+pipeline's own preprocessing (:func:`bt_keras.preprocess.preprocess_for_eval`),
+so what is served is what was evaluated; ``serve_float`` takes preprocessed
+NHWC float32 images. Both return ``{"embedding": [batch, dim] float32}``.
+``assets.extra/`` holds the preprocessing contract (with provenance) and TF
+Serving's warm-up requests.
+
+Examples:
+
+>>> from bt_keras.export.saved_model import INPUT_BYTES_KEY, INPUT_FLOAT_KEY, OUTPUT_KEY
+>>> INPUT_BYTES_KEY, INPUT_FLOAT_KEY, OUTPUT_KEY
+('image_bytes', 'images', 'embedding')
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bt_keras import preprocess
+from bt_keras.export.warmup import WARMUP_FILE, write_warmup_requests
+from bt_keras.io import atomic_write
+
+INPUT_BYTES_KEY = "image_bytes"
+INPUT_FLOAT_KEY = "images"
+OUTPUT_KEY = "embedding"
+SIGNATURES = ("serving_default", "serve_float")
+
+
+def serving_functions(model, contract):
+    """``(serve_float, float_spec, serve_bytes, bytes_spec)``: the functions every format serves.
+
+    Args:
+        model: the float32 encoder.
+        contract: its :class:`~bt_keras.contract.PreprocessingContract`.
+
+    Examples:
+
+    >>> import numpy as np
+    >>> from bt_keras import encoders
+    >>> from bt_keras.contract import make_contract
+    >>> serve_float, spec, _, _ = serving_functions(encoders.small_cnn(widths=(8,)), make_contract(32))
+    >>> serve_float(np.zeros([1, 32, 32, 3], np.float32))["embedding"].shape
+    TensorShape([1, 8])
+    """
+    size = contract.image_size
+    float_spec = tf.TensorSpec([None, size, size, 3], tf.float32, name=INPUT_FLOAT_KEY)
+    bytes_spec = tf.TensorSpec([None], tf.string, name=INPUT_BYTES_KEY)
+
+    def serve_float(images):
+        return {OUTPUT_KEY: tf.cast(model(images, training=False), tf.float32)}
+
+    def serve_bytes(image_bytes):
+        # The evaluation pipeline's own function, so what is served is what was evaluated.
+        images = tf.map_fn(
+            lambda b: preprocess.preprocess_for_eval(b, size, contract.mean, contract.std, contract.crop_fraction),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
+        return serve_float(images)
+
+    return serve_float, float_spec, serve_bytes, bytes_spec
+
+
+def write_saved_model(model, contract, path: Path, provenance: dict, warmup) -> None:
+    """Writes the SavedModel, its ``assets.extra/preprocessing.json`` and its warm-up requests to ``path``.
+
+    Args:
+        model: the float32 encoder.
+        contract: its preprocessing contract.
+        path: the version directory, ``.../saved_model/<name>/<version>`` (must not exist).
+        provenance: written as ``assets.extra/preprocessing.json``; ``provenance["name"]``
+            is the model name in the warm-up requests.
+        warmup: ``(encoded image bytes, its preprocessed pixels)`` for the warm-up requests
+            (:func:`bt_keras.export.parity.warmup_example`).
+    """
+    serve_float, float_spec, serve_bytes, bytes_spec = serving_functions(model, contract)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_bytes, input_signature=[bytes_spec])
+    archive.add_endpoint("serve_float", serve_float, input_signature=[float_spec])
+    archive.write_out(str(path), verbose=False)
+    assets = path / "assets.extra"
+    assets.mkdir()
+    atomic_write(assets / "preprocessing.json", json.dumps(provenance, indent=2) + "\n")
+    encoded, pixels = warmup
+    write_warmup_requests(
+        assets / WARMUP_FILE,
+        [
+            ("serving_default", {INPUT_BYTES_KEY: np.array([encoded], dtype=object)}),
+            ("serve_float", {INPUT_FLOAT_KEY: pixels[None]}),
+        ],
+        model_name=provenance["name"],
+    )
+
+
+def saved_model_artifact(sm_dir: Path, root: Path) -> dict:
+    """The report's ``artifacts.saved_model`` entry: paths relative to ``root`` and the signatures."""
+    return {
+        "path": str(sm_dir.relative_to(root)),
+        "model_base_path": str(sm_dir.parent.relative_to(root)),
+        "signatures": signature_summary(sm_dir),
+        "warmup_requests": f"assets.extra/{WARMUP_FILE}",
+    }
+
+
+def _describe(infos) -> dict:
+    return {
+        k: {
+            "dtype": tf.dtypes.as_dtype(v.dtype).name,
+            "shape": [None if d.size < 0 else d.size for d in v.tensor_shape.dim],
+        }
+        for k, v in infos.items()
+    }
+
+
+def signature_summary(sm_dir: Path) -> dict:
+    """Inputs, outputs and method of both signatures, read back as ``saved_model_cli`` reads them."""
+    from tensorflow.python.tools import saved_model_utils  # the reader saved_model_cli uses
+
+    meta = saved_model_utils.get_meta_graph_def(str(sm_dir), "serve")
+    out = {}
+    for key in SIGNATURES:
+        sig = meta.signature_def[key]
+        out[key] = {"inputs": _describe(sig.inputs), "outputs": _describe(sig.outputs), "method": sig.method_name}
+    return out
