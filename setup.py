@@ -27,7 +27,9 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
+        "jax": ["jax>=0.4.30"],
         "dev": [
+            "jax>=0.4.30",
             "pytest>=8",
             "pillow>=10",
             "ruff>=0.6",

@@ -1,25 +1,32 @@
-"""Quality benchmark: Barlow Twins pretraining on the CIFAR-10 JPEGs under a
-wall-clock budget, then kNN top-1 on the test set next to baselines.
+"""Quality benchmark: Barlow Twins pretraining on a labelled image set (CIFAR-10) under a
+wall-clock budget, then kNN top-1 on its test split next to baselines.
 
-    python benchmarks/quality.py --minutes 30
+    python benchmarks/quality.py --data folder:data/cifar10 --minutes 30
 
-1. Decodes the CIFAR-10 JPEG train/test folders (``../shared/data/cifar10-jpg.tar.gz``,
-   extracted once into the same cache as the tests) into memory.
+1. Data: any labelled source pair. ``--data folder:DIR`` reads ``DIR/train`` and ``DIR/test``
+   (class sub-folders), ``--data tfds:cifar10`` the TFDS ``train``/``test`` splits;
+   ``--train-source``/``--test-source`` take any source (``folder:``, ``tfds:NAME:SPLIT``,
+   ``tfrecord:GLOB``). Default: the config's ``eval.train_source``/``eval.test_source``
+   (``folder:data/cifar10/{train,test}``, which ``benchmarks/make_cifar10_folders.py``
+   writes). Every count (steps per epoch, bank sizes, classes) comes from the data.
 2. Baselines: kNN on raw pixels; the same encoder at random initialisation.
 3. Pretrains with ``configs/cifar10_cpu.yaml`` until ``--minutes`` of training
    steps have run (time in the kNN checkpoints is not counted). The learning
    rate warms up over ``optim.warmup_epochs`` (in steps), then follows a cosine
    driven by the elapsed fraction of the budget, so the decay ends when the
    budget does whatever the throughput of the shared machine.
-   After every epoch: kNN top-1 with a fixed 10k-image bank (the curve).
-4. The final encoder: kNN with the full 50k bank (the headline number) and the
+   After every epoch: kNN top-1 with a fixed ``--curve-bank``-image bank (the curve).
+4. The final encoder: kNN with the whole training bank (the headline number) and the
    fast linear probe; saved as a run directory (``OUT/run``) that
    ``bt-eval --run OUT/run`` reads.
 5. Optionally a supervised encoder of the same architecture trained for
    ``--supervised-minutes`` (cross-entropy, crop + flip, same optimiser).
 
 Writes ``OUT/results.json``, ``OUT/table.md``, ``OUT/knn_vs_time.png`` and
-``OUT/command.txt``. kNN: k=200, T=0.1, cosine, weighted vote (bt_keras.evaluation).
+``OUT/command.txt``; ``OUT`` defaults to ``runs/quality`` (ignored by git: the committed
+results in ``benchmarks/results/quality`` change only with ``--out benchmarks/results/quality``).
+kNN: k=200, T=0.1, cosine, weighted vote (bt_keras.evaluation). Bad input (a missing folder, an
+unlabelled source, fewer images than a batch) is one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -31,8 +38,6 @@ import os
 import platform
 import shlex
 import sys
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,36 +52,68 @@ sys.path.insert(0, str(REPO))
 
 from bt_keras import callbacks as cbs  # noqa: E402
 from bt_keras import evaluation as ev  # noqa: E402
-from bt_keras.config import load_config  # noqa: E402
+from bt_keras.config import config_to_yaml, load_config  # noqa: E402
+from bt_keras.data.prepare import open_source  # noqa: E402
+from bt_keras.errors import DataError, UserError, one_line  # noqa: E402
+from bt_keras.io import atomic_path, atomic_write  # noqa: E402
 from bt_keras.training import build_model, save_encoder  # noqa: E402
 
-DATA = Path(os.environ.get("BT_KERAS_DATA", REPO.parent / "shared" / "data"))
-CACHE = Path(os.environ.get("BT_KERAS_TEST_CACHE", Path.home() / ".cache" / "bt_keras" / "test-data"))
+PROG = "quality.py"
 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def cifar_root(data_root=None) -> Path:
-    """The extracted CIFAR-10 JPEG root (``train/``, ``test/``); extracts once into the test cache."""
-    if data_root:
-        return Path(data_root)
-    archive = DATA / "cifar10-jpg.tar.gz"
-    if not archive.exists():
-        sys.exit(f"quality.py: error: {archive} not found (set BT_KERAS_DATA or pass --data-root)")
-    root = CACHE / f"cifar10-jpg-{archive.stat().st_size}-{int(archive.stat().st_mtime)}"
-    if (root / ".complete").exists():
-        return root
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".extract-"))
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
-    entries = list(tmp.iterdir())
-    inner = entries[0] if len(entries) == 1 and not (tmp / "train").exists() else tmp
-    inner.rename(root)
-    (root / ".complete").touch()
-    return root
+def split_sources(data: str) -> tuple[str, str]:
+    """``--data`` as (train source, test source): ``folder:DIR`` → DIR/train, DIR/test; ``tfds:NAME``.
+
+    >>> split_sources("folder:~/cifar10")[1].endswith("/cifar10/test")
+    True
+    >>> split_sources("tfds:cifar10")
+    ('tfds:cifar10:train', 'tfds:cifar10:test')
+    """
+    if data.startswith("tfds:"):
+        name = data[len("tfds:") :].split(":")[0]
+        return f"tfds:{name}:train", f"tfds:{name}:test"
+    if ":" in data.split("/")[0] and not data.startswith(("folder:", "gs://")):
+        raise DataError(
+            f"--data {data}: expected folder:DIR (with DIR/train and DIR/test) or tfds:NAME; "
+            "give other sources with --train-source and --test-source"
+        )
+    root = data[len("folder:") :] if data.startswith("folder:") else data
+    root = os.path.expanduser(root).rstrip("/")
+    return f"folder:{root}/train", f"folder:{root}/test"
+
+
+def resolve_sources(args, cfg) -> dict:
+    """``{"train": (key, source), "test": (key, source)}``: flags first, then ``--data``, then the config."""
+    out = {"train": ("eval.train_source", cfg.eval.train_source), "test": ("eval.test_source", cfg.eval.test_source)}
+    if args.data:
+        train, test = split_sources(args.data)
+        out = {"train": ("--data", train), "test": ("--data", test)}
+    if args.train_source:
+        out["train"] = ("--train-source", args.train_source)
+    if args.test_source:
+        out["test"] = ("--test-source", args.test_source)
+    for split, (key, source) in out.items():
+        if not source:
+            raise DataError(f"no labelled {split} source: pass --data folder:DIR or --{split}-source")
+        if source.startswith("folder:~"):
+            out[split] = (key, "folder:" + os.path.expanduser(source[len("folder:") :]))
+    return out
+
+
+def load_run_config(args):
+    """The config with the benchmark's data: sources checked (one line naming the flag or key)."""
+    overrides = list(args.set) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    cfg = load_config(args.config, overrides)
+    sources = resolve_sources(args, cfg)
+    for key, source in sources.values():
+        open_source(source, cfg.data.data_dir, key=key, labelled=True)
+    train, test = sources["train"][1], sources["test"][1]
+    fixed = [f"data.source={train}", "data.cache=true", f"eval.train_source={train}", f"eval.test_source={test}"]
+    return load_config(args.config, overrides + fixed), sources
 
 
 def pixels(x, training=False):
@@ -110,9 +147,9 @@ class BudgetWithSchedule(cbs.TimeBudget):
 class Curve(keras.callbacks.Callback):
     """Pairs each kNN checkpoint with the training time spent so far."""
 
-    def __init__(self, budget, monitor):
+    def __init__(self, budget, monitor, bank_size):
         super().__init__()
-        self.budget, self.monitor, self.points = budget, monitor, []
+        self.budget, self.monitor, self.points, self.bank_size = budget, monitor, [], bank_size
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and "knn_top1" in logs:
@@ -127,7 +164,8 @@ class Curve(keras.callbacks.Callback):
             )
             log(
                 f"epoch {epoch + 1}: {self.budget.elapsed / 60:.1f} min, {self.budget.steps} steps, "
-                f"kNN top-1 (10k bank) {logs['knn_top1']:.4f}, loss {logs.get('loss', float('nan')):.1f}"
+                f"kNN top-1 ({self.bank_size:,}-image bank) {logs['knn_top1']:.4f}, "
+                f"loss {logs.get('loss', float('nan')):.1f}"
             )
 
 
@@ -159,8 +197,8 @@ class Supervised(keras.Model):
         return self.head(self.encoder(x, training=training))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs" / "cifar10_cpu.yaml"))
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of pretraining steps")
     p.add_argument(
@@ -169,8 +207,11 @@ def main(argv=None):
         default=None,
         help="budget of the supervised baseline (default: --minutes; 0 skips it)",
     )
-    p.add_argument("--data-root", help="extracted CIFAR-10 JPEG root (train/, test/)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "quality"))
+    p.add_argument("--data", help="folder:DIR (DIR/train, DIR/test with class sub-folders) or tfds:NAME")
+    p.add_argument("--train-source", help="labelled training source (folder:, tfds:NAME:SPLIT, tfrecord:GLOB)")
+    p.add_argument("--test-source", help="labelled test source")
+    p.add_argument("--data-dir", help="TensorFlow Datasets directory for tfds: sources")
+    p.add_argument("--out", default=str(REPO / "runs" / "quality"), help="output directory (default runs/quality)")
     p.add_argument("--curve-bank", type=int, default=10000, help="kNN bank size for the per-epoch curve")
     p.add_argument("--no-linear", action="store_true", help="skip the fast linear probes")
     p.add_argument(
@@ -178,65 +219,50 @@ def main(argv=None):
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = p.parse_args(argv)
-    started = time.time()
-    sup_minutes = args.minutes if args.supervised_minutes is None else args.supervised_minutes
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    (out / "command.txt").write_text(command + "\n")
+    if args.minutes <= 0 or (args.supervised_minutes or 0) < 0:
+        p.error("--minutes must be > 0 and --supervised-minutes >= 0")
+    return args
 
-    root = cifar_root(args.data_root)
-    train_src, test_src = f"folder:{root}/train", f"folder:{root}/test"
-    cfg = load_config(
-        args.config,
-        list(args.set)
-        + [
-            f"data.source={train_src}",
-            "data.cache=true",
-            f"eval.train_source={train_src}",
-            f"eval.test_source={test_src}",
-        ],
-    )
-    contract = cfg.data.contract()
-    t, d = cfg.train, cfg.data
-    keras.utils.set_random_seed(t.seed)
-    keras.mixed_precision.set_dtype_policy(t.mixed_precision)
-    results = {
-        "command": command,
-        "config": args.config,
-        "overrides": args.set,
-        "minutes": args.minutes,
-        "supervised_minutes": sup_minutes,
-        "knn": {"k": cfg.eval.k, "temperature": cfg.eval.temperature},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_avg_start": os.getloadavg(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "python": platform.python_version(),
-        },
-    }
 
-    def eval_ds(src):
-        return d.eval_dataset(512, source=src)
+class Bench:
+    """The data, the evaluation and the pretraining loop of one benchmark run."""
 
-    log("decoding the train and test folders into memory")
-    t0 = time.time()
-    bank_ds, test_ds = eval_ds(train_src), eval_ds(test_src)
-    pairs = d.train_dataset(t.batch_size).repeat()
-    curve_bank = cbs.sample_labelled(train_src, args.curve_bank, contract, seed=1, batch_size=512)
-    results["decode_seconds"] = round(time.time() - t0, 1)
-    log(f"decoded in {results['decode_seconds']} s")
-
-    def knn_full(encoder):
+    def __init__(self, args, cfg, sources):
+        self.args, self.cfg = args, cfg
+        d, t = cfg.data, cfg.train
+        self.train_src, self.test_src = sources["train"][1], sources["test"][1]
+        self.contract = d.contract()
+        self.num_train, self.num_test = d.count(self.train_src), d.count(self.test_src)
+        if self.num_train < t.batch_size:
+            key = sources["train"][0]
+            raise DataError(
+                f"{key}: {self.train_src} has {self.num_train} usable images, fewer than one batch "
+                f"(train.batch_size={t.batch_size}); use more images or --set train.batch_size=N"
+            )
+        self.steps_per_epoch = self.num_train // t.batch_size
+        self.peak = cfg.optim.lr_weights * t.batch_size / 256
+        log(f"decoding {self.num_train:,} training and {self.num_test:,} test images into memory")
         t0 = time.time()
-        x_tr, y_tr = ev.extract_features(encoder, bank_ds)
-        x_te, y_te = ev.extract_features(encoder, test_ds)
+        self.bank_ds = d.eval_dataset(512, source=self.train_src)
+        self.test_ds = d.eval_dataset(512, source=self.test_src)
+        self.pairs = d.train_dataset(t.batch_size).repeat()
+        self.curve_bank = cbs.sample_labelled(
+            self.train_src, args.curve_bank, self.contract, data_dir=d.data_dir, seed=1, batch_size=512
+        )
+        self.test_small = (np.concatenate([x for x, _ in self.test_ds]), np.concatenate([y for _, y in self.test_ds]))
+        self.decode_seconds = round(time.time() - t0, 1)
+        log(f"decoded in {self.decode_seconds} s")
+
+    def knn_full(self, encoder):
+        """kNN with the whole training bank (and the fast linear probe) of ``encoder``."""
+        t0 = time.time()
+        x_tr, y_tr = ev.extract_features(encoder, self.bank_ds)
+        x_te, y_te = ev.extract_features(encoder, self.test_ds)
         t1 = time.time()
-        r = ev.knn_accuracy(x_tr, y_tr, x_te, y_te, k=cfg.eval.k, temperature=cfg.eval.temperature)
+        r = ev.knn_accuracy(x_tr, y_tr, x_te, y_te, k=self.cfg.eval.k, temperature=self.cfg.eval.temperature)
         r["feature_dim"] = int(x_tr.shape[1])
         r["seconds"] = {"features": round(t1 - t0, 1), "knn": round(time.time() - t1, 1)}
-        if not args.no_linear and encoder is not pixels:
+        if not self.args.no_linear and encoder is not pixels:
             lin = ev.linear_probe(x_tr, y_tr, x_te, y_te)
             r["linear_top1"] = lin["top1"]
             r["linear_converged"] = lin["converged"]
@@ -244,48 +270,35 @@ def main(argv=None):
         log(f"  evaluation seconds: {r['seconds']}")
         return r
 
-    rows = {}
-    if not args.skip_baselines:
-        log("baseline: raw pixels")
-        rows["raw pixels"] = knn_full(pixels)
-        log(f"  kNN top-1 {rows['raw pixels']['top1']:.4f}")
-
-    model = build_model(cfg, d.image_size)
-    log(
-        f"encoder {cfg.model.encoder} width {cfg.model.width}: {model.encoder.count_params():,} parameters, "
-        f"projector {cfg.model.projector_dims}"
-    )
-    if not args.skip_baselines:
-        log("baseline: random init")
-        rows["random init (same encoder)"] = knn_full(model.encoder)
-        log(f"  kNN top-1 {rows['random init (same encoder)']['top1']:.4f}")
-
-    test_small = (np.concatenate([x for x, _ in test_ds]), np.concatenate([y for _, y in test_ds]))
-    steps_per_epoch = 50000 // t.batch_size
-    peak = cfg.optim.lr_weights * t.batch_size / 256
-
-    def pretrain(model, data, minutes, name):
-        schedule = WarmupThenTimeCosine(peak, cfg.optim.warmup_epochs * steps_per_epoch, cfg.optim.end_factor)
+    def pretrain(self, model, data, minutes, name):
+        """Trains ``model`` on ``data`` for ``minutes`` of steps; the kNN curve after every epoch."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        schedule = WarmupThenTimeCosine(self.peak, cfg.optim.warmup_epochs * spe, cfg.optim.end_factor)
         budget = BudgetWithSchedule(minutes * 60, schedule)
         monitor = cbs.KnnMonitor(
-            curve_bank, test_small, every_epochs=1, k=cfg.eval.k, temperature=cfg.eval.temperature, batch_size=512
+            self.curve_bank,
+            self.test_small,
+            every_epochs=1,
+            k=cfg.eval.k,
+            temperature=cfg.eval.temperature,
+            batch_size=512,
         )
-        curve = Curve(budget, monitor)
-        # Epoch-0 point: the random encoder with the same bank.
-        monitor.set_model(model)
+        curve = Curve(budget, monitor, len(self.curve_bank[1]))
+        monitor.set_model(model)  # epoch-0 point: the random encoder with the same bank
         acc0 = monitor.evaluate()
         curve.points.append(
             {"epoch": 0, "train_seconds": 0.0, "steps": 0, "knn_top1": acc0["top1"], "knn_top5": acc0["top5"]}
         )
         wall = time.time()
-        model.fit(data, epochs=10_000, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=[budget, monitor, curve])
+        model.fit(data, epochs=10_000, steps_per_epoch=spe, verbose=0, callbacks=[budget, monitor, curve])
+        examples = budget.steps * cfg.train.batch_size
         info = {
             "train_seconds": round(budget.elapsed, 1),
             "wall_seconds": round(time.time() - wall, 1),
             "steps": budget.steps,
-            "examples": budget.steps * t.batch_size,
-            "epochs": round(budget.steps / steps_per_epoch, 2),
-            "examples_per_second": round(budget.steps * t.batch_size / max(budget.elapsed, 1e-9), 1),
+            "examples": examples,
+            "epochs": round(budget.steps / spe, 2),
+            "examples_per_second": round(examples / max(budget.elapsed, 1e-9), 1),
             "curve": curve.points,
         }
         log(
@@ -294,50 +307,107 @@ def main(argv=None):
         )
         return info
 
-    log(f"pretraining (Barlow Twins) for {args.minutes} min")
-    model.compile(optimizer=make_optimizer(cfg, peak), jit_compile=False, steps_per_execution=t.steps_per_execution)
-    results["barlow_twins"] = pretrain(model, pairs, args.minutes, "Barlow Twins")
-    rows["Barlow Twins (this config)"] = knn_full(model.encoder)
-    log(f"  kNN top-1 (50k bank) {rows['Barlow Twins (this config)']['top1']:.4f}")
-    run_dir = out / "run"
-    run_dir.mkdir(exist_ok=True)
-    save_encoder(model.encoder, str(run_dir), contract)
-    from bt_keras.config import config_to_yaml
-
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-
-    if sup_minutes > 0:
-        log(f"supervised baseline for {sup_minutes} min")
+    def supervised(self, minutes):
+        """The supervised baseline: same encoder and optimiser, cross-entropy on crop + flip."""
+        cfg, t = self.cfg, self.cfg.train
         keras.utils.set_random_seed(t.seed)
-        enc = build_model(cfg, d.image_size).encoder
-        sup = Supervised(enc)
+        # Decoded and cached before the clock starts, as the Barlow Twins pipeline is.
+        images = ev.LabelledImages(self.train_src, self.contract, cfg.data.data_dir).warm()
+        sup = Supervised(build_model(cfg, cfg.data.image_size).encoder, num_classes=images.num_classes())
         sup.compile(
-            optimizer=make_optimizer(cfg, peak),
+            optimizer=make_optimizer(cfg, self.peak),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
             jit_compile=False,
         )
-        # Decoded and cached before the clock starts, as the Barlow Twins pipeline is.
-        images = ev.LabelledImages(train_src, contract).warm()
-        labelled = images.epoch(ev.crop_flip_config(contract), t.batch_size, seed=t.seed, repeat=True)
-        results["supervised"] = pretrain(sup, labelled, sup_minutes, "supervised")
-        name = f"supervised, same encoder, {sup_minutes:g} min"
-        rows[name] = knn_full(sup.encoder)
-        rows[name]["classifier_top1"] = float(sup.evaluate(test_ds, verbose=0)[1])
-        log(f"  kNN top-1 {rows[name]['top1']:.4f}, own classifier {rows[name]['classifier_top1']:.4f}")
+        labelled = images.epoch(ev.crop_flip_config(self.contract), t.batch_size, seed=t.seed, repeat=True)
+        info = self.pretrain(sup, labelled, minutes, "supervised")
+        row = self.knn_full(sup.encoder)
+        row["classifier_top1"] = float(sup.evaluate(self.test_ds, verbose=0)[1])
+        return info, row
 
+
+def run(args, command):
+    started = time.time()
+    sup_minutes = args.minutes if args.supervised_minutes is None else args.supervised_minutes
+    cfg, sources = load_run_config(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(str(out / "command.txt"), command + "\n")
+    t = cfg.train
+    keras.utils.set_random_seed(t.seed)
+    keras.mixed_precision.set_dtype_policy(t.mixed_precision)
+    bench = Bench(args, cfg, sources)
+    results = {
+        "command": command,
+        "config": args.config,
+        "overrides": args.set,
+        "data": {"train": bench.train_src, "test": bench.test_src, "num_train": bench.num_train},
+        "minutes": args.minutes,
+        "supervised_minutes": sup_minutes,
+        "knn": {"k": cfg.eval.k, "temperature": cfg.eval.temperature},
+        "decode_seconds": bench.decode_seconds,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_start": os.getloadavg(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    results["data"].update(num_test=bench.num_test, curve_bank=len(bench.curve_bank[1]))
+    rows = {}
+    model = build_model(cfg, cfg.data.image_size)
+    log(
+        f"encoder {cfg.model.encoder} width {cfg.model.width}: {model.encoder.count_params():,} parameters, "
+        f"projector {cfg.model.projector_dims}; {bench.steps_per_epoch} steps per epoch"
+    )
+    if not args.skip_baselines:
+        for name, encoder in (("raw pixels", pixels), ("random init (same encoder)", model.encoder)):
+            log(f"baseline: {name}")
+            rows[name] = bench.knn_full(encoder)
+            log(f"  kNN top-1 {rows[name]['top1']:.4f}")
+    log(f"pretraining (Barlow Twins) for {args.minutes} min")
+    model.compile(
+        optimizer=make_optimizer(cfg, bench.peak), jit_compile=False, steps_per_execution=t.steps_per_execution
+    )
+    results["barlow_twins"] = bench.pretrain(model, bench.pairs, args.minutes, "Barlow Twins")
+    rows["Barlow Twins (this config)"] = bench.knn_full(model.encoder)
+    log(f"  kNN top-1 ({bench.num_train:,}-image bank) {rows['Barlow Twins (this config)']['top1']:.4f}")
+    run_dir = out / "run"
+    save_encoder(model.encoder, str(run_dir), bench.contract)
+    atomic_write(str(run_dir / "config.yaml"), config_to_yaml(cfg))
+    if sup_minutes > 0:
+        log(f"supervised baseline for {sup_minutes} min")
+        name = f"supervised, same encoder, {sup_minutes:g} min"
+        results["supervised"], rows[name] = bench.supervised(sup_minutes)
+        log(f"  kNN top-1 {rows[name]['top1']:.4f}, own classifier {rows[name]['classifier_top1']:.4f}")
     results["rows"] = rows
     results["total_wall_seconds"] = round(time.time() - started, 1)
     results["machine"]["load_avg_end"] = os.getloadavg()
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_outputs(results, out)
+    log(f"done in {results['total_wall_seconds'] / 60:.1f} min; results in {out}")
+
+
+def write_outputs(results, out: Path):
+    atomic_write(str(out / "results.json"), json.dumps(results, indent=2) + "\n")
     table = ["| encoder | kNN top-1 | kNN top-5 | linear top-1 (fast probe) |", "| --- | --- | --- | --- |"]
-    for name, r in rows.items():
+    for name, r in results["rows"].items():
         lin = f"{100 * r['linear_top1']:.1f}%" if "linear_top1" in r else "–"
         table.append(f"| {name} | {100 * r['top1']:.1f}% | {100 * r['top5']:.1f}% | {lin} |")
-    (out / "table.md").write_text("\n".join(table) + "\n")
+    atomic_write(str(out / "table.md"), "\n".join(table) + "\n")
     plot(results, out / "knn_vs_time.png")
     print("\n".join(table))
-    log(f"done in {results['total_wall_seconds'] / 60:.1f} min; results in {out}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    try:
+        run(args, command)
+    except UserError as e:
+        sys.stderr.write(f"{PROG}: error: {one_line(e)}\n")
+        sys.exit(2)
 
 
 def plot(results, path):
@@ -356,7 +426,7 @@ def plot(results, path):
                 [100 * q["knn_top1"] for q in pts],
                 marker="o",
                 color=colour,
-                label=f"{label} (10k-image bank, per epoch)",
+                label=f"{label} ({results['data']['curve_bank']:,}-image bank, per epoch)",
             )
     bt = rows.get("Barlow Twins (this config)")
     if bt:
@@ -367,7 +437,7 @@ def plot(results, path):
             s=150,
             color="C0",
             zorder=5,
-            label=f"Barlow Twins, 50k bank: {100 * bt['top1']:.1f}%",
+            label=f"Barlow Twins, {results['data']['num_train']:,}-image bank: {100 * bt['top1']:.1f}%",
         )
     for name, style in (("raw pixels", ":"), ("random init (same encoder)", "--")):
         if name not in rows:
@@ -375,13 +445,14 @@ def plot(results, path):
         ax.axhline(
             100 * rows[name]["top1"], color="grey", linestyle=style, label=f"{name}: {100 * rows[name]['top1']:.1f}%"
         )
-    ax.set_xlabel("training time (minutes, 2 CPU cores)")
-    ax.set_ylabel("CIFAR-10 test kNN top-1 (%)")
+    ax.set_xlabel(f"training time (minutes, {results['machine']['cpus']} CPU cores)")
+    ax.set_ylabel(f"test kNN top-1 (%), {results['data']['test']}"[:60])
     ax.set_title("kNN (k=200, T=0.1) against training time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(str(path), suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

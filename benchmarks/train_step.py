@@ -31,6 +31,13 @@ Usage (times on an idle 2-core machine):
     python benchmarks/train_step.py --models "" --env-sweep   # oneDNN / threads / XLA flags, one process each
     python benchmarks/train_step.py --quick                   # cpu model, main knobs, 2 rounds
     python benchmarks/train_step.py --render cpu.json         # reprint the tables of a --json run
+    python benchmarks/train_step.py --backends --models cpu,resnet18   # TensorFlow vs JAX, same step
+
+``--backends`` runs each model's configured step (its precision, batch and
+optimizer) on TensorFlow without and with XLA and on JAX (always XLA), one
+process per run (Keras' backend is fixed per process), in interleaved rounds,
+timing ``fit`` steps on the same synthetic batch with the same callback on
+both backends. ``--precision mixed_bfloat16`` overrides the config's.
 """
 
 from __future__ import annotations
@@ -346,6 +353,90 @@ def env_sweep(model: str, rounds: int, calls: int, only=None) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- backends
+BACKEND_SETTINGS = (("tensorflow", False), ("tensorflow", True), ("jax", True))
+
+
+def _backend_child(model_name: str, calls: int, jit: bool, precision: str | None) -> None:
+    """One backend's step time (KERAS_BACKEND is set by the parent), printed as one JSON line."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from bt_keras.training import build_model, make_optimizer
+
+    cfg = _load_cfg(model_name)
+    batch, size = cfg.train.batch_size, cfg.data.image_size
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_dtype_policy(precision or cfg.train.mixed_precision)
+    model = build_model(cfg, size)
+    model.compile(optimizer=make_optimizer(cfg.optim, batch, 100, cfg.train.epochs), jit_compile=jit)
+    rng = np.random.default_rng(0)
+    views = tuple(rng.normal(size=(batch, size, size, 3)).astype("float32") for _ in range(2))
+    data = tf.data.Dataset.from_tensors(views).repeat()
+
+    class StepTimes(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds, self._t = [], 0.0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # waits for the step
+            self.seconds.append(time.perf_counter() - self._t)
+
+    timer = StepTimes()
+    warmup = 2
+    model.fit(data, epochs=1, steps_per_epoch=warmup + calls, verbose=0, callbacks=[timer], shuffle=False)
+    flops = count_flops(model, batch, cfg.model.loss_method)["per_step"]
+    print(json.dumps({"seconds": timer.seconds[warmup:], "flops": flops, "peak": matmul_peak(), "batch": batch}))
+
+
+def backend_sweep(model_name: str, rounds: int, calls: int, precision: str | None) -> list[dict]:
+    """TensorFlow (XLA off/on) vs JAX on ``model_name``'s step, interleaved rounds, one process each."""
+    runs = {s: [] for s in BACKEND_SETTINGS}
+    info = {}
+    for _ in range(rounds):
+        for backend, jit in random.sample(BACKEND_SETTINGS, len(BACKEND_SETTINGS)):
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
+            cmd = [sys.executable, __file__, "--backend-child", model_name, "--calls", str(calls)]
+            cmd += (["--jit"] if jit else []) + (["--precision", precision] if precision else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode:
+                print(f"{backend} (XLA {jit}): failed: {proc.stderr.strip().splitlines()[-1][:300]}", flush=True)
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs[(backend, jit)] += r["seconds"]
+            info = {"flops": r["flops"], "batch": r["batch"], "peak": max(info.get("peak", 0), r["peak"])}
+            med = 1000 * statistics.median(r["seconds"])
+            print(f"[backends] {model_name} {backend} XLA {'on' if jit else 'off'}: {med:.0f} ms/step", flush=True)
+    rows = []
+    for (backend, jit), seconds in runs.items():
+        if seconds:
+            best = min(seconds)
+            rows.append({"model": model_name, "backend": backend, "jit": jit, "seconds": seconds, **info, "best": best})
+    return rows
+
+
+def render_backends(rows: list[dict], precision: str) -> str:
+    lines = [
+        f"Train step by backend ({precision}; best step of all rounds, median beside it):",
+        "",
+        "| model | backend | XLA | ms/step (best) | ms/step (median) | pairs/s | GFLOP/s | % of fp32 matmul peak |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        gf = r["flops"] / r["best"] / 1e9
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {'on' if r['jit'] else 'off'} | {1000 * r['best']:.0f} | "
+            f"{1000 * statistics.median(r['seconds']):.0f} | {r['batch'] / r['best']:.0f} | {gf:.0f} | "
+            f"{100 * gf / r['peak']:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- main
 def _describe(model_name: str) -> str:
     cfg = _load_cfg(model_name)
@@ -438,7 +529,10 @@ def main(argv=None):
     p.add_argument("--env-sweep", action="store_true", help="also compare oneDNN/thread settings (cpu model)")
     p.add_argument("--env-only", help="comma-separated subset of --env-sweep settings (substring match)")
     p.add_argument("--json", help="write all measurements here")
+    p.add_argument("--backends", action="store_true", help="only compare TensorFlow and JAX (see above)")
+    p.add_argument("--precision", help="with --backends: override the configs' mixed_precision")
     p.add_argument("--env-child", help=argparse.SUPPRESS)
+    p.add_argument("--backend-child", help=argparse.SUPPRESS)
     p.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--render", metavar="JSON", help="print the tables of a previous --json run and exit")
     args = p.parse_args(argv)
@@ -452,6 +546,18 @@ def main(argv=None):
         return
     if args.env_child:
         _env_child(args.env_child, args.calls or 3, args.jit)
+        return
+    if args.backend_child:
+        _backend_child(args.backend_child, args.calls or 3, args.jit, args.precision)
+        return
+    if args.backends:
+        rows = []
+        for model_name in (args.models or "cpu").split(","):
+            rows += backend_sweep(model_name, args.rounds or 2, args.calls or 4, args.precision)
+        print("\n" + render_backends(rows, args.precision or "each config's precision"))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"backends": rows}, f, indent=1)
         return
 
     models = [

@@ -16,8 +16,7 @@ Examples:
 
 from __future__ import annotations
 
-import importlib
-
+from bt_keras._lazy import lazy_namespace
 from bt_keras.version import __version__ as __version__
 
 # Public name -> the module that defines it.
@@ -66,16 +65,4 @@ _SUBMODULES = (
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"bt_keras.{name}")
-    else:
-        raise AttributeError(f"module 'bt_keras' has no attribute {name!r}")
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES)

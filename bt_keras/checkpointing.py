@@ -9,6 +9,7 @@ or the new checkpoint, never a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -38,7 +39,8 @@ def restore_checkpoint(model: keras.Model, path: str) -> int:
     if not tf.io.gfile.exists(path):
         return 0
     # Optimizer slots are created here, so under a strategy they must be the strategy's variables.
-    with model.distribute_strategy.scope():
+    strategy = getattr(model, "distribute_strategy", None)  # TensorFlow only; JAX has none
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model.optimizer.build(model.trainable_variables)
         if is_remote(path):
             with tempfile.TemporaryDirectory() as tmp:

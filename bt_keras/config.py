@@ -21,7 +21,7 @@ from typing import Literal
 import yaml
 
 from bt_keras.data.config import DataConfig
-from bt_keras.errors import ConfigError, UserError
+from bt_keras.errors import ConfigError, DataError, UserError
 from bt_keras.io import is_remote
 
 # The built-in encoders (``bt_keras.encoders.build_encoder``). Listed here, not
@@ -68,12 +68,19 @@ class TrainConfig:
 
     ``jit_compile``: None picks per platform (off on CPU, where XLA
     convolutions measured 0.6× oneDNN's; on for TPU).
+    ``backend``: Keras' backend; None takes ``KERAS_BACKEND`` from the
+    environment, else ``tensorflow``. On ``jax`` the strategies are ``auto``
+    (``keras.distribution.DataParallel`` over every device and host), ``cpu``
+    and ``gpu``; ``mirrored``, ``multi_worker`` and ``tpu`` are TensorFlow's.
     ``checkpoint_every_steps``: 0 = at the end of each epoch only.
+    ``verbose``: Keras' ``fit`` verbosity; None shows a progress bar on a
+    terminal and one plain line per epoch when the output is a file or pipe.
     """
 
     epochs: int = 100
     batch_size: int = 256
     run_dir: str = "runs/default"
+    backend: Literal["tensorflow", "jax"] | None = None
     strategy: Literal["auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu"] = "auto"
     tpu: str | None = None
     zone: str | None = None
@@ -83,7 +90,7 @@ class TrainConfig:
     steps_per_execution: int = 1
     checkpoint_every_steps: int = 0
     seed: int = 0
-    verbose: int = 1
+    verbose: int | None = None
 
 
 @dataclasses.dataclass
@@ -279,6 +286,77 @@ def _validate(cfg: Config) -> Config:
         if not ok:
             raise ConfigError(message)
     return cfg
+
+
+# What to do about a bad source, per config key (appended to the error).
+_SOURCE_HINTS = {
+    "eval.train_source": "set eval.train_source and eval.test_source to labelled sources, or to null "
+    "to skip the final kNN evaluation",
+    "eval.test_source": "set eval.train_source and eval.test_source to labelled sources, or to null "
+    "to skip the final kNN evaluation",
+    "monitor.knn_train_source": "or set monitor.knn_every_epochs=0",
+    "monitor.knn_val_source": "or set monitor.knn_every_epochs=0",
+}
+
+
+def source_keys(cfg: Config) -> list:
+    """``(key, source, labelled)`` for every source a run of ``cfg`` will open, named by the key holding it.
+
+    The kNN monitor's sources fall back to ``eval.*`` and ``data.val_source``
+    (see :class:`MonitorConfig`); the key listed is the one whose value is used.
+
+    Examples:
+
+    >>> cfg = config_from_dict({"eval": {"train_source": "demo:train", "test_source": "demo:test"}})
+    >>> [key for key, _, _ in source_keys(cfg)]
+    ['data.source', 'eval.train_source', 'eval.test_source']
+    """
+    out = [("data.source", cfg.data.source, False)]
+    if cfg.data.val_source:
+        out.append(("data.val_source", cfg.data.val_source, True))
+    if cfg.eval.train_source and cfg.eval.test_source:
+        out += [("eval.train_source", cfg.eval.train_source, True), ("eval.test_source", cfg.eval.test_source, True)]
+    m = cfg.monitor
+    if m.knn_every_epochs > 0:
+        bank = [("monitor.knn_train_source", m.knn_train_source), ("eval.train_source", cfg.eval.train_source)]
+        val = [
+            ("monitor.knn_val_source", m.knn_val_source),
+            ("data.val_source", cfg.data.val_source),
+            ("eval.test_source", cfg.eval.test_source),
+        ]
+        for candidates in (bank, val):
+            key, source = next(((k, s) for k, s in candidates if s), (None, None))
+            if key is not None and all(key != k for k, _, _ in out):
+                out.append((key, source, True))
+    return out
+
+
+def check_sources(cfg: Config) -> None:
+    """Opens every source of :func:`source_keys` (listing only, no decoding): a one-line error naming the key.
+
+    Run before training, so that a wrong ``eval.test_source`` is reported at
+    the start, not after the last epoch. Imports TensorFlow.
+
+    Raises:
+        DataError: ``KEY: SOURCE: what is wrong`` (missing path, no images, no
+            labels where labels are needed), with what to do for ``eval.*``
+            and ``monitor.*`` keys.
+
+    Examples:
+
+    >>> check_sources(config_from_dict({"data": {"source": "folder:/no/such/photos"}}))
+    Traceback (most recent call last):
+    ...
+    bt_keras.errors.DataError: data.source: folder:/no/such/photos: no such directory
+    """
+    from bt_keras.data.prepare import open_source
+
+    for key, source, labelled in source_keys(cfg):
+        try:
+            open_source(source, cfg.data.data_dir, key=key, labelled=labelled)
+        except DataError as e:
+            hint = _SOURCE_HINTS.get(key)
+            raise DataError(f"{e}; {hint}" if hint else str(e)) from None
 
 
 def config_from_dict(raw: dict | None, overrides=()) -> Config:

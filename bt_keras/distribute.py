@@ -1,7 +1,11 @@
-"""Strategy selection and distributed input.
+"""Strategy selection and distributed input, on TensorFlow and on JAX.
 
-``make_strategy("auto")`` gives a ``MirroredStrategy`` over the visible GPUs
-when there are several, else the default (one device) strategy.
+On TensorFlow, ``make_strategy("auto")`` gives a ``MirroredStrategy`` over the
+visible GPUs when there are several, else the default (one device) strategy.
+On JAX it gives a :class:`JaxDataParallel`: ``keras.distribution.DataParallel``
+over every device of every process, behind the few members of a
+``tf.distribute.Strategy`` that a run uses (replica count, scope, chief), so
+the trainer has one code path.
 
 Examples:
 
@@ -12,6 +16,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -20,6 +25,8 @@ import tensorflow as tf
 from bt_keras.errors import UserError
 
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
+JAX_STRATEGIES = ("auto", "cpu", "gpu")  # the rest are tf.distribute strategies
+_JAX_CLUSTER_ENV = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES", "JAX_COORDINATOR_ADDRESS")
 
 
 def _check_tf_config():
@@ -54,6 +61,10 @@ def make_strategy(
     """
     if name not in STRATEGIES:
         raise UserError(f"strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
+    import keras
+
+    if keras.backend.backend() == "jax":
+        return JaxDataParallel.create(name)
     if name == "multi_worker":
         # Before anything touches the TF runtime: collectives are configured at startup.
         _check_tf_config()
@@ -84,8 +95,94 @@ def _tpu_strategy(tpu, zone, project):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
+class JaxDataParallel:
+    """Data parallelism on the JAX backend: one ``keras.distribution.DataParallel`` over all devices.
+
+    Under SPMD the batch axis is global: BatchNorm statistics, the per-view
+    standardisation and C are over the global batch with no explicit
+    collective, so the loss is exact by construction. Several processes (TPU
+    pod slices, multi-node GPU) join through ``keras.distribution.initialize()``
+    when its environment variables are set; each process then reads its own
+    share of the data (one input pipeline per process).
+
+    Attributes:
+        num_replicas_in_sync: devices over all processes.
+        num_processes: processes in the cluster.
+        process_index: this process's index (0 is the chief).
+    """
+
+    def __init__(self, devices, num_processes: int = 1, process_index: int = 0):
+        import keras
+
+        self.devices = list(devices)
+        self.num_replicas_in_sync = len(self.devices)
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.distribution = keras.distribution.DataParallel(devices=self.devices, auto_shard_dataset=False)
+        keras.distribution.set_distribution(self.distribution)
+
+    @classmethod
+    def create(cls, name: str = "auto") -> JaxDataParallel:
+        """``auto``: every device (and every process of a cluster); ``cpu``/``gpu``: the first such device."""
+        import jax
+        import keras
+
+        if name not in JAX_STRATEGIES:
+            raise UserError(
+                f"train.strategy: {name!r} is a TensorFlow strategy; on the JAX backend use "
+                f"{', '.join(JAX_STRATEGIES)} (auto is data parallel over every device and host)"
+            )
+        # The tf.data pipeline runs on TensorFlow: keep it off the accelerators JAX uses.
+        with contextlib.suppress(RuntimeError):  # already initialised: nothing to hide any more
+            tf.config.set_visible_devices([], "GPU")
+        if any(os.environ.get(k) for k in _JAX_CLUSTER_ENV):
+            # CPU processes need gloo for cross-process collectives (GPUs and TPUs have their own).
+            jax.config.update(
+                "jax_cpu_collectives_implementation", os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo")
+            )
+            keras.distribution.initialize()
+        if name == "auto":
+            devices = jax.devices()
+        else:
+            try:
+                devices = jax.devices(name)[:1]
+            except RuntimeError:
+                raise UserError(f"train.strategy: {name!r} but JAX sees no {name.upper()}") from None
+        return cls(devices, jax.process_count(), jax.process_index())
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+    def input_context(self) -> tf.distribute.InputContext:
+        """One input pipeline per process; its batch is the process's share of the global batch."""
+        return tf.distribute.InputContext(
+            num_input_pipelines=self.num_processes,
+            input_pipeline_id=self.process_index,
+            num_replicas_in_sync=self.num_processes,
+        )
+
+
+def describe(strategy) -> str:
+    """``"MirroredStrategy: 2 replica(s) on CPU:0, CPU:1"``, for the start-of-run summary."""
+    if isinstance(strategy, JaxDataParallel):
+        kinds = sorted({d.platform.upper() for d in strategy.devices})
+        hosts = f" in {strategy.num_processes} processes" if strategy.num_processes > 1 else ""
+        return f"DataParallel: {strategy.num_replicas_in_sync} {'/'.join(kinds)} device(s){hosts}"
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: one replica on the first device
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [(gpus or tf.config.list_logical_devices("CPU"))[0].name]
+    names = sorted({d.split("/device:")[-1] for d in devices})
+    name = type(strategy).__name__
+    name = "no strategy" if name == "_DefaultDistributionStrategy" else name
+    return f"{name}: {strategy.num_replicas_in_sync} replica(s) on {', '.join(names)}"
+
+
+def is_chief(strategy) -> bool:
     """Whether this process writes the run's files: the chief, or worker 0 of a chief-less cluster."""
+    if isinstance(strategy, JaxDataParallel):
+        return strategy.process_index == 0
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
         return True
@@ -105,11 +202,15 @@ def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strat
     return per_replica
 
 
-def distribute(strategy: tf.distribute.Strategy, dataset_fn):
+def distribute(strategy, dataset_fn):
     """``dataset_fn(input_context)`` → a distributed dataset (each replica its own batch).
 
     With one replica the plain dataset is returned (no distribution overhead).
+    On JAX, this process's pipeline: Keras assembles the global batch from the
+    processes' shares.
     """
+    if isinstance(strategy, JaxDataParallel):
+        return dataset_fn(strategy.input_context())
     if strategy.num_replicas_in_sync == 1 and not isinstance(
         strategy, (tf.distribute.TPUStrategy, tf.distribute.MultiWorkerMirroredStrategy)
     ):

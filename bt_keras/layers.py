@@ -12,29 +12,59 @@ The fused path is taken in training when the statistics are local: not
 synchronised, or synchronised over a single replica. Otherwise (synchronised
 BN across replicas, masks, inference) the layer is exactly Keras' own.
 
+On other backends (JAX) the layer is Keras' BatchNormalization. There
+``synchronized=True`` is accepted and ignored (under ``keras.distribution`` the
+batch statistics are global already) but kept in the config, so a ``.keras``
+file loads on either backend with the same meaning.
+
 Examples:
 
 >>> import numpy as np
+>>> from keras import ops
 >>> from bt_keras.layers import FusedBatchNormalization
->>> bn = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+>>> bn = FusedBatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True)
 >>> y = bn(np.random.rand(8, 4, 4, 3).astype("float32"), training=True)
->>> round(float(np.abs(np.mean(y.numpy(), axis=(0, 1, 2))).max()), 4)
+>>> round(float(np.abs(np.mean(ops.convert_to_numpy(y), axis=(0, 1, 2))).max()), 4)
 0.0
+>>> bn.get_config()["synchronized"]
+True
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+
+_TENSORFLOW = keras.backend.backend() == "tensorflow"
+if _TENSORFLOW:
+    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="bt_keras")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` (same arguments, variables and
     checkpoints) that trains through ``FusedBatchNormV3`` on channels-last
-    inputs of rank 2 or 4 whenever the batch statistics are local."""
+    inputs of rank 2 or 4 whenever the batch statistics are local.
+
+    On a backend other than TensorFlow it is Keras' layer, and ``synchronized``
+    (which Keras allows only on TensorFlow) is recorded but not passed on.
+
+    Args:
+      synchronized: synchronise the statistics over ``tf.distribute`` replicas.
+      **kwargs: ``keras.layers.BatchNormalization`` arguments.
+    """
+
+    def __init__(self, synchronized=False, **kwargs):
+        super().__init__(synchronized=bool(synchronized) and _TENSORFLOW, **kwargs)
+        self.requested_synchronized = bool(synchronized)
+
+    def get_config(self):
+        config = super().get_config()
+        config["synchronized"] = self.requested_synchronized
+        return config
 
     def _fused(self, inputs, training, mask) -> bool:
+        if not _TENSORFLOW:
+            return False
         if not training or not self.trainable or mask is not None or len(inputs.shape) not in (2, 4):
             return False
         if self.axis not in (-1, len(inputs.shape) - 1):
@@ -71,8 +101,21 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 def batch_norm(sync: bool, fused: bool = True, zero_gamma: bool = False, name=None):
-    """The package's BN layer: momentum 0.9, ε 1e-5 (the official code's PyTorch defaults)."""
-    cls = FusedBatchNormalization if fused else keras.layers.BatchNormalization
-    return cls(
-        momentum=0.9, epsilon=1e-5, synchronized=sync, gamma_initializer="zeros" if zero_gamma else "ones", name=name
-    )
+    """The package's BN layer: momentum 0.9, ε 1e-5 (the official code's PyTorch defaults).
+
+    Args:
+      sync: synchronise statistics over TF replicas (ignored on JAX, where they are global).
+      fused: ``FusedBatchNormalization`` (else ``keras.layers.BatchNormalization``).
+      zero_gamma: initialise γ to 0 (last BN of a residual block).
+      name: layer name.
+
+    Examples:
+
+    >>> type(batch_norm(sync=True)).__name__
+    'FusedBatchNormalization'
+    """
+    kwargs = dict(momentum=0.9, epsilon=1e-5, gamma_initializer="zeros" if zero_gamma else "ones", name=name)
+    if not fused:
+        # Keras refuses synchronized=True off TensorFlow; SPMD statistics are global there anyway.
+        return keras.layers.BatchNormalization(synchronized=sync and _TENSORFLOW, **kwargs)
+    return FusedBatchNormalization(synchronized=sync, **kwargs)

@@ -1,5 +1,11 @@
 """``BarlowTwins``: a Keras model whose ``train_step`` optimises the Barlow Twins
-loss of the global batch, exactly, under any ``tf.distribute`` strategy.
+loss of the global batch, exactly, on TensorFlow (any ``tf.distribute``
+strategy) and on JAX (one device, or ``keras.distribution`` over many).
+
+The training steps are backend-specific (``_TensorFlowSteps``: a
+``tf.GradientTape`` step run per replica; ``_JaxSteps``: a stateless step that
+``jax.jit`` compiles over the global batch); the loss
+(``bt_keras.losses``), the metrics and the saved format are shared.
 
 Examples:
 
@@ -17,12 +23,17 @@ Examples:
 
 from __future__ import annotations
 
+import math
+
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 from bt_keras.layers import batch_norm
 from bt_keras.losses import barlow_twins_terms
+
+BACKEND = keras.backend.backend()
+if BACKEND == "tensorflow":
+    import tensorflow as tf
 
 
 def _multi_worker(strategy) -> bool:
@@ -45,64 +56,21 @@ def build_projector(
     return keras.Sequential(stack, name=name)
 
 
-@keras.saving.register_keras_serializable(package="bt_keras")
-class BarlowTwins(keras.Model):
-    """Encoder + projector trained with the Barlow Twins loss.
+def _views(data):
+    if len(data) == 1:  # fit(x=(view_a, view_b)) arrives as ((view_a, view_b),)
+        data = data[0]
+    return data
 
-    ``fit`` consumes a dataset of ``(view_a, view_b)`` batches. Each view goes
-    through the encoder and projector on its own (BN statistics never mix the
-    views). Under a strategy the loss is that of the global batch on every
-    replica, divided by the replica count because Keras' TF optimizer sums the
-    replicas' gradients: weights and losses equal single-device training on
-    the global batch.
 
-    Args:
-      encoder: backbone; ``model.encoder`` is what gets evaluated and exported.
-      projector_dims: widths of the projector's Dense layers.
-      lambd: off-diagonal weight λ.
-      loss_method: ``"auto" | "dense" | "gram"`` (see ``barlow_twins_terms``).
-      sync_batchnorm: synchronise the projector's BN over replicas.
-      fused_batchnorm: train the projector's BN through one fused kernel
-        where its statistics are local (``bt_keras.layers``).
+def _embedding_std(z):
+    """Mean over dimensions of the batch std of the L2-normalised rows, × √D (as ``tf.math.l2_normalize``)."""
+    z = ops.cast(z, "float32")
+    z = z * ops.rsqrt(ops.maximum(ops.sum(ops.square(z), axis=1, keepdims=True), 1e-12))
+    return ops.mean(ops.std(z, axis=0)) * math.sqrt(z.shape[-1])
 
-    Logged metrics: ``loss``, ``on_diag``, ``off_diag``, ``learning_rate`` and
-    ``embedding_std``: the mean over dimensions of the batch std of the
-    L2-normalised embeddings × √D, about 1 for well-spread embeddings and
-    0 at collapse.
-    """
 
-    def __init__(
-        self,
-        encoder: keras.Model,
-        projector_dims=(8192, 8192, 8192),
-        lambd: float = 0.0051,
-        loss_method: str = "auto",
-        sync_batchnorm: bool = True,
-        fused_batchnorm: bool = True,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.encoder = encoder
-        self.projector_dims = tuple(int(d) for d in projector_dims)
-        self.lambd = float(lambd)
-        self.loss_method = loss_method
-        self.sync_batchnorm = bool(sync_batchnorm)
-        self.fused_batchnorm = bool(fused_batchnorm)
-        self.projector = build_projector(self.projector_dims, sync_batchnorm, fused_batchnorm)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.on_diag_tracker = keras.metrics.Mean(name="on_diag")
-        self.off_diag_tracker = keras.metrics.Mean(name="off_diag")
-        self.std_tracker = keras.metrics.Mean(name="embedding_std")
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.on_diag_tracker, self.off_diag_tracker, self.std_tracker]
-
-    def build(self, input_shape):
-        if not self.encoder.built:
-            self.encoder.build(input_shape)
-        self.projector.build(self.encoder.compute_output_shape(input_shape))
-        super().build(input_shape)
+class _TensorFlowSteps:
+    """``train_step`` / ``test_step`` on TensorFlow: run per replica under any ``tf.distribute`` strategy."""
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras 3 builds a compiled model by strategy.reduce-ing a sample batch,
@@ -113,17 +81,6 @@ class BarlowTwins(keras.Model):
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
-
-    def call(self, images, training=False):
-        return self.projector(self.encoder(images, training=training), training=training)
-
-    def _terms(self, data, training):
-        if len(data) == 1:  # fit(x=(view_a, view_b)) arrives as ((view_a, view_b),)
-            data = data[0]
-        view_a, view_b = data
-        z_a = self(view_a, training=training)
-        z_b = self(view_b, training=training)
-        return z_a, barlow_twins_terms(z_a, z_b, self.lambd, self.loss_method)
 
     def _update_metrics(self, z_a, terms):
         z = tf.math.l2_normalize(tf.cast(z_a, tf.float32), axis=1)
@@ -162,6 +119,154 @@ class BarlowTwins(keras.Model):
     def test_step(self, data):
         z_a, terms = self._terms(data, training=False)
         return self._update_metrics(z_a, terms)
+
+
+class _JaxSteps:
+    """Stateless ``train_step`` / ``test_step`` on JAX.
+
+    Keras ``jax.jit``-compiles them; under ``keras.distribution.DataParallel`` the
+    batch is one global array sharded over devices, so BN statistics, the loss
+    and its gradients are those of the global batch (XLA adds the collectives)
+    and no division by the device count is needed.
+    """
+
+    def _jax_forward(self, trainable, non_trainable, data, training):
+        view_a, view_b = _views(data)
+        z_a, non_trainable, _ = self.stateless_call(
+            trainable, non_trainable, view_a, training=training, return_losses=True
+        )
+        z_b, non_trainable, losses = self.stateless_call(
+            trainable, non_trainable, view_b, training=training, return_losses=True
+        )
+        terms = barlow_twins_terms(z_a, z_b, self.lambd, self.loss_method)
+        loss = terms.loss
+        for extra in losses:  # Regularisers (if any), as self.losses after the second view on TF.
+            loss = loss + ops.cast(extra, "float32")
+        return loss, (z_a, terms, non_trainable)
+
+    def _jax_metrics(self, metrics_variables, z_a, terms):
+        with keras.StatelessScope(state_mapping=list(zip(self.metrics_variables, metrics_variables))) as scope:
+            self.std_tracker.update_state(_embedding_std(z_a))
+            self.loss_tracker.update_state(terms.loss)
+            self.on_diag_tracker.update_state(terms.on_diag)
+            self.off_diag_tracker.update_state(terms.off_diag)
+            logs = {m.name: m.result() for m in self.metrics}
+        updated = [scope.get_current_value(v) for v in self.metrics_variables]
+        return logs, [old if new is None else new for new, old in zip(updated, metrics_variables)]
+
+    def train_step(self, state, data):
+        import jax
+        import jax.numpy as jnp
+
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        optimizer_mapping = list(zip(self.optimizer.variables, optimizer_variables))
+
+        def scaled_loss(trainable_values, non_trainable_values):
+            loss, aux = self._jax_forward(trainable_values, non_trainable_values, data, training=True)
+            with keras.StatelessScope(state_mapping=optimizer_mapping):
+                return self.optimizer.scale_loss(loss), aux
+
+        (_, (z_a, terms, new_non_trainable)), grads = jax.value_and_grad(scaled_loss, has_aux=True)(
+            trainable, non_trainable
+        )
+        new_trainable, new_optimizer = self.optimizer.stateless_apply(optimizer_variables, grads, trainable)
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # As on TensorFlow, a diverged step logs a NaN loss (TrainingGuard stops on it); here it
+            # also leaves every variable as it was. (Loss scaling skips such steps itself.)
+            finite = jnp.isfinite(jnp.sqrt(sum(jnp.sum(jnp.square(g.astype("float32"))) for g in grads)))
+            keep = lambda new, old: jnp.where(finite, new, old)
+            new_trainable = jax.tree_util.tree_map(keep, new_trainable, trainable)
+            new_non_trainable = jax.tree_util.tree_map(keep, new_non_trainable, non_trainable)
+            new_optimizer = jax.tree_util.tree_map(keep, new_optimizer, optimizer_variables)
+            terms = terms._replace(loss=jnp.where(finite, terms.loss, jnp.nan))
+        logs, metrics_variables = self._jax_metrics(metrics_variables, z_a, terms)
+        with keras.StatelessScope(state_mapping=list(zip(self.optimizer.variables, new_optimizer))):
+            logs["learning_rate"] = ops.cast(self.optimizer.learning_rate, "float32")
+        return logs, (new_trainable, new_non_trainable, new_optimizer, metrics_variables)
+
+    def test_step(self, state, data):
+        trainable, non_trainable, metrics_variables = state
+        _, (z_a, terms, non_trainable) = self._jax_forward(trainable, non_trainable, data, training=False)
+        logs, metrics_variables = self._jax_metrics(metrics_variables, z_a, terms)
+        return logs, (trainable, non_trainable, metrics_variables)
+
+
+_STEPS = {"tensorflow": _TensorFlowSteps, "jax": _JaxSteps}
+
+
+@keras.saving.register_keras_serializable(package="bt_keras")
+class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
+    """Encoder + projector trained with the Barlow Twins loss.
+
+    ``fit`` consumes a dataset of ``(view_a, view_b)`` batches. Each view goes
+    through the encoder and projector on its own (BN statistics never mix the
+    views). On TensorFlow under a strategy the loss is that of the global batch
+    on every replica, divided by the replica count because Keras' TF optimizer
+    sums the replicas' gradients. On JAX under ``keras.distribution`` the step
+    sees the global batch as one sharded array. Either way weights and losses
+    equal single-device training on the global batch. A step whose gradients
+    are not finite logs ``loss = NaN`` (on JAX it also leaves the variables
+    unchanged). The model trains on the ``tensorflow`` and ``jax`` backends.
+
+    Args:
+      encoder: backbone; ``model.encoder`` is what gets evaluated and exported.
+      projector_dims: widths of the projector's Dense layers.
+      lambd: off-diagonal weight λ.
+      loss_method: ``"auto" | "dense" | "gram"`` (see ``barlow_twins_terms``).
+      sync_batchnorm: synchronise the projector's BN over TF replicas (on JAX
+        the statistics are global anyway; the flag is kept for saved files).
+      fused_batchnorm: train the projector's BN through one fused kernel
+        where its statistics are local (``bt_keras.layers``).
+
+    Logged metrics: ``loss``, ``on_diag``, ``off_diag``, ``learning_rate`` and
+    ``embedding_std``: the mean over dimensions of the batch std of the
+    L2-normalised embeddings × √D, about 1 for well-spread embeddings and
+    0 at collapse.
+    """
+
+    def __init__(
+        self,
+        encoder: keras.Model,
+        projector_dims=(8192, 8192, 8192),
+        lambd: float = 0.0051,
+        loss_method: str = "auto",
+        sync_batchnorm: bool = True,
+        fused_batchnorm: bool = True,
+        **kwargs,
+    ):
+        if BACKEND not in _STEPS:
+            raise NotImplementedError(f"BarlowTwins trains on the tensorflow or jax Keras backend, not {BACKEND!r}")
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.projector_dims = tuple(int(d) for d in projector_dims)
+        self.lambd = float(lambd)
+        self.loss_method = loss_method
+        self.sync_batchnorm = bool(sync_batchnorm)
+        self.fused_batchnorm = bool(fused_batchnorm)
+        self.projector = build_projector(self.projector_dims, sync_batchnorm, fused_batchnorm)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.on_diag_tracker = keras.metrics.Mean(name="on_diag")
+        self.off_diag_tracker = keras.metrics.Mean(name="off_diag")
+        self.std_tracker = keras.metrics.Mean(name="embedding_std")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.on_diag_tracker, self.off_diag_tracker, self.std_tracker]
+
+    def build(self, input_shape):
+        if not self.encoder.built:
+            self.encoder.build(input_shape)
+        self.projector.build(self.encoder.compute_output_shape(input_shape))
+        super().build(input_shape)
+
+    def call(self, images, training=False):
+        return self.projector(self.encoder(images, training=training), training=training)
+
+    def _terms(self, data, training):
+        view_a, view_b = _views(data)
+        z_a = self(view_a, training=training)
+        z_b = self(view_b, training=training)
+        return z_a, barlow_twins_terms(z_a, z_b, self.lambd, self.loss_method)
 
     def get_config(self):
         config = super().get_config()

@@ -25,10 +25,11 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 
 from bt_keras.errors import TrainingStopped, UserError
-from bt_keras.io import atomic_path, atomic_write
+from bt_keras.io import atomic_write
 
 logger = logging.getLogger("bt_keras")
 
@@ -98,10 +99,14 @@ def build_model(cfg, image_size: int):
 def jit_for(strategy, requested):
     """XLA setting: the config's if given; on for TPU; ``"auto"`` on GPU; off on CPU.
 
-    On CPU, XLA's convolutions measured 0.26-0.51× the speed of oneDNN's.
+    On CPU, XLA's convolutions measured 0.26-0.51× the speed of oneDNN's. On
+    JAX every step is compiled by XLA: ``True`` (False would run op by op).
     """
+    import keras
     import tensorflow as tf
 
+    if keras.backend.backend() == "jax":
+        return True if requested is None else requested
     if requested is not None:
         return requested
     if isinstance(strategy, tf.distribute.TPUStrategy):
@@ -110,10 +115,14 @@ def jit_for(strategy, requested):
 
 
 def save_encoder(encoder, run_dir: str, contract) -> str:
-    """Writes ``encoder.keras`` and its ``preprocessing.json`` into ``run_dir`` (each atomically)."""
-    path = os.path.join(run_dir, "encoder.keras")
-    with atomic_path(path, suffix=".keras") as tmp:
-        encoder.save(tmp)
+    """Writes ``encoder.keras`` (float32, plain Keras layers) and ``preprocessing.json`` into ``run_dir``, atomically.
+
+    The encoder is saved as :func:`bt_keras.saving.portable_encoder`: loadable by
+    ``keras.saving.load_model`` without ``bt_keras``, float32 whatever the training precision.
+    """
+    from bt_keras.saving import save_portable_encoder
+
+    path = save_portable_encoder(encoder, os.path.join(run_dir, "encoder.keras"))
     atomic_write(os.path.join(run_dir, "preprocessing.json"), contract.to_json())
     return path
 
@@ -139,6 +148,7 @@ class RunPlan:
         strategy: the ``tf.distribute`` strategy.
         chief: whether this process writes the run's files.
         num_examples: usable training images.
+        num_skipped: unusable files left out of the source.
         steps_per_epoch: full global batches per epoch.
         per_replica_batch: the global batch divided over the replicas (checked).
         checkpoint: the checkpoint file.
@@ -148,6 +158,7 @@ class RunPlan:
     strategy: object
     chief: bool
     num_examples: int
+    num_skipped: int
     steps_per_epoch: int
     per_replica_batch: int
     checkpoint: str
@@ -156,38 +167,82 @@ class RunPlan:
     def run_dir(self) -> str:
         return self.cfg.train.run_dir
 
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.epochs * self.steps_per_epoch
+
+    def describe(self, start_step: int) -> list:
+        """The start-of-run summary, one line per fact."""
+        t, d = self.cfg.train, self.cfg.data
+        import keras
+
+        from bt_keras.distribute import describe
+
+        skipped = f", {self.num_skipped} skipped" if self.num_skipped else ""
+        if start_step >= self.total_steps:
+            start = f"already complete at step {start_step}"
+        elif start_step:
+            epoch = start_step // self.steps_per_epoch + 1
+            start = f"resuming from step {start_step} (epoch {epoch}) of {self.checkpoint}"
+        else:
+            start = "starts from scratch"
+        return [
+            f"backend {keras.backend.backend()}, {describe(self.strategy)}",
+            f"data {d.source}: {self.num_examples} usable images{skipped}; {d.image_size} px views",
+            f"batch {t.batch_size} global, {self.per_replica_batch} per replica; {self.steps_per_epoch} steps/epoch "
+            f"x {t.epochs} epochs = {self.total_steps} steps",
+            f"run directory {self.run_dir}; {start}",
+        ]
+
 
 def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
-    """Strategy, precision, seeds and the data's size; writes ``config.yaml`` (chief).
+    """Strategy, precision, seeds and the data's size; then writes ``config.yaml`` (chief).
 
     The strategy comes first: ``MultiWorkerMirroredStrategy`` needs a runtime
-    no other TensorFlow call has initialised.
+    no other TensorFlow call has initialised. The run directory is created
+    only once every check has passed, so a run that fails before training
+    leaves nothing behind.
     """
     import keras
     import tensorflow as tf
 
     from bt_keras.checkpointing import checkpoint_path
-    from bt_keras.config import config_to_yaml
+    from bt_keras.config import check_sources, config_to_yaml
     from bt_keras.distribute import is_chief, make_strategy, per_replica_batch_size
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=run_dir or cfg.train.run_dir))
     t = cfg.train
+    if t.backend and t.backend != keras.backend.backend():
+        raise UserError(
+            f"train.backend is {t.backend!r} but Keras runs on {keras.backend.backend()}: set "
+            f"KERAS_BACKEND={t.backend} before Keras is imported (bt-train does this for you)"
+        )
     strategy = make_strategy(t.strategy, t.tpu, t.zone, t.project)
+    check_sources(cfg)  # every source the run will open, errors naming its key, before anything is written
     keras.utils.set_random_seed(t.seed)
     keras.mixed_precision.set_dtype_policy(t.mixed_precision)
     per_replica = per_replica_batch_size(t.batch_size, strategy)
     chief = is_chief(strategy)
+    info = cfg.data.info()
+    steps_per_epoch = info.num_examples // t.batch_size
+    if steps_per_epoch < 1:
+        raise UserError(
+            f"data.source {cfg.data.source!r} has {info.num_examples} usable images, "
+            f"fewer than one global batch ({t.batch_size})"
+        )
     tf.io.gfile.makedirs(t.run_dir)
     if chief:
         atomic_write(os.path.join(t.run_dir, "config.yaml"), config_to_yaml(cfg))
-    num_examples = cfg.data.count()
-    steps_per_epoch = num_examples // t.batch_size
-    if steps_per_epoch < 1:
-        raise UserError(
-            f"data.source {cfg.data.source!r} has {num_examples} usable images, "
-            f"fewer than one global batch ({t.batch_size})"
-        )
-    return RunPlan(cfg, strategy, chief, num_examples, steps_per_epoch, per_replica, checkpoint_path(t.run_dir))
+    return RunPlan(
+        cfg,
+        strategy,
+        chief,
+        info.num_examples,
+        len(info.skipped),
+        steps_per_epoch,
+        per_replica,
+        checkpoint_path(t.run_dir),
+    )
 
 
 def _view_pairs(plan: RunPlan, start_epoch: int, skip_steps: int = 0):
@@ -206,7 +261,7 @@ def _view_pairs(plan: RunPlan, start_epoch: int, skip_steps: int = 0):
         ds = plan.cfg.data.train_dataset(
             plan.cfg.train.batch_size, input_context=ctx, skipped_path=skipped, seed_offset=1_000_033 * start_epoch
         ).repeat()
-        local_replicas = plan.strategy.num_replicas_in_sync // ctx.num_input_pipelines
+        local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines  # batches per step here
         return ds.skip(skip_steps * local_replicas) if skip_steps else ds
 
     return distribute(plan.strategy, dataset_fn)
@@ -232,7 +287,7 @@ def _phases(plan: RunPlan, start_step: int) -> list:
 def _callbacks(plan: RunPlan, guard, first_dataset) -> list:
     import keras
 
-    from bt_keras.callbacks import monitor_callbacks
+    from bt_keras.callbacks import HistoryCSV, monitor_callbacks
 
     run_dir = plan.run_dir
     log_dir = (
@@ -242,9 +297,9 @@ def _callbacks(plan: RunPlan, guard, first_dataset) -> list:
     callbacks = [
         guard,
         keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
-        keras.callbacks.CSVLogger(history, append=True),
+        HistoryCSV(history, append=True),
     ]
-    # After CSVLogger, so the kNN values stay out of history.csv's fixed columns (they go to knn.csv).
+    # After HistoryCSV, so the kNN values stay out of history.csv's fixed columns (they go to knn.csv).
     if first_dataset is not None:
         callbacks += monitor_callbacks(
             plan.cfg,
@@ -269,7 +324,8 @@ def _fit(plan: RunPlan, model, phases: list, callbacks: list, guard) -> None:
                 initial_epoch=first_epoch,
                 steps_per_epoch=steps,
                 callbacks=callbacks,
-                verbose=plan.cfg.train.verbose,
+                verbose=_fit_verbosity(plan.cfg.train.verbose),
+                shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores True
             )
             if model.stop_training or guard.preempted or guard.nan_step is not None:
                 break
@@ -287,6 +343,13 @@ def _fit(plan: RunPlan, model, phases: list, callbacks: list, guard) -> None:
         )
 
 
+def _fit_verbosity(configured):
+    """``train.verbose``, or by default a progress bar on a terminal and one line per epoch elsewhere."""
+    if configured is not None:
+        return configured
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _cluster_failure(e: Exception) -> str:
     """One line out of a collective-op failure: which tasks were lost."""
     lines = [ln.strip().rstrip(":") for ln in str(e).splitlines() if "/job:" in ln and "device" not in ln]
@@ -302,7 +365,8 @@ def _finish(plan: RunPlan, model, summary: dict) -> dict:
         summary["encoder"] = save_encoder(model.encoder, plan.run_dir, cfg.data.contract())
     else:
         summary["encoder"] = None
-    if cfg.eval.train_source and cfg.eval.test_source:
+    summary["chief"] = plan.chief
+    if plan.chief and cfg.eval.train_source and cfg.eval.test_source:
         summary["knn_trained"] = evaluate_knn(model.encoder, cfg)
         if cfg.eval.compare_random_init:
             keras.utils.set_random_seed(cfg.train.seed)
@@ -310,7 +374,28 @@ def _finish(plan: RunPlan, model, summary: dict) -> dict:
                 random_model = build_model(cfg, cfg.data.image_size)
             summary["knn_random_init"] = evaluate_knn(random_model.encoder, cfg)
     if plan.chief:
+        if cfg.monitor.report:  # redrawn with the final kNN (trained vs random init) beside the loss
+            from bt_keras.callbacks.report import write_run_report
+
+            write_run_report(plan.run_dir, summary, lambd=cfg.model.lambd)
         atomic_write(os.path.join(plan.run_dir, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def _completed_summary(plan: RunPlan, start_step: int) -> dict | None:
+    """The earlier summary when the run has nothing left to do; None otherwise.
+
+    A run whose checkpoint is at the last step but that never wrote its
+    summary (stopped while evaluating) is finished again instead.
+    """
+    import tensorflow as tf
+
+    path = os.path.join(plan.run_dir, "summary.json")
+    if start_step < plan.total_steps or not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        summary = json.load(f)
+    summary["already_complete"] = True
     return summary
 
 
@@ -340,9 +425,11 @@ def train(cfg, run_dir: str | None = None) -> dict:
             steps_per_execution=t.steps_per_execution,
         )
     start_step = restore_checkpoint(model, plan.checkpoint)
-    if start_step:
-        epoch = start_step // plan.steps_per_epoch + 1
-        logger.info(f"resuming from step {start_step} (epoch {epoch}) of {plan.checkpoint}")
+    for line in plan.describe(start_step):
+        logger.info(line)
+    done = _completed_summary(plan, start_step)
+    if done is not None:
+        return done
     phases = _phases(plan, start_step)
     guard = TrainingGuard(plan.checkpoint, every_steps=t.checkpoint_every_steps, write=plan.chief)
     callbacks = _callbacks(plan, guard, phases[0][0] if phases else None)

@@ -88,7 +88,19 @@ def test_error_classes_are_one_hierarchy():
 
 
 @pytest.mark.parametrize(
-    "module", ["bt_keras", "bt_keras.config", "bt_keras.cli.train", "bt_keras.contract", "bt_keras.io"]
+    "module",
+    [
+        "bt_keras",
+        "bt_keras.config",
+        "bt_keras.contract",
+        "bt_keras.io",
+        "bt_keras.export",
+        "bt_keras.evaluation",
+        "bt_keras.cli.train",
+        "bt_keras.cli.eval",
+        "bt_keras.cli.export",
+        "bt_keras.cli.data",
+    ],
 )
 def test_importing_does_not_load_tensorflow(module):
     """Config checks and --help answer without paying for TensorFlow."""

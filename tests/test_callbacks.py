@@ -236,3 +236,68 @@ def test_monitors_run_under_a_two_replica_strategy(tmp_path):
     events = read_events(run / "logs" / "monitor")
     assert [s for s, _ in events["knn/top1"]] == [0] and [s for s, _ in events["correlation/C"]] == [0]
     assert (run / "report.png").exists()
+
+
+def _blue_pixels(png):
+    """Pixels of matplotlib's first colour (#1f77b4): curves and bars, never the frame or text."""
+    return np.all(np.abs(png[..., :3].astype(int) - [31, 119, 180]) < 30, axis=-1)
+
+
+def test_report_shows_the_final_knn_instead_of_an_empty_panel(tmp_path):
+    """No kNN monitor: the right panel is the final kNN, trained vs random init; with nothing, one panel."""
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss,off_diag,on_diag\n0,900,3000,880\n1,700,2500,680\n2,500,2000,480\n")
+    final = {"knn_trained": {"top1": 0.9, "top5": 1.0}, "knn_random_init": {"top1": 0.3, "top5": 0.7}}
+    png = tf.io.decode_png(tf.io.read_file(cbs.write_run_report(str(tmp_path), final, lambd=0.0051))).numpy()
+    assert png.shape[1] > 1000
+    right = _blue_pixels(png[:, png.shape[1] // 2 :])
+    assert right.sum() > 2000  # the trained and random-init top-1 bars
+    columns = np.flatnonzero(right.any(axis=0))
+    assert np.any(np.diff(columns) > 20)  # two separate bars, not one
+    png = tf.io.decode_png(tf.io.read_file(cbs.write_run_report(str(tmp_path), {}))).numpy()
+    assert png.shape[1] < 700 and _blue_pixels(png).sum() > 100  # the loss panel alone
+
+
+def test_report_marks_the_final_knn_on_the_monitor_curve(tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,900\n1,700\n")
+    (tmp_path / "knn.csv").write_text("epoch,top1,top5,seconds\n0,0.5,0.8,1\n1,0.6,0.9,1\n")
+    with_final = cbs.write_run_report(str(tmp_path), {"knn_trained": {"top1": 0.7, "top5": 0.95}})
+    a = tf.io.decode_png(tf.io.read_file(with_final)).numpy()
+    b = tf.io.decode_png(tf.io.read_file(cbs.write_run_report(str(tmp_path), {}))).numpy()
+    assert a.shape == b.shape and a.shape[1] > 1000  # the monitor keeps its panel either way
+    black = lambda png: np.all(png[..., :3] < 40, axis=-1)[:, png.shape[1] // 2 :].sum()  # noqa: E731
+    assert black(a) > black(b) + 50  # the star of the final evaluation
+
+
+def test_history_csv_has_no_phantom_validation_columns(tmp_path):
+    x = np.random.default_rng(0).random((64, 16, 16, 3)).astype("float32")
+    pairs = tf.data.Dataset.from_tensor_slices((x, x[::-1])).batch(32, drop_remainder=True)
+    path = tmp_path / "history.csv"
+    model = _tiny_model()
+    model.fit(pairs, epochs=2, verbose=0, callbacks=[cbs.HistoryCSV(str(path), append=True)])
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    assert rows[0] == ["epoch", "embedding_std", "learning_rate", "loss", "off_diag", "on_diag"]
+    assert len(rows) == 3 and "NA" not in sum(rows, [])
+    # Resumed: the same columns, appended, no second header.
+    model.fit(pairs, epochs=3, initial_epoch=2, verbose=0, callbacks=[cbs.HistoryCSV(str(path), append=True)])
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    assert len(rows) == 4 and rows[3][0] == "2" and len(rows[3]) == 6
+    # Validation data: real val_ numbers, as with Keras' CSVLogger.
+    model.fit(pairs, epochs=1, verbose=0, validation_data=pairs, callbacks=[cbs.HistoryCSV(str(tmp_path / "v.csv"))])
+    header, row = [line.split(",") for line in (tmp_path / "v.csv").read_text().splitlines()]
+    assert "val_loss" in header and "NA" not in row
+
+
+def test_history_csv_keeps_the_columns_of_an_older_file(tmp_path):
+    """Resuming a run whose history.csv came from Keras' CSVLogger keeps its val_* columns aligned."""
+    x = np.random.default_rng(0).random((32, 16, 16, 3)).astype("float32")
+    pairs = tf.data.Dataset.from_tensor_slices((x, x[::-1])).batch(32, drop_remainder=True)
+    path = tmp_path / "history.csv"
+    model = _tiny_model()
+    model.fit(pairs, epochs=1, verbose=0, callbacks=[keras.callbacks.CSVLogger(str(path), append=True)])
+    header = path.read_text().splitlines()[0].split(",")
+    assert "val_loss" in header  # Keras' own logger: the phantom columns
+    model.fit(pairs, epochs=2, initial_epoch=1, verbose=0, callbacks=[cbs.HistoryCSV(str(path), append=True)])
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and len(lines[2].split(",")) == len(header)
+    assert dict(zip(header, lines[2].split(",")))["loss"] != "NA"

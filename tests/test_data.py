@@ -163,8 +163,8 @@ def test_data_config_validation_and_yaml_loader():
         config_from_dict({"data": {"image_size": 0}})
     with pytest.raises(ConfigError, match="validate"):
         config_from_dict({"data": {"validate": "sometimes"}})
-    with pytest.raises(UserError, match="data.source"):
-        data.two_view_dataset("ftp://x", batch_size=4)
+    with pytest.raises(UserError, match="^cannot read 'ftp://x'; use demo"):
+        data.two_view_dataset("ftp://x", batch_size=4)  # the API names the source; check_sources adds the key
     with pytest.raises(DataError, match="fewer than one batch"):
         data.two_view_dataset("demo:test", batch_size=1000)
 
@@ -428,3 +428,82 @@ def test_cifar10_jpeg_folder(cifar10_dir, tmp_path):
         )
     )
     assert images.shape == (100, 32, 32, 3) and set(labels.numpy()) == {0}  # sorted: airplanes first
+
+
+def _benchmark_script(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, path
+
+
+def _labelled_split(root, n, seed, num_classes=3):
+    """CIFAR-like labelled JPEG class folders written by benchmarks/make_cifar10_folders.py (no download)."""
+    make, _ = _benchmark_script("make_cifar10_folders")
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % num_classes
+    x = rng.normal(80, 30, (n, 32, 32, 3)) + 120 * (y[:, None, None, None] == np.arange(3))
+    make.write_split(np.clip(x, 0, 255).astype(np.uint8), y, root)
+    return x, y
+
+
+def test_make_cifar10_folders_reads_back_as_a_labelled_folder(tmp_path):
+    make, _ = _benchmark_script("make_cifar10_folders")
+    _, y = _labelled_split(tmp_path / "train", 30, seed=0)
+    info = data.source_info(f"folder:{tmp_path / 'train'}")
+    assert info.num_examples == 30 and info.class_names == list(make.CLASS_NAMES[:3])
+    labels = np.concatenate(
+        [b.numpy() for _, b in data.eval_dataset(f"folder:{tmp_path / 'train'}", batch_size=64, image_size=32)]
+    )
+    assert sorted(labels.tolist()) == sorted(y.tolist())
+
+
+def _quality(*args):
+    import subprocess
+    import sys
+
+    _, path = _benchmark_script("make_cifar10_folders")
+    quality = path.with_name("quality.py")
+    return subprocess.run(
+        [sys.executable, str(quality), *args], capture_output=True, text=True, timeout=600, cwd=path.parents[1]
+    )
+
+
+def test_quality_benchmark_bad_data_is_one_line_exit_2(tmp_path):
+    _labelled_split(tmp_path / "train", 12, seed=0)
+    _labelled_split(tmp_path / "test", 6, seed=1)
+    cases = [
+        (
+            ["--data", f"folder:{tmp_path / 'missing'}"],
+            f"--data: folder:{tmp_path / 'missing'}/train: no such directory",
+        ),
+        (["--data", f"folder:{tmp_path}"], "has 12 usable images, fewer than one batch (train.batch_size=128)"),
+    ]
+    for args, message in cases:
+        proc = _quality(*args, "--minutes", "0.1", "--out", str(tmp_path / "out"))
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("quality.py")]
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_quality_benchmark_runs_on_a_small_labelled_folder(tmp_path):
+    _labelled_split(tmp_path / "data" / "train", 48, seed=0)
+    _labelled_split(tmp_path / "data" / "test", 12, seed=1)
+    out = tmp_path / "out"
+    proc = _quality(
+        "--data", f"folder:{tmp_path / 'data'}", "--minutes", "0.05", "--supervised-minutes", "0.05",
+        "--curve-bank", "20", "--set", "train.batch_size=16", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["num_train"] == 48 and results["data"]["num_test"] == 12
+    assert results["data"]["curve_bank"] == 20
+    assert results["barlow_twins"]["steps"] >= 1 and results["barlow_twins"]["curve"][0]["epoch"] == 0
+    for row in results["rows"].values():
+        assert 0.0 <= row["top1"] <= row["top5"] <= 1.0
+    assert (out / "run" / "encoder.keras").exists() and (out / "table.md").exists()

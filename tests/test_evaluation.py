@@ -1,4 +1,8 @@
-"""kNN and linear probes on cases with known answers, and bt-eval end to end on real CIFAR-10 JPEGs."""
+"""kNN and linear probes on cases with known answers, and bt-eval end to end.
+
+The end-to-end tests run on the demo digits that ship with the package, and again on real CIFAR-10
+JPEGs where the archive is present (``tests/conftest.py``; skipped otherwise).
+"""
 
 import dataclasses
 import json
@@ -6,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -106,6 +111,7 @@ def test_paper_probe_learns_and_leaves_encoder_unchanged():
     assert all(np.array_equal(a, b) for a, b in zip(before, after)), "the probe changed the encoder"
     assert out["top1"] > 0.95, out
     assert out["epochs"] == 4 and "final epoch" in out["reported"]
+    assert (out["num_train"], out["num_test"], out["feature_dim"]) == (600, 150, 8)
     assert len(out["train_loss_per_epoch"]) == 4 and out["train_loss_per_epoch"][-1] < out["train_loss_per_epoch"][0]
 
 
@@ -170,7 +176,19 @@ def _tiny_run(run_dir):
     return encoder, contract
 
 
-def test_bt_eval_end_to_end_on_cifar_jpegs(cifar_subset, tmp_path):
+@pytest.fixture(params=["demo", "cifar10"])
+def labelled_sources(request):
+    """``(train source, test source)``: the bundled demo digits, and a CIFAR-10 JPEG subset if available."""
+    if request.param == "demo":
+        return "demo:train", "demo:test"
+    root = request.getfixturevalue("cifar_subset")
+    return f"folder:{root / 'train'}", f"folder:{root / 'test'}"
+
+
+def test_bt_eval_end_to_end(labelled_sources, tmp_path):
+    from bt_keras.data import count_examples
+
+    train, test = labelled_sources
     run = tmp_path / "run"
     run.mkdir()
     _tiny_run(run)
@@ -182,9 +200,9 @@ def test_bt_eval_end_to_end_on_cifar_jpegs(cifar_subset, tmp_path):
             "--run",
             str(run),
             "--train-data",
-            f"folder:{cifar_subset / 'train'}",
+            train,
             "--test-data",
-            f"folder:{cifar_subset / 'test'}",
+            test,
             "--protocol",
             "both",
             "--k",
@@ -198,7 +216,8 @@ def test_bt_eval_end_to_end_on_cifar_jpegs(cifar_subset, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((run / "eval_report.json").read_text())
-    assert report["num_train"] == 200 and report["num_test"] == 100 and report["feature_dim"] == 16
+    assert report["num_train"] == count_examples(train) and report["num_test"] == count_examples(test)
+    assert report["feature_dim"] == 16
     for key in ("knn", "linear"):
         assert 0.0 <= report[key]["top1"] <= report[key]["top5"] <= 1.0
     assert report["knn"]["k"] == 20 and report["linear"]["mode"] == "fast"
@@ -206,7 +225,7 @@ def test_bt_eval_end_to_end_on_cifar_jpegs(cifar_subset, tmp_path):
     assert "kNN (k=20, T=0.1)" in proc.stdout and "linear, logistic regression" in proc.stdout
 
 
-def test_saved_model_gives_the_same_knn_as_the_keras_encoder(cifar_subset, tmp_path):
+def test_saved_model_gives_the_same_knn_as_the_keras_encoder(labelled_sources, tmp_path):
     from bt_keras.export import export_encoder
 
     encoder, contract = _tiny_run(tmp_path)
@@ -219,13 +238,14 @@ def test_saved_model_gives_the_same_knn_as_the_keras_encoder(cifar_subset, tmp_p
         std=contract.std,
         crop_fraction=1.0,
     )
-    train, test = f"folder:{cifar_subset / 'train'}", f"folder:{cifar_subset / 'test'}"
+    train, test = labelled_sources
     from_keras = ev.evaluate(ev.load_frozen_encoder(run=str(tmp_path)), train, test, k=20)
     loaded = ev.load_frozen_encoder(saved_model=str(tmp_path / "export"))
     assert loaded.contract == contract
     from_saved = ev.evaluate(loaded, train, test, k=20)
     assert from_saved["knn"]["top1"] == from_keras["knn"]["top1"]
     assert from_saved["knn"]["top5"] == from_keras["knn"]["top5"]
+    assert from_keras["num_test"] > 0
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
@@ -277,3 +297,61 @@ def test_flags_that_contradict_the_recorded_contract_are_rejected(tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bt-eval: error: ") and message in err, err
     assert "preprocessing.json" in err and not (tmp_path / "eval_report.json").exists()
+
+
+def test_report_goes_beside_the_model_never_into_a_saved_model(tmp_path):
+    """bt-eval's default report path: the run, the encoder's directory, the bt-export output directory."""
+    exported = tmp_path / "exp"
+    version = exported / "saved_model" / "enc" / "3"
+    serving = tmp_path / "serving" / "enc"
+    for d in (version, serving / "1"):
+        d.mkdir(parents=True)
+        (d / "saved_model.pb").write_bytes(b"")
+
+    def path(**kw):
+        return eval_cli.report_path(SimpleNamespace(**{"report": None, "run": None, "encoder": None, **kw}))
+
+    assert path(saved_model=str(exported)) == f"{exported}/eval_report.json"
+    assert path(saved_model=f"{version}/") == f"{exported}/eval_report.json"
+    assert path(saved_model=str(serving / "1")) == f"{serving}/eval_report.json"
+    assert path(saved_model=str(serving)) == f"{serving}/eval_report.json"
+    assert path(encoder=str(tmp_path / "a" / "enc.keras")) == f"{tmp_path}/a/eval_report.json"
+    assert path(encoder="enc.keras") == "./eval_report.json"
+    assert path(run=f"{tmp_path}/run/") == f"{tmp_path}/run/eval_report.json"
+    assert path(run="r", report="x.json") == "x.json"
+
+
+def test_bt_eval_saved_model_writes_beside_the_export_not_the_cwd(tmp_path, monkeypatch, capsys):
+    from bt_keras.export import export_encoder
+
+    encoder, contract = _tiny_run(tmp_path / "run")
+    export_encoder(
+        encoder,
+        tmp_path / "export",
+        image_size=32,
+        formats=("saved_model",),
+        mean=contract.mean,
+        std=contract.std,
+        crop_fraction=1.0,
+    )
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    argv = ["--saved-model", str(tmp_path / "export"), "--train-data", "demo:train", "--test-data", "demo:test"]
+    assert run_command("bt-eval", eval_cli._main, [*argv, "--protocol", "knn", "--k", "20"]) == 0
+    assert list(cwd.iterdir()) == []
+    report = json.loads((tmp_path / "export" / "eval_report.json").read_text())
+    assert report["encoder"].startswith("saved_model:") and report["num_test"] == 359
+    assert f"report: {tmp_path / 'export'}/eval_report.json" in capsys.readouterr().out
+
+
+def test_paper_probe_prints_the_real_counts(tmp_path, capsys):
+    """The SGD probe extracts no features up front; the counts still come from the data."""
+    _tiny_run(tmp_path)
+    argv = ["--run", str(tmp_path), "--train-data", "demo:train", "--test-data", "demo:test"]
+    argv += ["--protocol", "linear", "--linear", "paper", "--epochs", "1"]
+    assert run_command("bt-eval", eval_cli._main, argv) == 0
+    out = capsys.readouterr().out
+    assert "1438 train / 359 test images, 16-d features" in out and "?" not in out
+    report = json.loads((tmp_path / "eval_report.json").read_text())
+    assert (report["num_train"], report["num_test"], report["feature_dim"]) == (1438, 359, 16)

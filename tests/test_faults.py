@@ -39,7 +39,7 @@ ARGS = [
 ]
 
 
-def _cmd(run_dir):
+def _cmd(run_dir, *extra):
     return [
         sys.executable,
         "-m",
@@ -49,6 +49,7 @@ def _cmd(run_dir):
         "--run-dir",
         str(run_dir),
         *ARGS,
+        *extra,
     ]
 
 
@@ -56,8 +57,8 @@ def _env():
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
 
 
-def _run(run_dir):
-    proc = subprocess.run(_cmd(run_dir), capture_output=True, text=True, timeout=600, env=_env(), cwd=ROOT)
+def _run(run_dir, *extra):
+    proc = subprocess.run(_cmd(run_dir, *extra), capture_output=True, text=True, timeout=600, env=_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -77,10 +78,10 @@ def _wait_for_checkpoints(procs, run_dir, saves):
         time.sleep(0.05)
 
 
-def _start_and_wait_for_checkpoints(run_dir, saves):
+def _start_and_wait_for_checkpoints(run_dir, saves, *extra):
     """Starts a run; returns it once its checkpoint has been written ``saves`` times."""
     proc = subprocess.Popen(
-        _cmd(run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
+        _cmd(run_dir, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
     )
     _wait_for_checkpoints([proc], run_dir, saves)
     return proc

@@ -19,13 +19,17 @@ SMALL = [
     "--set",
     "train.batch_size=64",
     "--set",
-    "train.verbose=0",
-    "--set",
     "eval.k=5",
 ]
+TF_LOG_PREFIXES = ("I0000", "W0000", "E0000", "WARNING: All log messages", "oneDNN")
 
 
-def _bt_train(run_dir, *args):
+def _new_user_env():
+    """A user's shell: no TF_CPP_MIN_LOG_LEVEL of ours."""
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def _bt_train(run_dir, *args, env=None):
     return subprocess.run(
         [
             sys.executable,
@@ -41,15 +45,23 @@ def _bt_train(run_dir, *args):
         capture_output=True,
         text=True,
         timeout=600,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        env=env or dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
         cwd=ROOT,
     )
 
 
 def test_demo_runs_end_to_end_then_resumes(tmp_path):
     run = tmp_path / "run"
-    proc = _bt_train(run, "--set", "train.epochs=1")
+    proc = _bt_train(run, "--set", "train.epochs=1", env=_new_user_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Quiet and plain: no TensorFlow log lines, no progress-bar redraws in a log file, one screen.
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert not [ln for ln in lines if ln.startswith(TF_LOG_PREFIXES)], proc.stdout + proc.stderr
+    assert "\r" not in proc.stdout and "\x1b" not in proc.stdout
+    assert len(lines) < 30, proc.stdout + proc.stderr
+    # The start-of-run summary says what will happen before it happens.
+    assert "1438 usable images" in proc.stdout and "batch 64 global, 64 per replica" in proc.stdout
+    assert f"{1438 // 64} steps/epoch x 1 epochs" in proc.stdout and "starts from scratch" in proc.stdout
     for name in (
         "config.yaml",
         "encoder.keras",
@@ -79,8 +91,32 @@ def test_demo_runs_end_to_end_then_resumes(tmp_path):
     lrs = [float(r["learning_rate"]) for r in rows]
     assert lrs[1] != lrs[0] and lrs[1] > 0
 
+    # A finished run, rerun: says so and trains nothing.
+    proc = _bt_train(run, "--set", "train.epochs=2", "--set", "eval.compare_random_init=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "already complete" in proc.stdout and "Epoch" not in proc.stdout
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2 * steps_per_epoch
+
 
 def test_too_little_data_is_a_clear_error(tmp_path):
     proc = _bt_train(tmp_path / "run", "--set", "train.batch_size=4096", "--set", "train.epochs=1")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "fewer than one global batch (4096)" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists(), "a run that failed before training left a directory"
+
+
+def test_help_and_config_errors_answer_before_tensorflow_loads(tmp_path):
+    """--help and a config typo: answered at once (TensorFlow takes seconds to import)."""
+    import time
+
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bt_keras.cli.train", "--help"], capture_output=True, text=True, timeout=120
+    )
+    help_s = time.perf_counter() - started
+    assert proc.returncode == 0 and "docs/training.md" in proc.stdout and "--verbose" in proc.stdout
+    started = time.perf_counter()
+    proc = _bt_train(tmp_path / "run", "--set", "train.epochz=1")
+    typo_s = time.perf_counter() - started
+    assert proc.returncode == 2 and "unknown key 'train.epochz'" in proc.stderr
+    assert help_s < 2 and typo_s < 2, (help_s, typo_s)  # importing TensorFlow alone takes ~3 s here

@@ -33,7 +33,7 @@ TensorShape([4, 32, 32, 3])
 
 from __future__ import annotations
 
-import importlib
+from bt_keras._lazy import lazy_namespace
 
 _CONFIG = (
     "AugmentConfig",
@@ -64,29 +64,17 @@ _PIXEL = (
 )
 # Name -> the submodule that defines it.
 _EXPORTS = {
-    **{name: "config" for name in _CONFIG},
-    **{name: "rng" for name in ("example_keys", "fold_key", "uniforms", "view_key")},
-    **{name: "params" for name in ("sample_params", "PIXEL_PARAMS")},
-    **{name: "crop" for name in ("crop_resize", "crop_resize_batch", "decode_crop_resize")},
-    **{name: "pixel" for name in _PIXEL},
-    **{name: "views" for name in ("TwoViews", "VECTORISED_MAX_SIDE", "augment_pair", "augment_views")},
+    **{name: "bt_keras.augment.config" for name in _CONFIG},
+    **{name: "bt_keras.augment.rng" for name in ("example_keys", "fold_key", "uniforms", "view_key")},
+    **{name: "bt_keras.augment.params" for name in ("sample_params", "PIXEL_PARAMS")},
+    **{name: "bt_keras.augment.crop" for name in ("crop_resize", "crop_resize_batch", "decode_crop_resize")},
+    **{name: "bt_keras.augment.pixel" for name in _PIXEL},
+    **{name: "bt_keras.augment.views" for name in ("TwoViews", "VECTORISED_MAX_SIDE", "augment_pair", "augment_views")},
 }
-_ALIASES = {"_resolved": ("config", "resolve_augment")}  # the old private name
+_ALIASES = {"_resolved": ("bt_keras.augment.config", "resolve_augment")}  # the old private name
 
 __all__ = sorted(name for name in _EXPORTS if not name.startswith("_"))
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        module, attr = _EXPORTS[name], name
-    elif name in _ALIASES:
-        module, attr = _ALIASES[name]
-    else:
-        raise AttributeError(f"module 'bt_keras.augment' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"bt_keras.augment.{module}"), attr)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__():
-    return sorted([*__all__, "config", "crop", "params", "pixel", "rng", "views"])
+_SUBMODULES = ("config", "crop", "params", "pixel", "rng", "views")
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES, aliases=_ALIASES)

@@ -16,12 +16,15 @@ do not change training:
   the fixed batch's two views (every s-th row and column, so diagonal
   entries stay diagonal), as a TensorBoard image every epoch.
 - :class:`TrainingReport`: ``RUN/report.png`` at the end (loss terms and kNN
-  accuracy against epochs).
+  accuracy against epochs); :func:`write_run_report` redraws it after the
+  final evaluation, with the trained encoder's kNN next to random init.
+- :class:`HistoryCSV`: ``RUN/history.csv``, Keras' ``CSVLogger`` without its
+  always-``NA`` ``val_*`` columns.
 - :class:`TimeBudget`: stops training after a wall-clock budget of training
   steps and can drive the learning rate by the elapsed fraction of it.
 
 Modules: :mod:`~bt_keras.callbacks.health` (the indicators, pure NumPy),
-:mod:`~bt_keras.callbacks.monitors`, :mod:`~bt_keras.callbacks.report`,
+:mod:`~bt_keras.callbacks.monitors`, :mod:`~bt_keras.callbacks.report`, :mod:`~bt_keras.callbacks.history`,
 :mod:`~bt_keras.callbacks.budget` and :mod:`~bt_keras.callbacks.wiring`
 (:func:`monitor_callbacks`: a config's ``monitor:`` section for ``bt-train``).
 
@@ -44,14 +47,16 @@ from __future__ import annotations
 
 from bt_keras.callbacks.budget import TimeBudget
 from bt_keras.callbacks.health import correlation_heatmap, effective_rank, representation_health
+from bt_keras.callbacks.history import HistoryCSV
 from bt_keras.callbacks.monitors import CorrelationImage, KnnMonitor, RepresentationHealth
-from bt_keras.callbacks.report import TrainingReport, plot_report, read_history
+from bt_keras.callbacks.report import TrainingReport, plot_report, read_history, write_run_report
 from bt_keras.callbacks.wiring import MONITOR_SUBDIR, monitor_callbacks, probe_views
 from bt_keras.data.labelled import sample_labelled
 
 __all__ = [
     "MONITOR_SUBDIR",
     "CorrelationImage",
+    "HistoryCSV",
     "KnnMonitor",
     "RepresentationHealth",
     "TimeBudget",
@@ -64,4 +69,5 @@ __all__ = [
     "read_history",
     "representation_health",
     "sample_labelled",
+    "write_run_report",
 ]

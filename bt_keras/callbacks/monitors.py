@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from bt_keras.callbacks.health import correlation_heatmap, representation_health
-from bt_keras.evaluation.features import extract_features
+from bt_keras.evaluation.features import extract_features, inference_fn
 from bt_keras.evaluation.knn import knn_accuracy
 from bt_keras.io import atomic_write
 from bt_keras.losses import cross_correlation
@@ -187,6 +187,15 @@ class _ProbeCallback(_MonitorCallback):
         self._fn = None
 
     def _outputs(self):
+        """``(h_a, z_a, z_b)`` of the fixed batch, float32 NumPy arrays."""
+        if self._fn is None and keras.backend.backend() == "jax":
+            encoder, projector = inference_fn(self.model.encoder), inference_fn(self.model.projector)
+
+            def run_jax(a, b):
+                h_a = encoder(a)
+                return h_a, projector(h_a), projector(encoder(b))
+
+            self._fn = run_jax
         if self._fn is None:
             model = self.model
 
@@ -198,7 +207,7 @@ class _ProbeCallback(_MonitorCallback):
                 return tf.cast(h_a, tf.float32), tf.cast(z_a, tf.float32), tf.cast(z_b, tf.float32)
 
             self._fn = run
-        return self._fn(self.view_a, self.view_b)
+        return tuple(np.asarray(t) for t in self._fn(self.view_a, self.view_b))
 
 
 class RepresentationHealth(_ProbeCallback):
@@ -230,7 +239,7 @@ class RepresentationHealth(_ProbeCallback):
         if not self._due(epoch):
             return
         h, z, _ = self._outputs()
-        stats = representation_health(h.numpy(), z.numpy(), self.dead_threshold)
+        stats = representation_health(h, z, self.dead_threshold)
         self.last = stats
         if self.writer is not None:
             with self.writer.as_default(step=epoch):
@@ -272,7 +281,7 @@ class CorrelationImage(_ProbeCallback):
         if not self._due(epoch):
             return
         _, z_a, z_b = self._outputs()
-        c = cross_correlation(z_a, z_b).numpy()
+        c = keras.ops.convert_to_numpy(cross_correlation(z_a, z_b))
         d = c.shape[0]
         diag = np.diag(c)
         off_rms = math.sqrt(max((np.square(c).sum() - np.square(diag).sum()) / max(d * d - d, 1), 0.0))

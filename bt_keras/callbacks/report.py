@@ -1,4 +1,8 @@
-"""The training report picture: loss terms and kNN accuracy against epochs (``RUN/report.png``).
+"""The training report picture (``RUN/report.png``): loss terms against epochs, and the kNN accuracy.
+
+:class:`TrainingReport` draws it when training ends; :func:`write_run_report`
+redraws it after the final evaluation, with the trained encoder's kNN next to
+random initialisation.
 
 Examples:
 
@@ -59,27 +63,50 @@ def _plot_losses(ax, history: dict, lambd: float | None) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_title("Barlow Twins loss terms (training)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
 
-def _plot_knn(ax, knn: dict) -> None:
+_FINAL_KEYS = (("trained", "knn_trained"), ("random init", "knn_random_init"))
+
+
+def _plot_knn(ax, knn: dict, final: dict, last_epoch: int) -> None:
+    """kNN top-1/top-5 against epochs, the final evaluation marked on it; or, without a monitor, the final bars."""
     if knn.get("top1"):
         ke = [e + 1 for e in knn["epoch"]]
-        ax.plot(ke, knn["top1"], marker="o", label="kNN top-1")
+        ax.plot(ke, knn["top1"], marker="o", label="kNN top-1 (monitor)")
         if knn.get("top5"):
-            ax.plot(ke, knn["top5"], marker="s", ms=3, alpha=0.6, label="kNN top-5")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=8)
+            ax.plot(ke, knn["top5"], marker="s", ms=3, alpha=0.6, label="kNN top-5 (monitor)")
+        if "trained" in final:
+            ax.plot([last_epoch], [final["trained"]["top1"]], "k*", ms=12, label="top-1 after training")
+        if "random init" in final:
+            ax.axhline(final["random init"]["top1"], color="gray", ls="--", label="top-1 at random init")
+        ax.set_xlabel("epoch")
+        ax.set_title("kNN accuracy (validation)")
     else:
-        ax.text(0.5, 0.5, "kNN monitor off\n(monitor.knn_every_epochs)", ha="center", va="center")
-    ax.set_xlabel("epoch")
-    ax.set_title("kNN accuracy (validation)")
+        names = list(final)
+        x = np.arange(len(names))
+        for offset, key, alpha in ((-0.2, "top1", 1.0), (0.2, "top5", 0.5)):
+            values = [final[n][key] for n in names]
+            bars = ax.bar(x + offset, values, width=0.38, alpha=alpha, label=key.replace("top", "top-"))
+            ax.bar_label(bars, fmt="%.3f", fontsize=8)
+        ax.set_xticks(x, [f"{n} encoder" if n == "trained" else n for n in names])
+        ax.set_title("kNN accuracy after training (test set)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
 
 
-def plot_report(history: dict, knn: dict, path: str, lambd: float | None = None, title: str = "") -> str:
-    """Writes the training report picture: loss terms (left) and kNN top-1 (right) against epochs.
+def plot_report(
+    history: dict, knn: dict, path: str, lambd: float | None = None, title: str = "", final_knn: dict | None = None
+) -> str:
+    """Writes the training report picture: loss terms against epochs, and the kNN accuracy.
+
+    The right panel shows the kNN monitor's curve (``knn``) with the final
+    evaluation marked on it, or, without a monitor, the final kNN of the
+    trained encoder next to random initialisation as bars; with neither, the
+    picture has only the loss panel.
 
     Args:
         history: as from :func:`read_history` of ``history.csv``.
@@ -87,6 +114,7 @@ def plot_report(history: dict, knn: dict, path: str, lambd: float | None = None,
         path: the PNG file, written atomically (local or ``gs://``).
         lambd: the off-diagonal weight λ; the off-diagonal term is drawn × λ.
         title: the picture's title.
+        final_knn: ``{"trained": {"top1", "top5"}, "random init": {...}}``, either optional.
 
     Examples:
 
@@ -98,9 +126,13 @@ def plot_report(history: dict, knn: dict, path: str, lambd: float | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    _plot_losses(ax1, history, lambd)
-    _plot_knn(ax2, knn)
+    final = {name: r for name, r in (final_knn or {}).items() if r}
+    panels = 2 if knn.get("top1") or final else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    _plot_losses(axes[0][0], history, lambd)
+    if panels == 2:
+        epochs = history.get("epoch") or knn.get("epoch") or [0]
+        _plot_knn(axes[0][1], knn, final, int(max(epochs)) + 1)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -109,6 +141,37 @@ def plot_report(history: dict, knn: dict, path: str, lambd: float | None = None,
     plt.close(fig)
     atomic_write(path, buf.getvalue())
     return path
+
+
+def write_run_report(run_dir: str, summary: dict, lambd: float | None = None) -> str:
+    """Redraws ``RUN/report.png`` from the run's logs with the final kNN of ``summary`` (after training).
+
+    The :class:`TrainingReport` callback draws the picture when ``fit`` ends;
+    the trainer calls this once the final evaluation is known, so the
+    picture also shows the trained encoder's kNN next to random initialisation.
+
+    Args:
+        run_dir: the run directory (``history.csv``, ``knn.csv``; ``report.png`` is written there).
+        summary: the run's summary (``knn_trained``, ``knn_random_init``, either optional).
+        lambd: the off-diagonal weight λ.
+
+    Examples:
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> final = {"knn_trained": {"top1": 0.9, "top5": 1.0}, "knn_random_init": {"top1": 0.8, "top5": 0.99}}
+    >>> write_run_report(d, final).endswith("report.png")
+    True
+    """
+    final = {name: summary[key] for name, key in _FINAL_KEYS if summary.get(key)}
+    return plot_report(
+        read_history(f"{run_dir}/history.csv"),
+        read_history(f"{run_dir}/knn.csv"),
+        f"{run_dir.rstrip('/')}/report.png",
+        lambd=lambd,
+        title=run_dir.rstrip("/").rsplit("/", 1)[-1],
+        final_knn=final,
+    )
 
 
 class TrainingReport(keras.callbacks.Callback):

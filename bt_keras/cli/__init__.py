@@ -1,10 +1,14 @@
-"""The ``bt-*`` commands, and what they share: one-line user errors with exit code 2.
+"""The ``bt-*`` commands, and what they share: one-line errors, quiet output.
 
 Each command lives in its own module (``train``, ``eval``, ``export``,
 ``data``) and is a thin layer over the library: parse and validate the
-arguments (before TensorFlow is imported where possible), call the library,
-print. Only these modules print; the library logs through
-``logging.getLogger("bt_keras")``.
+arguments (before TensorFlow is imported), call the library, print. Only
+these modules print; the library logs through ``logging.getLogger("bt_keras")``
+and :func:`run_command` shows those records as the command's own lines.
+
+TensorFlow's C++ and Python logs are silenced unless the user asked for them
+(``-v``/``--verbose``, or their own ``TF_CPP_MIN_LOG_LEVEL``): a command's
+output is ours, and an error is our one line.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 
 from bt_keras.errors import UserError
@@ -20,7 +25,14 @@ __all__ = ["ArgumentParser", "UserError", "log_to_console", "run_command"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) and exit code 2."""
+    """argparse with a one-line error (no usage dump), exit code 2, and ``-v/--verbose``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "-v", "--verbose", action="store_true", help="show TensorFlow's own log lines (hidden by default)"
+        )
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -32,6 +44,8 @@ def run_command(prog: str, body, argv=None) -> int:
 
     While it runs, the library's log records show as ``prog: message`` lines.
     """
+    args = sys.argv[1:] if argv is None else argv
+    quiet_tensorflow(verbose="-v" in args or "--verbose" in args)
     with log_to_console(prog):
         try:
             return body(argv) or 0
@@ -77,3 +91,76 @@ def log_to_console(prog: str):
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+# Before TensorFlow is imported: C++ logs (I/W/E lines, cuInit on CPU-only hosts, libjpeg
+# warnings, rendezvous aborts), gRPC's, and the Python-side "tensorflow"/"absl" loggers.
+_QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR", "GLOG_minloglevel": "3"}
+
+
+_verbose = False
+
+
+def quiet_tensorflow(verbose: bool = False) -> None:
+    """Hides TensorFlow's log output unless ``verbose``; a user's own environment settings win."""
+    global _verbose
+    _verbose = verbose
+    if verbose:
+        return
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in ("tensorflow", "absl", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def load_tensorflow() -> None:
+    """Imports TensorFlow and Keras; unless verbose, native code's stderr goes to /dev/null from here on.
+
+    TensorFlow's C++ logging before absl is initialised (oneDNN, CUDA probing,
+    CPU features) ignores ``TF_CPP_MIN_LOG_LEVEL``, and libjpeg prints its
+    warnings ("Unsupported marker type", "Input file read error") straight to
+    file descriptor 2. So the process's descriptor 2 is pointed at /dev/null
+    and Python's ``sys.stderr`` at a copy of the real one: our messages,
+    warnings and tracebacks still reach the terminal, native chatter does not.
+    A crash inside native code is then silent: ``--verbose`` shows everything.
+    Commands call this after their arguments and config are checked. With
+    ``--verbose``, or when the user set ``TF_CPP_MIN_LOG_LEVEL`` below 3,
+    nothing is hidden.
+    """
+    quiet = not _verbose and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "3"
+    if quiet and "tensorflow" not in sys.modules:
+        sys.stderr.flush()
+        real_stderr = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = os.fdopen(real_stderr, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    import keras  # noqa: F401
+    import tensorflow  # noqa: F401
+
+
+def select_backend(configured: str | None) -> str:
+    """Sets ``KERAS_BACKEND`` before Keras is imported: the config's ``train.backend``, else the environment's.
+
+    A config that disagrees with ``KERAS_BACKEND`` (or with an already imported
+    Keras) is an error, as is JAX without JAX installed.
+    """
+    from_env = os.environ.get("KERAS_BACKEND")
+    if configured and from_env and configured != from_env:
+        raise UserError(
+            f"train.backend is {configured!r} but KERAS_BACKEND={from_env} in the environment; "
+            "unset one of them or make them agree"
+        )
+    backend = configured or from_env or "tensorflow"
+    if backend == "jax":
+        import importlib.util
+
+        if importlib.util.find_spec("jax") is None:
+            raise UserError('train.backend: jax is not installed; install it with: pip install "bt_keras[jax]"')
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != backend:
+            raise UserError(f"train.backend: Keras is already running on {keras.backend.backend()}, not {backend}")
+    os.environ["KERAS_BACKEND"] = backend
+    return backend

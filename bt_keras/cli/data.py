@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from bt_keras.cli import ArgumentParser, UserError, run_command
+from bt_keras.cli import ArgumentParser, UserError, load_tensorflow, run_command
 
 PROG = "bt-data"
 
@@ -47,7 +47,8 @@ def _body(argv) -> int:
     if args.shards < 1:
         raise UserError(f"--shards: must be >= 1, got {args.shards}")
 
-    from bt_keras.data.tfrecords import write_tfrecords  # imports TensorFlow: after argument checks
+    load_tensorflow()
+    from bt_keras.data.tfrecords import write_tfrecords
 
     info = write_tfrecords(
         source, args.output, name=args.name, num_shards=args.shards, data_dir=args.data_dir, seed=args.seed

@@ -12,14 +12,14 @@ it (one-line error, exit code 2). See :mod:`bt_keras.evaluation`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from bt_keras.cli import ArgumentParser, run_command
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
 from bt_keras.cli.args import floats, fraction, positive_float, positive_int
 from bt_keras.errors import UserError
-from bt_keras.evaluation import LINEAR_MODES, PROTOCOLS, evaluate, format_table
+from bt_keras.evaluation import LINEAR_MODES, PROTOCOLS
 from bt_keras.io import atomic_write
-from bt_keras.saving import load_frozen_encoder
 
 PROG = "bt-eval"
 
@@ -37,15 +37,22 @@ def build_parser() -> ArgumentParser:
         "(folder:PATH, tfds:NAME[:SPLIT], tfrecord:GLOB, demo:train); default: the run's eval.train_source",
     )
     parser.add_argument("--test-data", help="labelled test source; default: the run's eval.test_source")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="both")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="both",
+        help="knn: weighted kNN on the frozen features; linear: a linear probe; both (default)",
+    )
     parser.add_argument(
         "--linear",
         choices=LINEAR_MODES,
         default="fast",
         help="fast: logistic regression on extracted features; paper: SGD 100 epochs with crops",
     )
-    parser.add_argument("--k", type=positive_int, default=200)
-    parser.add_argument("--temperature", type=positive_float, default=0.1)
+    parser.add_argument("--k", type=positive_int, default=200, help="neighbours of the kNN vote (default 200)")
+    parser.add_argument(
+        "--temperature", type=positive_float, default=0.1, help="kNN vote weights exp(cosine / T) (default 0.1)"
+    )
     parser.add_argument("--epochs", type=positive_int, default=100, help="epochs of the paper linear protocol")
     parser.add_argument("--C", type=positive_float, default=1.0, help="inverse L2 strength of the fast probe")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="feature-extraction batch")
@@ -54,7 +61,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--mean", type=floats, help="R,G,B (must match a recorded contract)")
     parser.add_argument("--std", type=floats, help="R,G,B (must match a recorded contract)")
     parser.add_argument("--crop-fraction", type=fraction, help="(must match a recorded contract)")
-    parser.add_argument("--report", help="JSON report path (default: RUN/eval_report.json, else ./eval_report.json)")
+    parser.add_argument(
+        "--report",
+        help="JSON report path (default: eval_report.json beside the model: in RUN, in the --encoder file's "
+        "directory, or in the bt-export output directory of --saved-model)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -80,8 +91,53 @@ def _data_sources(args) -> tuple:
     return train_data, test_data, data_dir
 
 
+def report_path(args) -> str:
+    """Where the JSON report goes: ``--report``, else ``eval_report.json`` beside the evaluated model.
+
+    Beside the model means the run directory, the ``--encoder`` file's
+    directory, or for ``--saved-model`` the directory given, except that a
+    SavedModel directory itself is never written into: the report goes to the
+    ``bt-export`` output directory above ``saved_model/<name>/<version>``, or
+    else to the SavedModel's parent (a TF Serving model base path).
+
+    Examples:
+
+    >>> from types import SimpleNamespace as A
+    >>> report_path(A(report=None, run=None, encoder="runs/a/encoder.keras", saved_model=None))
+    'runs/a/eval_report.json'
+    """
+    import tensorflow as tf
+
+    if args.report:
+        return args.report
+    if args.run:
+        base = args.run.rstrip("/")
+    elif args.encoder:
+        base = os.path.dirname(args.encoder) or "."
+    else:
+        base = args.saved_model.rstrip("/") or "/"
+        if tf.io.gfile.exists(base + "/saved_model.pb"):
+            parts = base.split("/")
+            export_root = len(parts) > 3 and parts[-3] == "saved_model" and parts[-1].isdigit()
+            base = "/".join(parts[:-3]) if export_root else (os.path.dirname(base) or ".")
+    return base + "/eval_report.json"
+
+
+def _check_writable(path: str) -> None:
+    """Refuses a local report path whose directory cannot be written, before any evaluation."""
+    if "://" in path:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise UserError(f"cannot write the report into {directory}: pass --report PATH")
+
+
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    load_tensorflow()
+    from bt_keras.evaluation import evaluate, format_table
+    from bt_keras.saving import load_frozen_encoder
+
     train_data, test_data, data_dir = _data_sources(args)
     encoder = load_frozen_encoder(
         args.run,
@@ -92,6 +148,8 @@ def _main(argv) -> int:
         std=args.std,
         crop_fraction=args.crop_fraction,
     )
+    path = report_path(args)
+    _check_writable(path)
     report = evaluate(
         encoder,
         train_data,
@@ -107,11 +165,10 @@ def _main(argv) -> int:
         seed=args.seed,
         log=lambda m: print(f"{PROG}: {m}", file=sys.stderr, flush=True),
     )
-    path = args.report or (args.run.rstrip("/") + "/eval_report.json" if args.run else "eval_report.json")
     atomic_write(path, json.dumps(report, indent=2) + "\n")
     print(
-        f"{PROG}: {report['encoder']}: {report.get('num_train', '?')} train / {report.get('num_test', '?')} "
-        f"test images, {report.get('feature_dim', '?')}-d features"
+        f"{PROG}: {report['encoder']}: {report['num_train']} train / {report['num_test']} "
+        f"test images, {report['feature_dim']}-d features"
     )
     print(format_table(report))
     print(f"report: {path}")

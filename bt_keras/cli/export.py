@@ -16,11 +16,11 @@ import signal
 import sys
 from pathlib import Path
 
-from bt_keras.cli import ArgumentParser, run_command
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
 from bt_keras.cli.args import floats, fraction, positive_int
 from bt_keras.contract import read_contract, resolve_contract
 from bt_keras.errors import ExportArgumentError, ExportFailed, one_line
-from bt_keras.export import DEFAULT_TOLERANCE, FORMATS, ONNX_OPSET, checks, export_encoder, publish
+from bt_keras.export.layout import DEFAULT_TOLERANCE, FORMATS, ONNX_OPSET, check_formats, check_name
 
 PROG = "bt-export"
 
@@ -105,10 +105,15 @@ def _print_result(result) -> None:
 
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
-    formats = checks.check_formats(args.formats)
-    checks.check_name(args.name, what="--name")
+    formats = check_formats(args.formats)
+    check_name(args.name, what="--name")
     encoder_file, contract_file, contract = _resolve(args)
+    from bt_keras.export import publish
+
     publish.check_destination(Path(args.out).absolute(), args.overwrite)
+    load_tensorflow()
+    from bt_keras.export import export_encoder
+
     source = {
         "run_dir": None if args.run is None else str(Path(args.run).absolute()),
         "preprocessing_file": None if contract_file is None else str(contract_file.absolute()),

@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import sys
 
-from bt_keras.cli import ArgumentParser, run_command
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, select_backend
 from bt_keras.errors import TrainingStopped
 
 PROG = "bt-train"
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Pretrain a Barlow Twins encoder from a YAML config (resumes a run directory it finds).",
+        epilog=(
+            "config sections: data (source, image size, augmentations), model (encoder, projector, lambda),\n"
+            "optim (LARS/AdamW, learning rates, warmup), train (epochs, batch, strategy, precision, run_dir),\n"
+            "eval (final kNN), monitor (kNN, health, report). Every key, its meaning and default:\n"
+            "docs/training.md in the bt_keras repository; complete examples: configs/*.yaml."
+        ),
+    )
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument(
         "--set",
@@ -31,7 +40,16 @@ def build_parser() -> ArgumentParser:
 
 
 def print_summary(summary: dict) -> None:
-    print(f"{PROG}: {summary['steps']} steps in {summary['seconds']} s; encoder: {summary.get('encoder')}")
+    if not summary.get("chief", True):
+        print(f"{PROG}: worker done after {summary['steps']} steps; the chief writes the run's files")
+        return
+    if summary.get("already_complete"):
+        print(
+            f"{PROG}: this run is already complete ({summary['steps']} steps; encoder: {summary.get('encoder')}); "
+            "raise train.epochs to train on, or use another --run-dir"
+        )
+    else:
+        print(f"{PROG}: {summary['steps']} steps in {summary['seconds']} s; encoder: {summary.get('encoder')}")
     if "knn_trained" in summary:
         rows = [("trained encoder", summary["knn_trained"])]
         if "knn_random_init" in summary:
@@ -46,6 +64,8 @@ def _body(argv) -> int:
     from bt_keras.config import load_config
 
     cfg = load_config(args.config, args.set)
+    select_backend(cfg.train.backend)
+    load_tensorflow()
     from bt_keras.training import train
 
     try:

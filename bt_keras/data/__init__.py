@@ -43,7 +43,7 @@ TensorShape([64, 32, 32, 3])
 
 from __future__ import annotations
 
-import importlib
+from bt_keras._lazy import lazy_namespace
 
 # Name -> the module that defines it.
 _EXPORTS = {
@@ -66,15 +66,5 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'bt_keras.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__():
-    return sorted(
-        [*__all__, "config", "demo", "labelled", "pipelines", "prepare", "sources", "tfrecords", "validation"]
-    )
+_SUBMODULES = ("config", "demo", "labelled", "pipelines", "prepare", "sources", "tfrecords", "validation")
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES)

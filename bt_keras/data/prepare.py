@@ -39,7 +39,7 @@ from bt_keras.data.validation import confirm_quick, quick_check, reason_summary,
 from bt_keras.errors import DataError
 from bt_keras.preprocess import decode_rgb
 
-__all__ = ["Prepared", "SourceInfo", "count_examples", "prepare", "source_info"]
+__all__ = ["Prepared", "SourceInfo", "count_examples", "open_source", "prepare", "source_info"]
 
 
 @dataclass
@@ -144,6 +144,58 @@ def _to_memory(name, uids, labels, shapes, flat, has_labels) -> MemorySource:
     return MemorySource(name, labels=labels, flat=flat, offsets=offsets, shapes=shapes, uids=uids)
 
 
+def _has_labels(src: Source) -> bool:
+    if isinstance(src, (FolderSource, MemorySource)):
+        return src.labels is not None
+    if isinstance(src, TFDSSource):
+        return src.label_key is not None
+    return bool(getattr(src, "has_labels", False))
+
+
+def _check_not_empty(src: Source) -> None:
+    if isinstance(src, FolderSource) and not src.paths:
+        raise DataError(
+            f"{src.name}: no image files (jpg, jpeg, png, bmp, gif) found"
+            + (f"; {len(src.ignored)} other files ignored" if src.ignored else "")
+        )
+
+
+def open_source(source, data_dir=None, *, key: str | None = None, labelled: bool = False) -> Source:
+    """Opens a source (lists the folder, globs the files, finds the TFDS split); errors name ``key``.
+
+    The one place where a source is opened on behalf of a config key or flag:
+    a missing path, an empty folder, an unknown scheme or (with ``labelled``)
+    a source without labels is a one-line ``DataError`` starting with
+    ``key`` (e.g. ``eval.train_source: folder:x: no such directory``).
+
+    Args:
+        source: a source string or NumPy arrays (see :mod:`bt_keras.data`).
+        data_dir: TensorFlow Datasets directory.
+        key: the config key or flag holding ``source``, put first in messages.
+        labelled: also require labels (class sub-folders for folders).
+
+    Examples:
+
+    >>> open_source("demo:test", key="eval.test_source", labelled=True).n
+    359
+    >>> open_source("folder:/no/such/dir", key="eval.train_source")
+    Traceback (most recent call last):
+    ...
+    bt_keras.errors.DataError: eval.train_source: folder:/no/such/dir: no such directory
+    """
+    try:
+        src = parse_source(source, data_dir)
+        _check_not_empty(src)
+        if labelled and not _has_labels(src):
+            hint = " (no class sub-folders)" if isinstance(src, FolderSource) else ""
+            raise DataError(f"{src.name}: has no labels{hint}; a labelled source is needed here")
+    except DataError as e:
+        if key is None:
+            raise
+        raise DataError(f"{key}: {e}") from None
+    return src
+
+
 _PREPARED_CACHE: dict = {}
 _PREPARED_CACHE_SIZE = 4
 
@@ -192,11 +244,7 @@ def _decide_cache(cache, estimate, cache_max_mb):
 
 def _prepare_folder(src: FolderSource, shard, cache, cache_max_mb, validate) -> Prepared:
     sel = src.shard(*shard)
-    if len(src.paths) == 0:
-        raise DataError(
-            f"{src.name}: no image files (jpg, jpeg, png, bmp, gif) found"
-            + (f"; {len(src.ignored)} other files ignored" if src.ignored else "")
-        )
+    _check_not_empty(src)
     sample = [src.read(int(u)) for u in sel[:: max(1, len(sel) // 16)][:16]]
     cached = _decide_cache(cache, _estimate_decoded_bytes(sample, len(sel)), cache_max_mb)
     mode = validate if validate != "auto" else ("full" if cached else "quick")

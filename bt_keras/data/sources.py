@@ -456,14 +456,18 @@ def parse_source(source, data_dir=None) -> Source:
     >>> parse_source("ftp://x")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    bt_keras.errors.DataError: data.source: cannot read 'ftp://x'; use demo[:train|test], tfds:NAME[:SPLIT], ...
+    bt_keras.errors.DataError: cannot read 'ftp://x'; use demo[:train|test], tfds:NAME[:SPLIT], ...
+
+    Messages name the source, not the config key that holds it (the same
+    source may be ``data.source`` or ``eval.test_source``):
+    :func:`~bt_keras.data.prepare.open_source` adds the key.
     """
     if isinstance(source, tuple) and len(source) == 2:
         return as_memory(source[0], source[1])
     if isinstance(source, np.ndarray):
         return as_memory(source)
     if not isinstance(source, str):
-        raise DataError(f"data.source: expected a string or NumPy arrays, got {type(source).__name__}")
+        raise DataError(f"expected a source string or NumPy arrays, got {type(source).__name__}")
     kind, _, rest = source.partition(":")
     if kind == "demo":
         x, y = load_demo(rest or "train")
@@ -476,6 +480,5 @@ def parse_source(source, data_dir=None) -> Source:
         name, _, split = rest.partition(":")
         return TFDSSource(name, split or "train", data_dir)
     raise DataError(
-        f"data.source: cannot read {source!r}; use demo[:train|test], tfds:NAME[:SPLIT], "
-        "folder:PATH, tfrecord:GLOB or NumPy arrays"
+        f"cannot read {source!r}; use demo[:train|test], tfds:NAME[:SPLIT], folder:PATH, tfrecord:GLOB or NumPy arrays"
     )

@@ -34,40 +34,23 @@ Command line::
 
 from __future__ import annotations
 
-from bt_keras.data.labelled import LabelledImages, augmented_labelled_dataset, crop_flip_config
-from bt_keras.evaluation.features import eval_batches, extract_features
-from bt_keras.evaluation.knn import knn_accuracy, knn_predict
-from bt_keras.evaluation.linear import linear_probe, linear_probe_sgd
-from bt_keras.evaluation.protocol import LINEAR_MODES, PROTOCOLS, evaluate, format_table
-from bt_keras.saving import FrozenEncoder, find_saved_model, load_frozen_encoder
+from bt_keras._lazy import lazy_namespace
 
-__all__ = [
-    "LINEAR_MODES",
-    "PROTOCOLS",
-    "FrozenEncoder",
-    "LabelledImages",
-    "augmented_labelled_dataset",
-    "crop_flip_config",
-    "eval_batches",
-    "evaluate",
-    "extract_features",
-    "find_saved_model",
-    "format_table",
-    "knn_accuracy",
-    "knn_predict",
-    "linear_probe",
-    "linear_probe_sgd",
-    "load_frozen_encoder",
-]
+PROTOCOLS = ("knn", "linear", "both")
+LINEAR_MODES = ("fast", "paper")
 
-# The command line moved to bt_keras.cli.eval; these names stay reachable here (imported on
-# first use: bt_keras.cli.eval imports this package).
-_CLI_NAMES = ("main", "_main")
+# Name -> the module that defines it (imported on first use: bt-eval checks its flags first).
+_EXPORTS = {
+    **{name: "bt_keras.data.labelled" for name in ("LabelledImages", "augmented_labelled_dataset", "crop_flip_config")},
+    **{name: "bt_keras.evaluation.features" for name in ("eval_batches", "extract_features")},
+    **{name: "bt_keras.evaluation.knn" for name in ("knn_accuracy", "knn_predict")},
+    **{name: "bt_keras.evaluation.linear" for name in ("linear_probe", "linear_probe_sgd")},
+    **{name: "bt_keras.evaluation.protocol" for name in ("evaluate", "format_table")},
+    **{name: "bt_keras.saving" for name in ("FrozenEncoder", "find_saved_model", "load_frozen_encoder")},
+    # The command line moved to bt_keras.cli.eval; these stay reachable here.
+    **{name: "bt_keras.cli.eval" for name in ("main", "_main")},
+}
+_SUBMODULES = ("features", "knn", "linear", "protocol")
 
-
-def __getattr__(name: str):
-    if name in _CLI_NAMES:
-        from bt_keras.cli import eval as cli
-
-        return getattr(cli, name)
-    raise AttributeError(f"module 'bt_keras.evaluation' has no attribute {name!r}")
+__all__ = sorted(["LINEAR_MODES", "PROTOCOLS", *(n for n in _EXPORTS if n not in ("main", "_main"))])
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES)

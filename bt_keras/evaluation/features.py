@@ -39,17 +39,47 @@ def extract_features(encoder, dataset) -> tuple[np.ndarray, np.ndarray]:
     >>> x, y = extract_features(enc, ds); x.shape, y.tolist()
     ((5, 3), [0, 1, 2, 3, 4])
     """
-    infer = _inference_fn(encoder)
+    infer = inference_fn(encoder)
     features, labels = [], []
     for images, y in dataset:
-        features.append(infer(images).numpy())
+        features.append(infer(images))
         labels.append(np.asarray(y))
     if not features:
         raise ValueError("the evaluation dataset is empty")
     return np.concatenate(features), np.concatenate(labels).astype(np.int64)
 
 
-def _inference_fn(encoder):
+def inference_fn(model):
+    """``model(images, training=False)`` as a float32 NumPy array, compiled once per model.
+
+    On TensorFlow a cached ``tf.function``; on JAX Keras' compiled predict
+    step. Under a JAX ``DataParallel`` distribution a batch is padded to a
+    multiple of the device count (the batch axis is split over the devices)
+    and the padding is dropped from the result.
+
+    Args:
+        model: a Keras model, or on TensorFlow any callable ``f(images, training=False)``.
+    """
+    import keras
+
+    if keras.backend.backend() != "jax" or not isinstance(model, keras.Model):
+        fn = _tf_inference_fn(model)
+        return lambda images: fn(images).numpy()
+    distribution = keras.distribution.distribution()
+    devices = 1 if distribution is None else int(np.prod(distribution.device_mesh.shape))
+
+    def run(images):
+        x = np.asarray(images)
+        n = len(x)
+        pad = (-n) % devices
+        if pad:
+            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+        return np.asarray(model.predict_on_batch(x), np.float32)[:n]
+
+    return run
+
+
+def _tf_inference_fn(encoder):
     """One traced function per encoder: monitors call this every few epochs."""
     try:
         fn = _INFERENCE_FNS.get(encoder)

@@ -134,8 +134,9 @@ def linear_probe_sgd(
     >>> from bt_keras.contract import PreprocessingContract
     >>> enc = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D()])
     >>> c = PreprocessingContract(image_size=32, crop_fraction=1.0)
-    >>> linear_probe_sgd(enc, "demo:test", "demo:test", c, epochs=1)["epochs"]
-    1
+    >>> r = linear_probe_sgd(enc, "demo:test", "demo:test", c, epochs=1)
+    >>> r["epochs"], r["num_train"], r["num_test"], r["feature_dim"]
+    (1, 359, 359, 3)
     """
     if epochs < 1:
         raise UserError(f"epochs must be >= 1, got {epochs}")
@@ -153,7 +154,10 @@ def linear_probe_sgd(
     history = []
     for epoch in range(epochs):
         opt.learning_rate = learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-        losses = [float(train_step(x, y)) for x, y in raw.epoch(cfg, batch_size, epoch, seed)]
+        losses, num_train = [], 0
+        for x, y in raw.epoch(cfg, batch_size, epoch, seed):
+            losses.append(float(train_step(x, y)))
+            num_train += int(y.shape[0])
         history.append(float(np.mean(losses)))
         if log:
             log(f"linear probe epoch {epoch + 1}/{epochs}: train loss {history[-1]:.4f}")
@@ -165,6 +169,9 @@ def linear_probe_sgd(
     out = topk(np.concatenate(scores), np.concatenate(ys))
     out.update(
         {
+            "num_train": num_train,
+            "num_test": int(sum(len(y) for y in ys)),
+            "feature_dim": feature_dim,
             "mode": "paper",
             "reported": "final epoch (not the best on the test set)",
             "epochs": epochs,

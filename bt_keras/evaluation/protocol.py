@@ -15,12 +15,10 @@ import time
 from collections.abc import Callable
 
 from bt_keras.errors import UserError
+from bt_keras.evaluation import LINEAR_MODES, PROTOCOLS
 from bt_keras.evaluation.features import eval_batches, extract_features
 from bt_keras.evaluation.knn import knn_accuracy
 from bt_keras.evaluation.linear import linear_probe, linear_probe_sgd
-
-PROTOCOLS = ("knn", "linear", "both")
-LINEAR_MODES = ("fast", "paper")
 
 
 def _source_name(source) -> str:
@@ -118,6 +116,8 @@ def evaluate(
             seed=seed,
             log=log,
         )
+        for key in ("num_train", "num_test", "feature_dim"):
+            report.setdefault(key, report["linear"][key])
     report["seconds"] = round(time.time() - started, 1)
     return report
 

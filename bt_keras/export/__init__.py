@@ -41,18 +41,9 @@ Command line::
 
 from __future__ import annotations
 
-from bt_keras.contract import VALUE_RANGE, default_crop_fraction
-from bt_keras.errors import ExportArgumentError, ExportFailed
-from bt_keras.export.api import ExportResult, export_encoder, make_contract
-from bt_keras.export.checks import FORMATS, float32_encoder, weights_sha256
-from bt_keras.export.onnx_export import ONNX_OPSET
-from bt_keras.export.parity import DEFAULT_TOLERANCE, PARITY_BATCHES, parity_images, relative_difference
-from bt_keras.export.publish import REPORT_FILE
-from bt_keras.export.saved_model import INPUT_BYTES_KEY, INPUT_FLOAT_KEY, OUTPUT_KEY
-from bt_keras.export.warmup import WARMUP_FILE, prediction_log, write_warmup_requests
-from bt_keras.saving import load_encoder
+from bt_keras._lazy import lazy_namespace
 
-__all__ = [
+_LAYOUT = (
     "DEFAULT_TOLERANCE",
     "FORMATS",
     "INPUT_BYTES_KEY",
@@ -61,31 +52,22 @@ __all__ = [
     "OUTPUT_KEY",
     "PARITY_BATCHES",
     "REPORT_FILE",
-    "VALUE_RANGE",
     "WARMUP_FILE",
-    "ExportArgumentError",
-    "ExportFailed",
-    "ExportResult",
-    "default_crop_fraction",
-    "export_encoder",
-    "float32_encoder",
-    "load_encoder",
-    "make_contract",
-    "parity_images",
-    "prediction_log",
-    "relative_difference",
-    "weights_sha256",
-    "write_warmup_requests",
-]
+)
+# Name -> the module that defines it (imported on first use: the CLI's checks run without TensorFlow).
+_EXPORTS = {
+    **{name: "bt_keras.export.layout" for name in _LAYOUT},
+    **{name: "bt_keras.contract" for name in ("VALUE_RANGE", "default_crop_fraction")},
+    **{name: "bt_keras.errors" for name in ("ExportArgumentError", "ExportFailed")},
+    **{name: "bt_keras.export.api" for name in ("ExportResult", "export_encoder", "make_contract")},
+    **{name: "bt_keras.export.checks" for name in ("float32_encoder", "weights_sha256")},
+    **{name: "bt_keras.export.parity" for name in ("parity_images", "relative_difference")},
+    **{name: "bt_keras.export.warmup" for name in ("prediction_log", "write_warmup_requests")},
+    "load_encoder": "bt_keras.saving",
+    # The command line moved to bt_keras.cli.export; these stay reachable here.
+    **{name: "bt_keras.cli.export" for name in ("build_parser", "main")},
+}
+_SUBMODULES = ("api", "checks", "layout", "onnx_export", "parity", "publish", "saved_model", "warmup")
 
-# The command line moved to bt_keras.cli.export; these names stay reachable here (imported on
-# first use: bt_keras.cli.export imports this package).
-_CLI_NAMES = ("build_parser", "main")
-
-
-def __getattr__(name: str):
-    if name in _CLI_NAMES:
-        from bt_keras.cli import export as cli
-
-        return getattr(cli, name)
-    raise AttributeError(f"module 'bt_keras.export' has no attribute {name!r}")
+__all__ = sorted(n for n in _EXPORTS if n not in ("build_parser", "main"))
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES)

@@ -25,8 +25,9 @@ import tensorflow as tf
 
 from bt_keras import contract as contract_lib
 from bt_keras.errors import ExportArgumentError, UserError
-from bt_keras.export import checks, onnx_export, parity
-from bt_keras.export.publish import REPORT_FILE, check_destination, publish, staging_directory
+from bt_keras.export import checks, layout, onnx_export, parity
+from bt_keras.export.layout import REPORT_FILE
+from bt_keras.export.publish import check_destination, publish, staging_directory
 from bt_keras.export.saved_model import saved_model_artifact, write_saved_model
 from bt_keras.io import atomic_write
 from bt_keras.saving import load_encoder
@@ -80,7 +81,7 @@ def export_encoder(
     encoder,
     out_dir,
     image_size: int,
-    formats=checks.FORMATS,
+    formats=layout.FORMATS,
     name: str = "encoder",
     version: int = 1,
     *,
@@ -88,7 +89,7 @@ def export_encoder(
     std=None,
     crop_fraction: float | None = None,
     overwrite: bool = False,
-    tolerance: float = parity.DEFAULT_TOLERANCE,
+    tolerance: float = layout.DEFAULT_TOLERANCE,
     source: dict | None = None,
 ) -> ExportResult:
     """Exports an encoder as a TF Serving SavedModel and/or an ONNX model, behind a parity gate.
@@ -121,8 +122,8 @@ def export_encoder(
     ('encoder.onnx', True)
     """
     started = datetime.datetime.now(datetime.timezone.utc)
-    formats = checks.check_formats(formats)
-    checks.check_name(name)
+    formats = layout.check_formats(formats)
+    layout.check_name(name)
     checks.check_version_and_tolerance(version, tolerance)
     contract = make_contract(image_size, mean, std, crop_fraction)
     out_dir = Path(out_dir).absolute()

@@ -16,56 +16,15 @@ Examples:
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from bt_keras.errors import ExportArgumentError, one_line
+from bt_keras.errors import ExportArgumentError
+from bt_keras.saving import is_float32, rebuild_float32
 
-FORMATS = ("saved_model", "onnx")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _AUGMENTATION_CLASSES = {"AugMix", "RandAugment", "MixUp", "CutMix", "Solarization"}
-
-
-def check_formats(formats) -> tuple:
-    """The requested formats as a tuple without repeats; a string may list them with commas.
-
-    Args:
-        formats: an iterable of ``"saved_model"``/``"onnx"``, or ``"saved_model,onnx"``.
-
-    Examples:
-
-    >>> check_formats("onnx,saved_model,onnx")
-    ('onnx', 'saved_model')
-    """
-    if isinstance(formats, str):
-        formats = [f.strip() for f in formats.split(",") if f.strip()]
-    formats = tuple(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ExportArgumentError(f"unknown format {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
-    return formats
-
-
-def check_name(name, what: str = "model name") -> str:
-    """A TF Serving model name: letters, digits, ``_.-``, not starting with a separator.
-
-    Args:
-        name: the name to check.
-        what: how the message calls it (``--name`` on the command line).
-
-    Examples:
-
-    >>> check_name("../evil")
-    Traceback (most recent call last):
-    ...
-    bt_keras.errors.ExportArgumentError: model name must match [A-Za-z0-9][A-Za-z0-9_.-]*, got '../evil'
-    """
-    if not isinstance(name, str) or not _MODEL_NAME.match(name):
-        raise ExportArgumentError(f"{what} must match [A-Za-z0-9][A-Za-z0-9_.-]*, got {name!r}")
-    return name
 
 
 def check_version_and_tolerance(version, tolerance) -> None:
@@ -162,15 +121,6 @@ def embedding_dim(model, image_size: int) -> int:
     return int(trial.shape[1])
 
 
-def is_float32(model) -> bool:
-    """Whether every layer computes and stores its variables in float32."""
-    for layer in [model, *_all_layers(model)]:
-        policy = getattr(layer, "dtype_policy", None)
-        if policy is not None and (policy.compute_dtype != "float32" or policy.variable_dtype != "float32"):
-            return False
-    return all(w.dtype == "float32" for w in model.weights if "float" in str(w.dtype))
-
-
 def policy_names(model) -> list:
     """The dtype policies of the layers that hold weights (recorded in the export report).
 
@@ -188,27 +138,14 @@ def policy_names(model) -> list:
     return sorted(names or {model.dtype_policy.name})
 
 
-def _to_float32_config(obj):
-    """Rewrites every dtype policy in a serialized Keras config to float32."""
-    if isinstance(obj, dict):
-        if obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(obj.get("config"), dict):
-            return {**obj, "config": {**obj["config"], "name": "float32"}}
-        out = {}
-        for key, value in obj.items():
-            reduced = isinstance(value, str) and (value.startswith("mixed_") or value in ("float16", "bfloat16"))
-            out[key] = "float32" if key == "dtype" and reduced else _to_float32_config(value)
-        return out
-    if isinstance(obj, list):
-        return [_to_float32_config(v) for v in obj]
-    return obj
-
-
 def float32_encoder(encoder):
     """The encoder itself if it computes in float32, else a float32 copy with the same weights.
 
     Mixed-precision encoders (``mixed_float16`` / ``mixed_bfloat16``) are rebuilt
-    from their config with every dtype policy set to float32; the weights
-    (float32 variables under mixed precision) are copied over.
+    from their config with every dtype policy set to float32
+    (:func:`bt_keras.saving.rebuild_float32`, the same rebuild that makes the
+    portable ``encoder.keras`` of a run); the weights (float32 variables under
+    mixed precision) are copied over.
 
     Args:
         encoder: a ``keras.Model``.
@@ -225,27 +162,7 @@ def float32_encoder(encoder):
     """
     if is_float32(encoder):
         return encoder
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        config = _to_float32_config(keras.saving.serialize_keras_object(encoder))
-        rebuilt = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    except Exception as e:
-        raise ExportArgumentError(
-            f"cannot rebuild the mixed-precision encoder in float32 from its config ({one_line(e)}); "
-            "rebuild it under the float32 policy and load its weights before exporting"
-        ) from e
-    finally:
-        keras.config.set_dtype_policy(previous)
-    weights = encoder.get_weights()
-    if len(weights) != len(rebuilt.weights):
-        raise ExportArgumentError("the float32 rebuild of the encoder does not have the same weights")
-    rebuilt.set_weights(
-        [np.asarray(w, np.float32) if np.issubdtype(np.asarray(w).dtype, np.floating) else w for w in weights]
-    )
-    if not is_float32(rebuilt):
-        raise ExportArgumentError("the float32 rebuild of the encoder still computes in reduced precision")
-    return rebuilt
+    return rebuild_float32(encoder)
 
 
 def weights_sha256(model) -> str:

@@ -22,10 +22,9 @@ import tensorflow as tf
 
 from bt_keras.contract import VALUE_RANGE
 from bt_keras.errors import ExportFailed, one_line
-from bt_keras.export.saved_model import INPUT_FLOAT_KEY, OUTPUT_KEY, serving_functions
+from bt_keras.export.layout import INPUT_FLOAT_KEY, ONNX_OPSET, OUTPUT_KEY
+from bt_keras.export.saved_model import serving_functions
 from bt_keras.version import __version__
-
-ONNX_OPSET = 17
 
 
 def onnx_metadata(contract, dim: int, weights_sha256: str) -> dict:

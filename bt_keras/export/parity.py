@@ -22,10 +22,7 @@ import tensorflow as tf
 from bt_keras import preprocess
 from bt_keras.errors import ExportFailed, one_line
 from bt_keras.export.checks import policy_names
-from bt_keras.export.saved_model import INPUT_FLOAT_KEY, OUTPUT_KEY
-
-DEFAULT_TOLERANCE = 1e-4
-PARITY_BATCHES = (1, 7)
+from bt_keras.export.layout import INPUT_FLOAT_KEY, OUTPUT_KEY, PARITY_BATCHES
 
 
 def parity_images(contract, count: int, seed: int = 0) -> list:

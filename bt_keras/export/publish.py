@@ -31,8 +31,8 @@ import tempfile
 from pathlib import Path
 
 from bt_keras.errors import ExportArgumentError, one_line
+from bt_keras.export.layout import REPORT_FILE
 
-REPORT_FILE = "export_report.json"
 _TMP_MARK = ".bt-export-tmp-"
 _OLD_MARK = ".bt-export-old-"
 

@@ -24,12 +24,10 @@ import numpy as np
 import tensorflow as tf
 
 from bt_keras import preprocess
-from bt_keras.export.warmup import WARMUP_FILE, write_warmup_requests
+from bt_keras.export.layout import INPUT_BYTES_KEY, INPUT_FLOAT_KEY, OUTPUT_KEY, WARMUP_FILE
+from bt_keras.export.warmup import write_warmup_requests
 from bt_keras.io import atomic_write
 
-INPUT_BYTES_KEY = "image_bytes"
-INPUT_FLOAT_KEY = "images"
-OUTPUT_KEY = "embedding"
 SIGNATURES = ("serving_default", "serve_float")
 
 

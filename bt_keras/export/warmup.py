@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-WARMUP_FILE = "tf_serving_warmup_requests"
-
 
 def _varint(n: int) -> bytes:
     out = bytearray()

@@ -1,0 +1,60 @@
+"""What an export is made of, as names: formats, tensor keys, files and defaults.
+
+No TensorFlow here: ``bt-export --help`` and argument checks read these
+without loading it.
+"""
+
+import re
+
+from bt_keras.errors import ExportArgumentError
+
+FORMATS = ("saved_model", "onnx")
+ONNX_OPSET = 17  # tf2onnx 1.17 converts up to opset 18; 17 is what ONNX Runtime and LiteRT tooling all take
+DEFAULT_TOLERANCE = 1e-4  # relative, embeddings of Keras vs each exported runtime
+PARITY_BATCHES = (1, 7)  # batch 1 (serving) and an odd batch (no accidental batch-size specialisation)
+INPUT_BYTES_KEY = "image_bytes"  # TF Serving's convention for encoded images (REST: {"b64": ...})
+INPUT_FLOAT_KEY = "images"
+OUTPUT_KEY = "embedding"
+REPORT_FILE = "export_report.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_formats(formats) -> tuple:
+    """The requested formats as a tuple without repeats; a string may list them with commas.
+
+    Args:
+        formats: an iterable of ``"saved_model"``/``"onnx"``, or ``"saved_model,onnx"``.
+
+    Examples:
+
+    >>> check_formats("onnx,saved_model,onnx")
+    ('onnx', 'saved_model')
+    """
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ExportArgumentError(f"unknown format {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def check_name(name, what: str = "model name") -> str:
+    """A TF Serving model name: letters, digits, ``_.-``, not starting with a separator.
+
+    Args:
+        name: the name to check.
+        what: how the message calls it (``--name`` on the command line).
+
+    Examples:
+
+    >>> check_name("../evil")
+    Traceback (most recent call last):
+    ...
+    bt_keras.errors.ExportArgumentError: model name must match [A-Za-z0-9][A-Za-z0-9_.-]*, got '../evil'
+    """
+    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+        raise ExportArgumentError(f"{what} must match [A-Za-z0-9][A-Za-z0-9_.-]*, got {name!r}")
+    return name
