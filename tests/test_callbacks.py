@@ -153,6 +153,7 @@ def test_time_budget_stops_training_and_drives_the_learning_rate():
     assert seen[0] == pytest.approx(1e-3) and seen[-1] < seen[0] and np.all(np.diff(seen) <= 0)
 
 
+@pytest.mark.slow
 def test_bt_train_config_switches_the_monitors_on(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
@@ -221,6 +222,7 @@ print("STEPS", summary["steps"])
 """
 
 
+@pytest.mark.slow
 def test_monitors_run_under_a_two_replica_strategy(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(

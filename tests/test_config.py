@@ -96,6 +96,7 @@ def test_cli_missing_config_file(tmp_path, capsys):
     assert proc.returncode == 2 and "config file not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_global_batch_must_divide_over_replicas():
     code = (
         "import tensorflow as tf\n"

@@ -473,6 +473,7 @@ def _quality(*args):
     )
 
 
+@pytest.mark.slow
 def test_quality_benchmark_bad_data_is_one_line_exit_2(tmp_path):
     _labelled_split(tmp_path / "train", 12, seed=0)
     _labelled_split(tmp_path / "test", 6, seed=1)

@@ -95,6 +95,7 @@ def _colour_arrays(n, seed):
     return x, y.astype(np.int32)
 
 
+@pytest.mark.slow
 def test_paper_probe_learns_and_leaves_encoder_unchanged():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((16, 16, 3), name="images")
@@ -185,6 +186,7 @@ def labelled_sources(request):
     return f"folder:{root / 'train'}", f"folder:{root / 'test'}"
 
 
+@pytest.mark.slow
 def test_bt_eval_end_to_end(labelled_sources, tmp_path):
     from bt_keras.data import count_examples
 
@@ -345,6 +347,7 @@ def test_bt_eval_saved_model_writes_beside_the_export_not_the_cwd(tmp_path, monk
     assert f"report: {tmp_path / 'export'}/eval_report.json" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_paper_probe_prints_the_real_counts(tmp_path, capsys):
     """The SGD probe extracts no features up front; the counts still come from the data."""
     _tiny_run(tmp_path)

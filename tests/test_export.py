@@ -160,6 +160,7 @@ np.savez(root + "/clean.npz", **results)
 """
 
 
+@pytest.mark.slow
 def test_round_trip_in_a_process_without_bt_keras(ex):
     script = ex.root / "clean.py"
     script.write_text(_CLEAN_PROCESS)
@@ -190,6 +191,7 @@ def _saved_model_cli(*args) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_saved_model_cli_show_lists_both_signatures(ex):
     text = _saved_model_cli("show", "--all", "--dir", str(ex.sm)).stdout
     default = text[text.index("signature_def['serving_default']") :]
@@ -209,6 +211,7 @@ def test_saved_model_cli_show_lists_both_signatures(ex):
         ("serving_default", "image_bytes", "bytes7.npy"),
     ],
 )
+@pytest.mark.slow
 def test_saved_model_cli_run_reproduces_embeddings(ex, signature, key, inputs):
     outdir = ex.root / f"cli_{signature}"
     _saved_model_cli(
@@ -421,6 +424,7 @@ def test_bad_arguments_are_one_line_exit_2(ex, tmp_path, capsys, case):
     assert _leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_cli_process_exit_code_and_single_error_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bt_keras.cli.export", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
@@ -458,6 +462,7 @@ def _wait_for_temporary(proc: subprocess.Popen, out: Path, timeout: float = 120.
     pytest.fail("the export never created its temporary directory")
 
 
+@pytest.mark.slow
 def test_interrupted_export_leaves_nothing(tmp_path):
     # A ResNet-18 keeps the export busy long enough (seconds) to be interrupted mid-way.
     encoder = bt_keras.encoders.resnet(18, stem="cifar", width=8, input_shape=(None, None, 3))

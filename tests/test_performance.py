@@ -50,6 +50,7 @@ def _train(policy, steps=5, jit=False, fused_bn=True):
     return np.array(history["loss"]), model, (x, y)
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_training_tracks_float32():
     ref, ref_model, batch = _train("float32")
     mixed, model, _ = _train("mixed_bfloat16")
@@ -92,6 +93,7 @@ def _gradients(fused_bn):
     return float(loss), [v.numpy() for v in g], [v.numpy() for v in model.non_trainable_variables]
 
 
+@pytest.mark.slow
 def test_fused_batchnorm_matches_keras_batchnorm():
     # The fused kernel (the default) must be the same maths as Keras' BN, in the encoder (4-D)
     # and the projector (2-D). Gradients, not weights after several steps: LARS amplifies

@@ -88,6 +88,7 @@ def test_the_mixed_encoder_itself_is_bfloat16_and_fused(saved):
     assert non_keras_layers(encoder) == ["FusedBatchNormalization"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_saved_encoder_loads_without_bt_keras_in_float32(saved, tmp_path, backend):
     run, encoder, x = saved
@@ -152,6 +153,7 @@ def _old_style(directory: Path, encoder) -> Path:
     return directory / "encoder.keras"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["portable", "old"])
 def test_bt_eval_and_bt_export_accept_portable_and_old_files(saved, tmp_path, capsys, style):
     run, encoder, x = saved
