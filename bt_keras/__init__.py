@@ -42,6 +42,7 @@ _EXPORTS = {
     "LARS": "bt_keras.optimizers",
     "WarmupCosine": "bt_keras.optimizers",
     "PreprocessingContract": "bt_keras.contract",
+    "save_portable_encoder": "bt_keras.saving",
 }
 _SUBMODULES = (
     "augment",
