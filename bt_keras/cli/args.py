@@ -40,6 +40,17 @@ def floats(text: str) -> tuple:
     return values
 
 
+def _checked(text: str, convert, ok, expected: str):
+    """``convert(text)`` if it converts and passes ``ok``; else argparse's one-line error saying what was expected."""
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1.
 
@@ -53,13 +64,7 @@ def positive_int(text: str) -> int:
     ...
     argparse.ArgumentTypeError: expected a positive integer, got '0'
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    return _checked(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def positive_float(text: str) -> float:
@@ -73,13 +78,7 @@ def positive_float(text: str) -> float:
     >>> positive_float("0.1")
     0.1
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return _checked(text, float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def fraction(text: str) -> float:
@@ -93,10 +92,4 @@ def fraction(text: str) -> float:
     >>> fraction("0.875")
     0.875
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+    return _checked(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
