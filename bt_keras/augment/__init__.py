@@ -34,22 +34,9 @@ TensorShape([4, 32, 32, 3])
 from __future__ import annotations
 
 from bt_keras._lazy import lazy_namespace
+from bt_keras.augment.config import __all__ as _config_names
 
-_CONFIG = (
-    "AugmentConfig",
-    "AugmentConfigError",
-    "BlurConfig",
-    "ColorJitterConfig",
-    "CropConfig",
-    "FlipConfig",
-    "GrayscaleConfig",
-    "PRESETS",
-    "PRESETS_NAMES",
-    "RESIZE_METHODS",
-    "SolarizeConfig",
-    "get_preset",
-    "resolve_augment",
-)
+_CONFIG = tuple(_config_names)  # config.py is TensorFlow-free: importing it here costs nothing
 _PIXEL = (
     "apply_batch",
     "blur_kernel_size",
