@@ -55,7 +55,7 @@ def _clean(value) -> str:
 
 
 def sprite(views) -> np.ndarray:
-    """``[N, S, S, 3]`` thumbnails on a square ``ceil(sqrt(N))`` grid (row-major, black padding), as the projector expects.
+    """``[N, S, S, 3]`` thumbnails on a square ``ceil(sqrt(N))`` grid (row-major, black padding).
 
     >>> sprite(np.ones([5, 2, 2, 3], np.uint8)).shape
     (6, 6, 3)

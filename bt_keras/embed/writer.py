@@ -85,9 +85,7 @@ class EmbeddingWriter:
         if self.rows + n > self.capacity:
             raise ValueError(f"more than the {self.capacity:,} rows announced")
         self._array[self.rows : self.rows + n] = embeddings
-        self._csv.writerows(
-            [self.rows + i, int(uids[i]), paths[i], int(labels[i]), class_names[i]] for i in range(n)
-        )
+        self._csv.writerows([self.rows + i, int(uids[i]), paths[i], int(labels[i]), class_names[i]] for i in range(n))
         self.rows += n
 
     def close(self) -> int:
