@@ -264,3 +264,24 @@ def test_index_quoting_cannot_be_spoofed(tmp_path):
     assert [r["path"] for r in read_index(str(tmp_path))] == odd
     assert np.load(tmp_path / "embeddings.npy").shape == (3, 2)  # re-packed to the rows written
     assert len(list(csv.reader(io.StringIO((tmp_path / "index.tsv").read_text()), delimiter="\t"))) == 4
+
+
+@pytest.mark.slow  # an ONNX conversion
+def test_an_onnx_encoder_embeds_like_keras(tmp_path):
+    import bt_keras
+    from bt_keras.export import export_encoder
+    from bt_keras.saving import load_frozen_encoder
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()]
+    )
+    images = np.random.default_rng(0).integers(0, 256, [9, 20, 24, 3], dtype=np.uint8)
+    c = make_contract(SIZE)
+    want = bt_keras.embed_source(images, model, str(tmp_path / "keras"), contract=c, batch_size=4).embeddings()
+    result = export_encoder(model, tmp_path / "export", SIZE, formats=("onnx",))
+    frozen = load_frozen_encoder(onnx=str(result.onnx_path))  # the contract from its metadata
+    assert frozen.contract == c and frozen.numpy_fn is not None
+    got = bt_keras.embed_source(images, frozen, str(tmp_path / "onnx"), batch_size=4)
+    np.testing.assert_allclose(got.embeddings(), want, rtol=1e-4, atol=1e-5)
+    assert [r["path"] for r in got.index()] == [f"arrays#{i}" for i in range(9)]
