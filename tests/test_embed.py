@@ -225,6 +225,8 @@ def test_bad_images_are_skipped_and_reported(embedded):
         (["--duplicates", "2"], "expected a cosine similarity in [-1, 1]"),
         (["--neighbors", "0"], "--neighbors"),
         (["--query", "x.jpg"], "--query needs --neighbors K"),
+        (["--neighbors", "2", "--query", "/no/such.jpg"], "--query /no/such.jpg: no such file"),
+        (["--out", "gs://bucket/emb"], "give a local directory"),
         (["--encoder", "/no/such.keras"], "--encoder /no/such.keras: no such file"),
         (["--overwrite-nothing"], "unrecognized arguments"),
     ],

@@ -123,6 +123,10 @@ def _check_args(args) -> None:
 
     if args.query and not args.neighbors:
         raise UserError("--query needs --neighbors K")
+    for q in args.query or ():
+        # An image file, or a record of the source as index.tsv names it (FILE#N): checked before any work.
+        if "#" not in q and not os.path.isfile(q):
+            raise UserError(f"--query {q}: no such file")
     check_out_dir(args.out, args.overwrite)
     for name in ("encoder", "onnx"):
         path = getattr(args, name)

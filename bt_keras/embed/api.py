@@ -42,6 +42,8 @@ def check_out_dir(out_dir: str, overwrite: bool) -> None:
     """Refuses to replace existing embeddings unless ``overwrite``, before any work is done."""
     from bt_keras.embed.writer import EMBEDDINGS_FILE
 
+    if "://" in out_dir:
+        raise UserError(f"--out {out_dir}: embeddings are written through a memory map, give a local directory")
     if os.path.exists(os.path.join(out_dir, EMBEDDINGS_FILE)) and not overwrite:
         raise UserError(f"{out_dir} already holds {EMBEDDINGS_FILE}; pass --overwrite (overwrite=True) to replace it")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
