@@ -44,6 +44,7 @@ setup(
             "bt-eval=bt_keras.cli.eval:main",
             "bt-export=bt_keras.cli.export:main",
             "bt-data=bt_keras.cli.data:main",
+            "bt-embed=bt_keras.cli.embed:main",
         ]
     },
 )

@@ -265,12 +265,14 @@ class FrozenEncoder:
     8
     """
 
-    def __init__(self, fn, contract, origin: str, model=None, keep=None):
+    def __init__(self, fn, contract, origin: str, model=None, keep=None, numpy_fn=None):
         self._fn = fn
         self.contract = contract
         self.origin = origin
         self.model = model
         self._keep = keep  # the loaded SavedModel must outlive its signature
+        # Runtimes outside TensorFlow (ONNX Runtime) take NumPy arrays and cannot be traced.
+        self.numpy_fn = numpy_fn
 
     @classmethod
     def from_keras(cls, model, contract, origin: str = "keras model"):
@@ -324,6 +326,37 @@ def find_saved_model(path: str) -> str:
     raise UserError(f"--saved-model {path}: no saved_model.pb there, in <version>/ or in saved_model/<name>/<version>/")
 
 
+def _onnx_encoder(path: str, flags: dict) -> FrozenEncoder:
+    """An ONNX model from ``bt-export`` in ONNX Runtime, with the contract in its ``metadata_props``."""
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise UserError(f"--onnx {path}: no such file")
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
+        raise UserError(f"--onnx {path}: ONNX Runtime cannot load it: {one_line(e)}") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    recorded = None
+    if "preprocessing" in meta:
+        try:
+            c = PreprocessingContract.from_json(meta["preprocessing"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"--onnx {path}: unreadable preprocessing metadata: {one_line(e)}") from None
+        recorded = make_contract(c.image_size, c.mean, c.std, c.crop_fraction)
+    contract = resolve_contract(recorded, where=f"{path} metadata", **flags)
+    input_name = meta.get("input_name", session.get_inputs()[0].name)
+    output_name = meta.get("output_name", session.get_outputs()[0].name)
+
+    def run(images):
+        batch = np.ascontiguousarray(np.asarray(images), dtype=np.float32)
+        return np.asarray(session.run([output_name], {input_name: batch})[0], np.float32)
+
+    return FrozenEncoder(run, contract, f"onnx:{path}", keep=session, numpy_fn=run)
+
+
 def _recorded_contract(path: str):
     """The contract in a ``preprocessing.json`` (a run's, or an export's with provenance), or ``None``."""
     import tensorflow as tf
@@ -344,22 +377,25 @@ def load_frozen_encoder(
     encoder: str | None = None,
     saved_model: str | None = None,
     *,
+    onnx: str | None = None,
     image_size=None,
     mean=None,
     std=None,
     crop_fraction=None,
 ) -> FrozenEncoder:
-    """Loads exactly one of a run directory, a ``.keras`` encoder or an exported SavedModel.
+    """Loads exactly one of a run directory, a ``.keras`` encoder, an exported SavedModel or ONNX model.
 
     A run is ``RUN/encoder.keras`` + ``RUN/preprocessing.json``; a ``.keras``
     encoder takes the contract from a ``preprocessing.json`` next to it, or
     from the keyword arguments; a SavedModel from ``bt-export`` is used
     through its ``serve_float`` signature with the contract in
-    ``assets.extra/preprocessing.json``. Keyword arguments may repeat a
+    ``assets.extra/preprocessing.json``; an ONNX model from ``bt-export``
+    runs in ONNX Runtime with the contract of its ``metadata_props``
+    (``numpy_fn`` is set: it takes NumPy arrays). Keyword arguments may repeat a
     recorded contract but not contradict it (a one-line :class:`UserError`).
 
     Args:
-        run, encoder, saved_model: where to load from (exactly one).
+        run, encoder, saved_model, onnx: where to load from (exactly one).
         image_size, mean, std, crop_fraction: the contract, when none is recorded.
 
     Examples:
@@ -371,9 +407,11 @@ def load_frozen_encoder(
     """
     import tensorflow as tf
 
-    if sum(v is not None for v in (run, encoder, saved_model)) != 1:
-        raise UserError("give exactly one of --run, --encoder, --saved-model")
+    if sum(v is not None for v in (run, encoder, saved_model, onnx)) != 1:
+        raise UserError("give exactly one of --run, --encoder, --saved-model" + (", --onnx" if onnx else ""))
     flags = dict(image_size=image_size, mean=mean, std=std, crop_fraction=crop_fraction)
+    if onnx is not None:
+        return _onnx_encoder(onnx, flags)
     if saved_model is not None:
         sm_dir = find_saved_model(saved_model)
         loaded = tf.saved_model.load(sm_dir)

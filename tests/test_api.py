@@ -100,6 +100,8 @@ def test_error_classes_are_one_hierarchy():
         "bt_keras.cli.eval",
         "bt_keras.cli.export",
         "bt_keras.cli.data",
+        "bt_keras.cli.embed",
+        "bt_keras.embed",
     ],
 )
 def test_importing_does_not_load_tensorflow(module):

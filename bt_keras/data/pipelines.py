@@ -183,13 +183,17 @@ def eval_dataset(
     cache: bool | None = None,
     cache_max_mb: int = 2048,
     validate: str = "auto",
+    with_ids: bool = False,
 ) -> tf.data.Dataset:
     """Labelled single views for evaluation: ``(images, labels)`` batches.
 
     Images are centre-cropped (``crop_fraction`` of the shorter side), resized
     and normalised by :func:`bt_keras.preprocess.preprocess_for_eval`, the code
     the exported serving signature runs. Order is deterministic and the last
-    partial batch is kept. A source without labels is a ``DataError``.
+    partial batch is kept. A source without labels is a ``DataError``, unless
+    ``with_ids``: then batches are ``(images, labels, uids)`` (labels -1 when
+    the source has none; ``uids`` name the examples, see
+    :mod:`~bt_keras.data.sources`), as ``bt-embed`` needs them.
 
     Args:
         source: a labelled source string or ``(images, labels)`` arrays.
@@ -199,6 +203,7 @@ def eval_dataset(
         data_dir, cache, cache_max_mb, validate: as in :class:`~bt_keras.data.DataConfig`.
         input_context: a ``tf.distribute.InputContext``.
         skipped_path: where to write the skipped files as TSV.
+        with_ids: also give each example's uid, and accept unlabelled sources.
 
     Examples:
 
@@ -219,7 +224,7 @@ def eval_dataset(
         cache_max_mb=cache_max_mb,
         validate=validate,
     )
-    if not prep.has_labels:
+    if not prep.has_labels and not with_ids:
         raise DataError(
             f"{source_name(source)}: no labels (folders need one sub-folder per class; TFRecords need "
             "image/class/label; arrays need (images, labels))"
@@ -230,21 +235,22 @@ def eval_dataset(
     def prep_fn(x):
         return preprocess_for_eval(x, image_size, mean=mean, std=std, crop_fraction=crop_fraction)
 
-    ds = _labelled_images(prep, prep_fn, input_context)
+    ds = _labelled_images(prep, prep_fn, input_context, with_ids)
     ds = ds.batch(b, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
     return ds.with_options(_options(True, input_context is not None))
 
 
-def _labelled_images(prep, prep_fn, input_context):
-    """``(prep_fn(image), label)`` of every usable example, in order."""
+def _labelled_images(prep, prep_fn, input_context, with_ids=False):
+    """``(prep_fn(image), label)`` (and the uid, ``with_ids``) of every usable example, in order."""
+
+    def out(uid, image, label):
+        return (prep_fn(image), label, uid) if with_ids else (prep_fn(image), label)
+
     if prep.memory is not None:
         get = prep.memory.index_to_example()
-
-        def one(i):
-            _, image, label = get(i)
-            return prep_fn(image), label
-
-        return tf.data.Dataset.range(prep.memory.n).map(plain(one), num_parallel_calls=AUTOTUNE, deterministic=True)
+        return tf.data.Dataset.range(prep.memory.n).map(
+            plain(lambda i: out(*get(i))), num_parallel_calls=AUTOTUNE, deterministic=True
+        )
     ds = prep.stream(deterministic=True, input_context=input_context)
-    ds = ds.map(plain(lambda u, d, y: (prep_fn(d), y)), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(plain(out), num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.ignore_errors(log_warning=True)

@@ -58,10 +58,14 @@ def inference_fn(model):
     and the padding is dropped from the result.
 
     Args:
-        model: a Keras model, or on TensorFlow any callable ``f(images, training=False)``.
+        model: a Keras model, or on TensorFlow any callable ``f(images, training=False)``;
+            a :class:`~bt_keras.saving.FrozenEncoder` with a ``numpy_fn`` (ONNX) runs eagerly.
     """
     import keras
 
+    numpy_fn = getattr(model, "numpy_fn", None)
+    if numpy_fn is not None:  # a runtime outside TensorFlow (ONNX Runtime): called eagerly
+        return lambda images: numpy_fn(np.asarray(images))
     if keras.backend.backend() != "jax" or not isinstance(model, keras.Model):
         fn = _tf_inference_fn(model)
         return lambda images: fn(images).numpy()
