@@ -19,6 +19,8 @@ def effective_rank(features) -> float:
     """exp(entropy) of the normalised singular values of the centred features.
 
     Roy & Vetterli 2007; RankMe: between 1 (all on one line) and min(N, D).
+    NaN when a feature is not finite (a diverged run: the SVD would not converge,
+    and the loss's own "not finite" message must be the one the user sees).
 
     Args:
         features: ``[N, D]``.
@@ -28,8 +30,12 @@ def effective_rank(features) -> float:
     >>> import numpy as np
     >>> round(effective_rank(np.random.default_rng(0).normal(size=(1000, 4))), 1)
     4.0
+    >>> effective_rank(np.full((4, 2), np.nan))
+    nan
     """
     x = np.asarray(features, np.float64)
+    if not np.isfinite(x).all():
+        return float("nan")
     x = x - x.mean(axis=0)
     s = np.linalg.svd(x, compute_uv=False)
     total = s.sum()

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
-from bt_keras.cli.args import floats, fraction, positive_int
+from bt_keras.cli.args import floats, fraction, model_version, positive_int
 from bt_keras.contract import read_contract, resolve_contract
 from bt_keras.errors import ExportArgumentError, ExportFailed, one_line
 from bt_keras.export.layout import DEFAULT_TOLERANCE, FORMATS, ONNX_OPSET, check_formats, check_name
@@ -36,9 +36,13 @@ def build_parser() -> ArgumentParser:
     src.add_argument("--encoder", metavar="FILE.keras", help="an encoder saved with encoder.save(...)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--name", default="encoder", help="TF Serving model name (default: encoder)")
-    p.add_argument("--version", type=positive_int, default=1, help="TF Serving model version (default: 1)")
+    p.add_argument("--version", type=model_version, default=1, help="TF Serving model version (default: 1)")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: saved_model,onnx (default: both)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export in DIR")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace this --name/--version (and its ONNX file) in an existing export in DIR; other versions stay",
+    )
     p.add_argument(
         "--image-size",
         type=positive_int,

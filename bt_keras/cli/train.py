@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, select_backend
-from bt_keras.errors import TrainingStopped
+from bt_keras.errors import CheckpointUnreadable, TrainingStopped
 
 PROG = "bt-train"
 
@@ -70,9 +70,11 @@ def _body(argv) -> int:
 
     try:
         summary = train(cfg, args.run_dir)
-    except TrainingStopped as e:
+    except (TrainingStopped, CheckpointUnreadable) as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1
+    if summary.get("signal") == "SIGINT":
+        return 130  # interrupted by the user (the checkpoint is written; the line above says so)
     print_summary(summary)
     return 0
 
