@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -35,7 +36,7 @@ import keras
 import tensorflow as tf
 
 from bt_keras.errors import CheckpointUnreadable, TrainingStopped, UserError, one_line, short_repr
-from bt_keras.io import atomic_path, is_remote
+from bt_keras.io import atomic_path, atomic_write, is_remote
 
 CHECKPOINT_NAME = "latest.weights.h5"
 FINGERPRINT_ATTR = "bt_keras_fingerprint"
@@ -91,6 +92,10 @@ def save_checkpoint(model: keras.Model, path: str, fingerprint: dict | None = No
         path: the checkpoint file.
         fingerprint: :func:`state_fingerprint` of the run (None: none recorded).
     """
+    payload = _weights_in_memory(model, fingerprint)
+    if payload is not None:
+        atomic_write(path, payload)
+        return
     with atomic_path(path, suffix=".weights.h5") as tmp:
         model.save_weights(tmp, overwrite=True)
         if fingerprint is not None:
@@ -98,6 +103,31 @@ def save_checkpoint(model: keras.Model, path: str, fingerprint: dict | None = No
 
             with h5py.File(tmp, "a") as f:
                 f.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
+
+
+def _weights_in_memory(model: keras.Model, fingerprint: dict | None) -> bytes | None:
+    """The ``.weights.h5`` bytes ``model.save_weights`` would write, built in memory; None if Keras cannot.
+
+    HDF5 writing straight to a file that hits a full disk keeps retrying its
+    writes when the file is collected and can crash the process; built in
+    memory, the bytes go to disk through a plain write, whose failure is one
+    ``OSError``. Uses the same Keras routine as ``save_weights``
+    (``saving_lib._save_state`` into an ``H5IOStore``), so the file is the same.
+    """
+    try:
+        from keras.src.saving import saving_lib
+
+        buffer = io.BytesIO()
+        store = saving_lib.H5IOStore(buffer, mode="w")
+    except (ImportError, AttributeError, TypeError, ValueError):  # another Keras: write through save_weights
+        return None
+    try:
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+        if fingerprint is not None:
+            store.h5_file.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
+    finally:
+        store.close()
+    return buffer.getvalue()
 
 
 def restore_checkpoint(model: keras.Model, path: str, settings: dict | None = None) -> int:
@@ -113,12 +143,13 @@ def restore_checkpoint(model: keras.Model, path: str, settings: dict | None = No
             (the message says what differs and how to start fresh).
         CheckpointUnreadable: the file is damaged (truncated, not HDF5); it is left as it is.
     """
-    if not tf.io.gfile.exists(path):
-        return 0
-    # Optimizer slots are created here, so under a strategy they must be the strategy's variables.
+    # Optimizer slots are created here, so under a strategy they must be the strategy's variables;
+    # built even without a checkpoint, so that the fingerprint of a new run lists them.
     strategy = getattr(model, "distribute_strategy", None)  # TensorFlow only; JAX has none
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model.optimizer.build(model.trainable_variables)
+        if not tf.io.gfile.exists(path):
+            return 0
         with contextlib.ExitStack() as stack:
             local = path
             if is_remote(path):
