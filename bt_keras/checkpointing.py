@@ -54,8 +54,8 @@ def state_fingerprint(model: keras.Model, settings: dict | None = None) -> dict:
         model: a compiled model whose optimizer is built.
         settings: the config values that shape the state (``{"optim.name": "lars", ...}``).
     """
-    shapes = [(v.path, tuple(v.shape)) for v in model.weights]
-    shapes += [(v.path, tuple(v.shape)) for v in model.optimizer.variables]
+    # Shapes and dtypes in order, not names: Keras numbers layer names per process ("dense_3").
+    shapes = [(tuple(v.shape), str(v.dtype)) for v in [*model.weights, *model.optimizer.variables]]
     digest = hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
     return {**(settings or {}), _VARIABLES_KEY: f"{len(shapes)} variables, shapes {digest}"}
 
