@@ -4,9 +4,10 @@ Config refusals run ``bt-train``'s own ``main`` in this process (they stop
 before any TensorFlow work); checkpoints, the lock and ``history.csv`` use the
 real classes on a tiny model; the full disk is a real file-size limit
 (``RLIMIT_FSIZE``); Ctrl-C, the second process and the non-finite loss are
-real ``bt-train`` processes and real signals (one module-scoped run).
+real ``bt-train`` processes and real signals (one test, three processes).
 """
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -205,6 +206,35 @@ def test_overwrite_replaces_only_the_version_being_written(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["exports"]  # no staging or moved-aside leftovers
 
 
+@contextlib.contextmanager
+def _file_size_limit(limit: int):
+    """Files of this process may not grow past ``limit`` bytes inside the block (EFBIG, as on a full disk)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_full_disk_during_export_is_one_line_and_keeps_the_previous_export(tmp_path, capsys):
+    encoder = tmp_path / "enc.keras"
+    bt_keras.encoders.small_cnn(widths=(4,), input_shape=(16, 16, 3)).save(encoder)
+    out = tmp_path / "exports"
+    _stage(out, "encoder", 1, "v1")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    argv = ["--encoder", str(encoder), "--image-size", "16", "--out", str(out), "--version", "2", "--overwrite"]
+    with _file_size_limit(20_000):
+        code = export_cli.main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and len(err) == 1 and err[0].startswith("bt-export: "), err
+    assert "File too large" in err[0] and "Traceback" not in err[0]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert sorted(os.listdir(tmp_path)) == ["enc.keras", "exports"]  # the staging directory is gone
+
+
 # ---- the run directory's lock
 
 
@@ -310,15 +340,9 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(saved):
     before = _sha(path)
     guard = checkpointing.TrainingGuard(str(path), fingerprint=fingerprint)
     guard.set_model(model)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
-    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size // 2, hard))
-    try:
+    with _file_size_limit(path.stat().st_size // 2):
         with pytest.raises(TrainingStopped, match="cannot write the checkpoint .*File too large.*previous checkpoint"):
             guard._save()
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
     assert _sha(path) == before and os.listdir(path.parent) == [path.name]
 
 

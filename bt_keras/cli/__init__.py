@@ -67,6 +67,17 @@ def run_command(prog: str, body, argv=None) -> int:
             return 130
 
 
+def tensorflow_fault(prog: str, e: Exception) -> int:
+    """A TensorFlow runtime error (``tf.errors.OpError``: a full disk under ``SaveV2``) as one line, exit 1.
+
+    With ``-v``/``--verbose`` it is raised instead, traceback and all.
+    """
+    if _verbose:
+        raise e
+    sys.stderr.write(f"{prog}: error: {type(e).__name__}: {one_line(e)} (rerun with -v for the traceback)\n")
+    return 1
+
+
 def check_utf8_arguments(args) -> None:
     """Refuses command-line arguments holding bytes that are not UTF-8 (Python keeps them as surrogates).
 

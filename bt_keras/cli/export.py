@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, tensorflow_fault
 from bt_keras.cli.args import floats, fraction, model_version, positive_int
 from bt_keras.contract import read_contract, resolve_contract
 from bt_keras.errors import ExportArgumentError, ExportFailed, one_line
@@ -116,6 +116,8 @@ def _body(argv) -> int:
 
     publish.check_destination(Path(args.out).absolute(), args.overwrite)
     load_tensorflow()
+    import tensorflow as tf
+
     from bt_keras.export import export_encoder
 
     source = {
@@ -141,6 +143,8 @@ def _body(argv) -> int:
         # Not the user's arguments (exit 2) but the export itself; nothing was written.
         sys.stderr.write(f"{PROG}: export failed: {e if isinstance(e, ExportFailed) else one_line(e)}\n")
         return 1
+    except tf.errors.OpError as e:  # e.g. a full disk while TensorFlow writes the SavedModel; nothing was published
+        return tensorflow_fault(PROG, e)
     _print_result(result)
     return 0
 
