@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import tempfile
+import warnings
 
 import keras
 import tensorflow as tf
@@ -157,9 +158,19 @@ def restore_checkpoint(model: keras.Model, path: str, settings: dict | None = No
                 tf.io.gfile.copy(path, local)
             _check_fingerprint(model, local, path, settings)
             try:
-                model.load_weights(local)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    model.load_weights(local)
             except Exception as e:  # noqa: BLE001 - Keras and h5py raise ValueError, OSError, KeyError...
                 raise CheckpointUnreadable(_unreadable(path, e)) from None
+    # A checkpoint without a fingerprint (older bt_keras) of another optimizer: Keras only warns and
+    # keeps the fresh optimizer state, which would restart the schedule at step 0 over the checkpoint.
+    skipped = [str(w.message) for w in caught if "Skipping variable loading for optimizer" in str(w.message)]
+    if skipped:
+        raise UserError(
+            f"cannot resume from {path}: it holds another optimizer's state ({one_line(Exception(skipped[0]), 160)}); "
+            "use the checkpoint's optim.name to resume it, or start fresh with another --run-dir"
+        )
     return int(model.optimizer.iterations.numpy())
 
 

@@ -324,6 +324,14 @@ def test_resuming_another_model_or_optimizer_is_refused(saved, projector, optimi
     assert checkpointing.restore_checkpoint(_tiny_model(), str(path), _settings((8, 8))) == 0  # same model: resumes
 
 
+def test_a_checkpoint_without_fingerprint_of_another_optimizer_is_refused(saved, tmp_path):
+    _, model, _ = saved
+    legacy = tmp_path / "checkpoints" / checkpointing.CHECKPOINT_NAME
+    checkpointing.save_checkpoint(model, str(legacy))  # as bt_keras wrote it before fingerprints
+    with pytest.raises(UserError, match="holds another optimizer's state .*use the checkpoint's optim.name"):
+        checkpointing.restore_checkpoint(_tiny_model(optimizer="sgd"), str(legacy))
+
+
 def test_damaged_checkpoint_is_one_line_and_left_in_place(saved, tmp_path):
     path, _, _ = saved
     for name, data in (("truncated", path.read_bytes()[:5000]), ("garbage", b"\0" * 100)):
