@@ -89,8 +89,8 @@ def _write(path: Path, data) -> Path:
         ("lr_1e400", "optim.lr_weights: expected a finite number"),
         ("warmup_inf", "optim.warmup_epochs: expected a finite number"),
         ("seed_negative", "train.seed: must be in [0, 2**32)"),
-        ("set_not_utf8", "is not valid UTF-8"),
-        ("run_dir_not_utf8", "is not valid UTF-8"),
+        ("set_not_utf8", "argument --set is not valid UTF-8"),
+        ("run_dir_not_utf8", "argument --run-dir is not valid UTF-8"),
         ("huge_value", "model.width: expected int"),
     ],
 )

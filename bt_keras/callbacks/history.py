@@ -41,6 +41,9 @@ class HistoryCSV(keras.callbacks.CSVLogger):
         append: append to an existing file, keeping its columns.
     """
 
+    _header = None
+    _opened = False
+
     def on_train_begin(self, logs=None):
         self._header = self._existing_header() if self.append else None
         self._opened = False  # opened at the first epoch, once its number is known

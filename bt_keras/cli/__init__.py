@@ -93,15 +93,16 @@ def check_utf8_arguments(args) -> None:
     >>> check_utf8_arguments(["--run-dir", os.fsdecode(b"runs/\\xff")])
     Traceback (most recent call last):
     ...
-    bt_keras.errors.UserError: argument 2 is not valid UTF-8: 'runs/\\udcff'; use UTF-8 names
+    bt_keras.errors.UserError: argument --run-dir is not valid UTF-8: 'runs/\\udcff'; use UTF-8 names
     """
-    for i, arg in enumerate(args, 1):
+    for i, arg in enumerate(args):
         if not isinstance(arg, str):
             continue
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError:
-            raise UserError(f"argument {i} is not valid UTF-8: {short_repr(arg)}; use UTF-8 names") from None
+            flag = args[i - 1] if i and str(args[i - 1]).startswith("-") else f"{i + 1}"
+            raise UserError(f"argument {flag} is not valid UTF-8: {short_repr(arg)}; use UTF-8 names") from None
 
 
 class _ConsoleHandler(logging.Handler):
