@@ -1,92 +1,263 @@
-"""Atomic training checkpoints, resume, SIGTERM (preemption) and NaN handling.
+"""Atomic training checkpoints, resume, SIGTERM/SIGINT (preemption, Ctrl-C) and NaN handling.
 
 A checkpoint is one file, ``checkpoints/latest.weights.h5``, holding the model
 *and* optimizer state (including ``optimizer.iterations``, hence the schedule
 step and the position in the data). It is written to a temporary name and
 renamed over the previous one, so a kill at any moment leaves either the old
 or the new checkpoint, never a torn one.
+
+The file also carries a small fingerprint of what wrote it (an HDF5 attribute
+written before the rename, so it is atomic with the weights): the settings
+that shape the state (``model.encoder``, ``model.width``,
+``model.projector_dims``, ``optim.name``) and the shapes of every model and
+optimizer variable. A run resumed with other settings is refused in one line
+naming what differs, instead of Keras skipping the optimizer state with a
+warning and training on from step 0 over the old checkpoint.
+
+Examples:
+
+>>> fingerprint_difference({"optim.name": "lars"}, {"optim.name": "adamw"})
+"optim.name is 'lars' in the checkpoint, 'adamw' now"
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import math
 import os
 import signal
 import sys
 import tempfile
+import warnings
 
 import keras
 import tensorflow as tf
 
-from bt_keras.io import atomic_path, is_remote
+from bt_keras.errors import CheckpointUnreadable, TrainingStopped, UserError, one_line, short_repr
+from bt_keras.io import atomic_path, atomic_write, is_remote
 
 CHECKPOINT_NAME = "latest.weights.h5"
+FINGERPRINT_ATTR = "bt_keras_fingerprint"
+_VARIABLES_KEY = "variables"
 
 
 def checkpoint_path(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoints", CHECKPOINT_NAME)
 
 
-def save_checkpoint(model: keras.Model, path: str) -> None:
-    """Writes model + optimizer state to ``path`` atomically (local or gs://)."""
+def state_fingerprint(model: keras.Model, settings: dict | None = None) -> dict:
+    """What a checkpoint of ``model`` must match to be resumed: ``settings`` plus a hash of the variable shapes.
+
+    Args:
+        model: a compiled model whose optimizer is built.
+        settings: the config values that shape the state (``{"optim.name": "lars", ...}``).
+    """
+    # Shapes and dtypes in order, not names: Keras numbers layer names per process ("dense_3").
+    shapes = [(tuple(v.shape), str(v.dtype)) for v in [*model.weights, *model.optimizer.variables]]
+    digest = hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+    return {**(settings or {}), _VARIABLES_KEY: f"{len(shapes)} variables, shapes {digest}"}
+
+
+def fingerprint_difference(recorded: dict, current: dict) -> str | None:
+    """What differs between a checkpoint's fingerprint and the current one, in words; None if nothing.
+
+    Args:
+        recorded: the checkpoint's fingerprint.
+        current: this run's.
+    """
+    for key in [k for k in current if k != _VARIABLES_KEY] + [_VARIABLES_KEY]:
+        if key in recorded and key in current and recorded[key] != current[key]:
+            before, now = short_repr(recorded[key]), short_repr(current[key])
+            if key == _VARIABLES_KEY:
+                return f"the model and optimizer variables differ ({before} in the checkpoint, {now} now)"
+            return f"{key} is {before} in the checkpoint, {now} now"
+    return None
+
+
+def _read_fingerprint(local_path: str) -> dict | None:
+    import h5py
+
+    with h5py.File(local_path, "r") as f:
+        text = f.attrs.get(FINGERPRINT_ATTR)
+    return None if text is None else json.loads(text)
+
+
+def save_checkpoint(model: keras.Model, path: str, fingerprint: dict | None = None) -> None:
+    """Writes model + optimizer state to ``path`` atomically (local or gs://), with its fingerprint.
+
+    Args:
+        model: the compiled model.
+        path: the checkpoint file.
+        fingerprint: :func:`state_fingerprint` of the run (None: none recorded).
+    """
+    payload = _weights_in_memory(model, fingerprint)
+    if payload is not None:
+        atomic_write(path, payload)
+        return
     with atomic_path(path, suffix=".weights.h5") as tmp:
         model.save_weights(tmp, overwrite=True)
+        if fingerprint is not None:
+            import h5py
+
+            with h5py.File(tmp, "a") as f:
+                f.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
 
 
-def restore_checkpoint(model: keras.Model, path: str) -> int:
-    """Loads ``path`` into a compiled model; returns the restored step (0 if none)."""
-    if not tf.io.gfile.exists(path):
-        return 0
-    # Optimizer slots are created here, so under a strategy they must be the strategy's variables.
+def _weights_in_memory(model: keras.Model, fingerprint: dict | None) -> bytes | None:
+    """The ``.weights.h5`` bytes ``model.save_weights`` would write, built in memory; None if Keras cannot.
+
+    HDF5 writing straight to a file that hits a full disk keeps retrying its
+    writes when the file is collected and can crash the process; built in
+    memory, the bytes go to disk through a plain write, whose failure is one
+    ``OSError``. Uses the same Keras routine as ``save_weights``
+    (``saving_lib._save_state`` into an ``H5IOStore``), so the file is the same.
+    """
+    try:
+        from keras.src.saving import saving_lib
+
+        buffer = io.BytesIO()
+        store = saving_lib.H5IOStore(buffer, mode="w")
+    except (ImportError, AttributeError, TypeError, ValueError):  # another Keras: write through save_weights
+        return None
+    try:
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+        if fingerprint is not None:
+            store.h5_file.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
+    finally:
+        store.close()
+    return buffer.getvalue()
+
+
+def restore_checkpoint(model: keras.Model, path: str, settings: dict | None = None) -> int:
+    """Loads ``path`` into a compiled model; returns the restored step (0 if none).
+
+    Args:
+        model: the compiled model.
+        path: the checkpoint file (local or gs://).
+        settings: the config values recorded in the fingerprint (:func:`state_fingerprint`).
+
+    Raises:
+        UserError: the checkpoint was written by a different model or optimizer
+            (the message says what differs and how to start fresh).
+        CheckpointUnreadable: the file is damaged (truncated, not HDF5); it is left as it is.
+    """
+    # Optimizer slots are created here, so under a strategy they must be the strategy's variables;
+    # built even without a checkpoint, so that the fingerprint of a new run lists them.
     strategy = getattr(model, "distribute_strategy", None)  # TensorFlow only; JAX has none
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model.optimizer.build(model.trainable_variables)
-        if is_remote(path):
-            with tempfile.TemporaryDirectory() as tmp:
-                local = os.path.join(tmp, CHECKPOINT_NAME)
+        if not tf.io.gfile.exists(path):
+            return 0
+        with contextlib.ExitStack() as stack:
+            local = path
+            if is_remote(path):
+                local = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), CHECKPOINT_NAME)
                 tf.io.gfile.copy(path, local)
-                model.load_weights(local)
-        else:
-            model.load_weights(path)
+            _check_fingerprint(model, local, path, settings)
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    model.load_weights(local)
+            except Exception as e:  # noqa: BLE001 - Keras and h5py raise ValueError, OSError, KeyError...
+                raise CheckpointUnreadable(_unreadable(path, e)) from None
+    # A checkpoint without a fingerprint (older bt_keras) of another optimizer: Keras only warns and
+    # keeps the fresh optimizer state, which would restart the schedule at step 0 over the checkpoint.
+    skipped = [str(w.message) for w in caught if "Skipping variable loading for optimizer" in str(w.message)]
+    if skipped:
+        raise UserError(
+            f"cannot resume from {path}: it holds another optimizer's state ({one_line(Exception(skipped[0]), 160)}); "
+            "use the checkpoint's optim.name to resume it, or start fresh with another --run-dir"
+        )
     return int(model.optimizer.iterations.numpy())
 
 
+def _unreadable(path: str, e: BaseException) -> str:
+    return (
+        f"checkpoint {path} cannot be read ({one_line(e, 120)}); it was left as it is: move it away "
+        "to start the run from scratch, or use another --run-dir"
+    )
+
+
+def _check_fingerprint(model, local: str, path: str, settings: dict | None) -> None:
+    try:
+        recorded = _read_fingerprint(local)
+    except Exception as e:  # noqa: BLE001 - h5py: OSError for a truncated or non-HDF5 file
+        raise CheckpointUnreadable(_unreadable(path, e)) from None
+    if recorded is None:  # written before fingerprints were recorded
+        return
+    difference = fingerprint_difference(recorded, state_fingerprint(model, settings))
+    if difference:
+        run_dir = os.path.dirname(os.path.dirname(path))
+        raise UserError(
+            f"cannot resume from {path}: {difference}; use the checkpoint's settings to resume it, "
+            f"or start fresh with another --run-dir (or remove {run_dir}/checkpoints)"
+        )
+
+
 class TrainingGuard(keras.callbacks.Callback):
-    """Checkpoints every N steps and each epoch; saves and stops on SIGTERM;
+    """Checkpoints every N steps and each epoch; on SIGTERM or SIGINT (Ctrl-C) saves and stops;
     stops on a non-finite loss *without* saving, so the last checkpoint stays good.
 
+    A second SIGINT while the first is being handled stops at once
+    (``KeyboardInterrupt``), without a checkpoint: the previous one is intact.
+    A checkpoint that cannot be written (full disk) stops training with
+    :class:`~bt_keras.errors.TrainingStopped`; the previous checkpoint is intact.
+
     After ``fit`` returns, ``nan_step`` is the first step whose loss was not
-    finite (None if none) and ``preempted`` tells whether SIGTERM arrived.
+    finite (None if none), ``preempted`` tells whether a signal arrived and
+    ``signal_name`` which (``"SIGTERM"`` or ``"SIGINT"``).
+
+    Args:
+        path: the checkpoint file.
+        every_steps: also checkpoint every N optimizer steps (0: at epoch ends only).
+        write: whether this process writes (the chief).
+        fingerprint: :func:`state_fingerprint` recorded in each checkpoint.
     """
 
-    def __init__(self, path: str, every_steps: int = 0, write: bool = True):
+    def __init__(self, path: str, every_steps: int = 0, write: bool = True, fingerprint: dict | None = None):
         super().__init__()
         self.path = path
         self.every_steps = every_steps
         self.write = write
+        self.fingerprint = fingerprint
         self.nan_step = None
         self.preempted = False
-        self._previous_handler = None
+        self.signal_name = None
+        self._previous_handlers = {}
 
-    def _on_sigterm(self, signum, frame):
+    def _on_signal(self, signum, frame):
+        if self.preempted and signum == signal.SIGINT:
+            self.on_train_end()  # the handlers go back: fit will not call on_train_end after this
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.preempted = True
+        self.signal_name = signal.Signals(signum).name
 
     def on_train_begin(self, logs=None):
         if os.name == "posix" and sys.platform != "win32":
-            try:
-                self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-            except ValueError:  # Not the main thread: leave signals alone.
-                self._previous_handler = None
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+                except ValueError:  # Not the main thread: leave signals alone.
+                    break
 
     def on_train_end(self, logs=None):
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
     def _save(self):
-        if self.write:
-            save_checkpoint(self.model, self.path)
+        if not self.write:
+            return
+        try:
+            save_checkpoint(self.model, self.path, self.fingerprint)
+        except (OSError, RuntimeError) as e:  # h5py: OSError; a full disk can also surface as RuntimeError
+            raise TrainingStopped(
+                f"cannot write the checkpoint {self.path} ({one_line(e, 120)}); the previous checkpoint "
+                "is intact: free some space and rerun to resume"
+            ) from None
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")

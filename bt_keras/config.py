@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Literal
@@ -21,7 +22,7 @@ from typing import Literal
 import yaml
 
 from bt_keras.data.config import DataConfig
-from bt_keras.errors import ConfigError, DataError, UserError
+from bt_keras.errors import ConfigError, DataError, UserError, short_repr
 from bt_keras.io import is_remote
 
 # The built-in encoders (``bt_keras.encoders.build_encoder``). Listed here, not
@@ -169,7 +170,7 @@ def _type_name(tp) -> str:
 
 def _coerce(tp, value, key):
     def fail():
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {short_repr(value)}")
 
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -210,12 +211,18 @@ def _coerce(tp, value, key):
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string.
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 fail()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail()
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float's range
+            value = math.inf
+        if not math.isfinite(value):  # 1e400 reads as inf, .inf and .nan are YAML's
+            raise ConfigError(f"{key}: expected a finite number, got {short_repr(value)}")
+        return value
     if tp is str:
         if not isinstance(value, str):
             fail()
@@ -231,13 +238,13 @@ def _build(cls, values, prefix=""):
     if dataclasses.is_dataclass(values) and isinstance(values, cls):
         return values
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {short_repr(values)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"unknown key '{prefix}{key}'; allowed: {', '.join(names)}")
+            raise ConfigError(f"unknown key {short_repr(prefix + str(key))}; allowed: {', '.join(names)}")
         kwargs[key] = _coerce(hints[key], value, prefix + key)
     try:
         return cls(**kwargs)
@@ -249,10 +256,10 @@ def _build(cls, values, prefix=""):
 
 def _apply_override(raw: dict, override: str) -> None:
     if "=" not in override:
-        raise ConfigError(f"--set expects key.sub=value, got {override!r}")
+        raise ConfigError(f"--set expects key.sub=value, got {short_repr(override)}")
     path, text = override.split("=", 1)
     try:
-        value = yaml.safe_load(text)
+        value = _load_yaml(text, f"--set {short_repr(path)}")
     except yaml.YAMLError:
         value = text
     node = raw
@@ -260,7 +267,7 @@ def _apply_override(raw: dict, override: str) -> None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {path}: '{part}' is not a section")
+            raise ConfigError(f"--set {short_repr(path)}: {short_repr(part)} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -271,6 +278,7 @@ def _validate(cfg: Config) -> Config:
         (cfg.train.batch_size >= 2, "train.batch_size: must be >= 2 (batch statistics)"),
         (cfg.train.steps_per_execution >= 1, "train.steps_per_execution: must be >= 1"),
         (cfg.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps: must be >= 0"),
+        (0 <= cfg.train.seed < 2**32, "train.seed: must be in [0, 2**32)"),
         (cfg.model.width >= 1, "model.width: must be >= 1"),
         (
             len(cfg.model.projector_dims) >= 1 and min(cfg.model.projector_dims) >= 1,
@@ -370,7 +378,7 @@ def config_from_dict(raw: dict | None, overrides=()) -> Config:
 def load_config(path: str, overrides=()) -> Config:
     """Reads a YAML config file (local or ``gs://``) and applies overrides."""
     try:
-        raw = yaml.safe_load(_read_text(path))
+        raw = _load_yaml(_read_text(path), path)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -378,6 +386,33 @@ def load_config(path: str, overrides=()) -> Config:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return config_from_dict(raw, overrides)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases (``*name``).
+
+    An alias repeats a node without copying its text, so a few hundred bytes of
+    nested aliases ("billion laughs") expand to gigabytes; a config never needs one.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"{self.name}: line {event.start_mark.line + 1} uses a YAML alias (*{event.anchor[:40]}); "
+                "aliases are not supported in configs: write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str, name: str):
+    """YAML text as Python values, aliases refused (:class:`_NoAliasLoader`)."""
+    loader = _NoAliasLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _read_text(path: str) -> str:
@@ -394,7 +429,11 @@ def _read_text(path: str) -> str:
             return f.read()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; pass a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 

@@ -7,11 +7,13 @@ catch ``DataError`` without catching a bad export flag.
 
 Examples:
 
->>> from bt_keras.errors import DataError, UserError, one_line
+>>> from bt_keras.errors import DataError, UserError, one_line, short_repr
 >>> issubclass(DataError, UserError) and issubclass(DataError, ValueError)
 True
 >>> one_line(ValueError("bad\\n   value  {{node x}} here [Op:DecodeJpeg] name: y"))
 'bad value here'
+>>> short_repr("x" * 1000)[-24:]
+'xxx... (1000 characters)'
 """
 
 from __future__ import annotations
@@ -47,9 +49,46 @@ class TrainingStopped(RuntimeError):
     """Training could not go on (non-finite loss, a lost worker); the last checkpoint is intact."""
 
 
+class CheckpointUnreadable(RuntimeError):
+    """The run's checkpoint is damaged (truncated, not HDF5); it was left as it is."""
+
+
+class RunLocked(UserError):
+    """Another process holds the run directory (its lock file names the host and PID)."""
+
+
+def short_repr(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: what an error message may quote of a user's value.
+
+    A value can be as large as its input (a YAML alias bomb expands to megabytes),
+    so a message never quotes one whole. Containers are not rendered past the
+    limit: ``reprlib`` stops at a few items per level before anything big is built.
+
+    Args:
+        value: anything.
+        limit: most characters kept from the repr.
+
+    Examples:
+
+    >>> short_repr("enc\\n")
+    "'enc\\\\n'"
+    >>> short_repr(list(range(10_000)))
+    '[0, 1, 2, 3, 4, 5, ...]'
+    """
+    import reprlib
+
+    bounded = reprlib.Repr()
+    bounded.maxlevel, bounded.maxstring, bounded.maxother = 3, limit, limit
+    if isinstance(value, (str, bytes)):
+        return repr(value) if len(value) <= limit else f"{repr(value[:limit])[:-1]}... ({len(value)} characters)"
+    text = bounded.repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 def one_line(e: BaseException, limit: int = 200) -> str:
     """A library exception's message on one line, without TensorFlow's node and op decorations."""
     msg = getattr(e, "message", None) or str(e)
+    msg = msg[: 20 * limit]  # a message can quote a whole input: cut before the regular expressions
     msg = " ".join(msg.split())
     msg = re.sub(r"\{\{[^}]*\}\}\s*", "", msg)  # TF's function-node prefix
     msg = re.sub(r"\s*\[Op:\w+\].*$", "", msg)

@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+
+# atomic_path's temporaries: ".<name>.<8 random characters from mkstemp>.tmp<suffix>"
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\..*)?")
 
 
 def is_remote(path: str) -> bool:
@@ -59,10 +63,51 @@ def atomic_path(path: str, suffix: str = ""):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a published file gets the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_orphaned_temporaries(directory: str) -> list:
+    """Removes the temporaries :func:`atomic_path` left in ``directory`` when its writer was killed.
+
+    Call it only while no other process writes there (a run directory under
+    its lock). Remote directories are left alone.
+
+    Args:
+        directory: a local directory (missing is fine).
+
+    Returns:
+        The names removed.
+
+    Examples:
+
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> for name in (".latest.weights.h5.ab12cd_3.tmp.weights.h5", "latest.weights.h5"):
+    ...     open(os.path.join(d, name), "w").close()
+    >>> remove_orphaned_temporaries(d), os.listdir(d)
+    (['.latest.weights.h5.ab12cd_3.tmp.weights.h5'], ['latest.weights.h5'])
+    """
+    if is_remote(directory) or not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        full = os.path.join(directory, name)
+        if _TEMPORARY.fullmatch(name) and os.path.isfile(full) and not os.path.islink(full):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(full)
+                removed.append(name)
+    return removed
 
 
 def atomic_write(path: str, data: str | bytes) -> None:

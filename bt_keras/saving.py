@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 
 from bt_keras.contract import PreprocessingContract, make_contract, resolve_contract
-from bt_keras.errors import ExportArgumentError, UserError, one_line
+from bt_keras.errors import ExportArgumentError, UserError, one_line, short_repr
 from bt_keras.io import atomic_path
 
 logger = logging.getLogger("bt_keras")
@@ -210,6 +210,62 @@ def save_portable_encoder(encoder, path) -> str:
     return path
 
 
+# A .keras archive's members, uncompressed: Keras reads config.json and metadata.json whole into memory
+# (a 16 MB file can hold a 3.5 GiB config.json); the weights can be large, but not a thousand times
+# their compressed size (float weights hardly compress).
+MAX_KERAS_JSON_BYTES = 64 * 2**20
+MAX_KERAS_TOTAL_BYTES = 64 * 2**30
+MAX_KERAS_RATIO = 1000
+
+
+def check_keras_archive(path) -> None:
+    """Checks a ``.keras`` file's zip directory before Keras reads it: a zip, with bounded member sizes.
+
+    The one guard in front of every ``.keras`` load (:func:`load_encoder`).
+    Only the central directory is read, nothing is decompressed.
+
+    Args:
+        path: the local ``.keras`` file.
+
+    Raises:
+        ExportArgumentError: not a zip archive, or a member larger than the
+            limits (JSON members over ``MAX_KERAS_JSON_BYTES``, any member over
+            ``MAX_KERAS_RATIO`` times its compressed size, or over
+            ``MAX_KERAS_TOTAL_BYTES`` in all).
+
+    Examples:
+
+    >>> import tempfile, zipfile
+    >>> bomb = tempfile.mktemp(suffix=".keras")
+    >>> with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+    ...     z.writestr("config.json", b" " * (65 * 2**20))
+    >>> check_keras_archive(bomb)
+    Traceback (most recent call last):
+    ...
+    bt_keras.errors.ExportArgumentError: cannot load ...: its 'config.json' is 68157440 bytes uncompressed ...
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except zipfile.BadZipFile:
+        raise ExportArgumentError(f"cannot load {path}: not a .keras archive (not a zip file)") from None
+    except OSError as e:
+        raise ExportArgumentError(f"cannot load {path}: {one_line(e)}") from None
+    total = 0
+    for m in members:
+        total += m.file_size
+        too_big = m.filename.endswith(".json") and m.file_size > MAX_KERAS_JSON_BYTES
+        if too_big or m.file_size > MAX_KERAS_RATIO * max(m.compress_size, 2**20):
+            raise ExportArgumentError(
+                f"cannot load {path}: its {short_repr(m.filename, 60)} is {m.file_size} bytes uncompressed "
+                f"({m.compress_size} compressed), more than a .keras file holds; refusing to read it"
+            )
+    if total > MAX_KERAS_TOTAL_BYTES:
+        raise ExportArgumentError(f"cannot load {path}: {total} bytes uncompressed, more than a .keras file holds")
+
+
 def load_encoder(path):
     """Loads an encoder saved with ``encoder.save("x.keras")`` in safe mode.
 
@@ -236,6 +292,7 @@ def load_encoder(path):
         raise ExportArgumentError(f"encoder file {path} does not exist")
     if path.suffix != ".keras":
         raise ExportArgumentError(f"{path} is not a .keras file")
+    check_keras_archive(path)
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as e:

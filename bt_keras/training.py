@@ -9,6 +9,11 @@ A run directory holds the resolved ``config.yaml``, ``checkpoints/`` (resumed
 automatically when the same run directory is used again), TensorBoard
 ``logs/``, ``history.csv``, and at the end ``encoder.keras`` with its
 ``preprocessing.json`` contract (what ``bt-eval`` and ``bt-export`` read).
+While a run is going, ``.lock`` names its host and PID
+(:class:`~bt_keras.run_lock.RunDirectoryLock`): a second run on the same
+directory is refused. ``config.yaml`` is rewritten only when training really
+starts, so a rerun that fails (a bad setting, a checkpoint of another model)
+leaves a finished run's record as it was.
 
 Examples:
 
@@ -28,8 +33,8 @@ import os
 import sys
 import time
 
-from bt_keras.errors import TrainingStopped, UserError
-from bt_keras.io import atomic_write
+from bt_keras.errors import TrainingStopped, UserError, one_line
+from bt_keras.io import atomic_write, remove_orphaned_temporaries
 
 logger = logging.getLogger("bt_keras")
 
@@ -152,6 +157,7 @@ class RunPlan:
         steps_per_epoch: full global batches per epoch.
         per_replica_batch: the global batch divided over the replicas (checked).
         checkpoint: the checkpoint file.
+        lock: the run directory's lock (chief, local run directory), released by :meth:`release`.
     """
 
     cfg: object
@@ -162,6 +168,22 @@ class RunPlan:
     steps_per_epoch: int
     per_replica_batch: int
     checkpoint: str
+    lock: object = None
+
+    def release(self) -> None:
+        """Releases the run directory's lock (a no-op without one)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def state_settings(self) -> dict:
+        """The config values that shape the checkpointed state (recorded in its fingerprint)."""
+        m = self.cfg.model
+        return {
+            "model.encoder": m.encoder,
+            "model.width": m.width,
+            "model.projector_dims": list(m.projector_dims),
+            "optim.name": self.cfg.optim.name,
+        }
 
     @property
     def run_dir(self) -> str:
@@ -196,19 +218,23 @@ class RunPlan:
 
 
 def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
-    """Strategy, precision, seeds and the data's size; then writes ``config.yaml`` (chief).
+    """Strategy, precision, seeds and the data's size; then creates and locks the run directory (chief).
 
     The strategy comes first: ``MultiWorkerMirroredStrategy`` needs a runtime
     no other TensorFlow call has initialised. The run directory is created
     only once every check has passed, so a run that fails before training
-    leaves nothing behind.
+    leaves nothing behind. The chief holds the directory's lock from here
+    (release it with :meth:`RunPlan.release`) and removes the temporaries a
+    killed writer left there.
     """
     import keras
     import tensorflow as tf
 
     from bt_keras.checkpointing import checkpoint_path
-    from bt_keras.config import check_sources, config_to_yaml
+    from bt_keras.config import check_sources
     from bt_keras.distribute import is_chief, make_strategy, per_replica_batch_size
+    from bt_keras.io import is_remote
+    from bt_keras.run_lock import RunDirectoryLock
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=run_dir or cfg.train.run_dir))
     t = cfg.train
@@ -230,9 +256,16 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
             f"data.source {cfg.data.source!r} has {info.num_examples} usable images, "
             f"fewer than one global batch ({t.batch_size})"
         )
-    tf.io.gfile.makedirs(t.run_dir)
-    if chief:
-        atomic_write(os.path.join(t.run_dir, "config.yaml"), config_to_yaml(cfg))
+    lock = None
+    if chief and not is_remote(t.run_dir):
+        lock = RunDirectoryLock(t.run_dir).acquire()  # creates the directory; one line if it cannot
+        for directory in (t.run_dir, os.path.dirname(checkpoint_path(t.run_dir))):
+            remove_orphaned_temporaries(directory)
+    else:
+        try:
+            tf.io.gfile.makedirs(t.run_dir)
+        except (OSError, tf.errors.OpError) as e:
+            raise UserError(f"cannot create the run directory {t.run_dir}: {one_line(e)}") from None
     return RunPlan(
         cfg,
         strategy,
@@ -242,6 +275,7 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
         steps_per_epoch,
         per_replica,
         checkpoint_path(t.run_dir),
+        lock,
     )
 
 
@@ -413,9 +447,17 @@ def train(cfg, run_dir: str | None = None) -> dict:
         TrainingStopped: the loss stopped being finite, or a worker was lost;
             the last checkpoint is intact.
     """
-    from bt_keras.checkpointing import TrainingGuard, restore_checkpoint
-
     plan = plan_run(cfg, run_dir)
+    try:
+        return _train(plan)
+    finally:
+        plan.release()
+
+
+def _train(plan: RunPlan) -> dict:
+    from bt_keras.checkpointing import TrainingGuard, restore_checkpoint, state_fingerprint
+    from bt_keras.config import config_to_yaml
+
     t = plan.cfg.train
     with plan.strategy.scope():
         model = build_model(plan.cfg, plan.cfg.data.image_size)
@@ -424,15 +466,18 @@ def train(cfg, run_dir: str | None = None) -> dict:
             jit_compile=jit_for(plan.strategy, t.jit_compile),
             steps_per_execution=t.steps_per_execution,
         )
-    start_step = restore_checkpoint(model, plan.checkpoint)
+    start_step = restore_checkpoint(model, plan.checkpoint, plan.state_settings())
     for line in plan.describe(start_step):
         logger.info(line)
     done = _completed_summary(plan, start_step)
     if done is not None:
         return done
     phases = _phases(plan, start_step)
-    guard = TrainingGuard(plan.checkpoint, every_steps=t.checkpoint_every_steps, write=plan.chief)
+    fingerprint = state_fingerprint(model, plan.state_settings())
+    guard = TrainingGuard(plan.checkpoint, t.checkpoint_every_steps, write=plan.chief, fingerprint=fingerprint)
     callbacks = _callbacks(plan, guard, phases[0][0] if phases else None)
+    if plan.chief:  # the run really starts now: a rerun that failed above left the old record alone
+        atomic_write(os.path.join(plan.run_dir, "config.yaml"), config_to_yaml(plan.cfg))
     started = time.time()
     _fit(plan, model, phases, callbacks, guard)
     step = int(model.optimizer.iterations.numpy())
@@ -441,9 +486,11 @@ def train(cfg, run_dir: str | None = None) -> dict:
         "epochs_done": step // plan.steps_per_epoch,
         "seconds": round(time.time() - started, 1),
         "preempted": guard.preempted,
+        "signal": guard.signal_name,
         "run_dir": plan.run_dir,
     }
     if guard.preempted:
-        logger.info(f"SIGTERM received: checkpoint written at step {step}; rerun to resume")
+        written = "checkpoint written" if plan.chief else "the chief wrote the checkpoint"
+        logger.info(f"{guard.signal_name} received: {written} at step {step}; rerun to resume")
         return summary
     return _finish(plan, model, summary)

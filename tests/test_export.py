@@ -347,14 +347,15 @@ def test_refuses_to_overwrite_without_flag(ex, capsys):
     assert _leftovers(ex.out) == []
 
 
-def test_overwrite_replaces_the_whole_export(ex, tmp_path, capsys):
+def test_overwrite_replaces_what_it_writes_and_keeps_the_rest(ex, tmp_path, capsys):
     out = tmp_path / "out"
     export.export_encoder(ex.encoder, out, SIZE, formats=("saved_model",), crop_fraction=1.0)
     assert (out / "saved_model").is_dir()
     # --encoder picks up the preprocessing.json next to the file (CIFAR statistics here).
     argv = ["--encoder", str(ex.run / "encoder.keras"), "--out", str(out), "--formats", "onnx", "--overwrite"]
     assert export_cli.main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "onnx"]
+    # The SavedModel version it did not write stays (tests/test_guarantees.py: versions side by side).
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "onnx", "saved_model"]
     report = json.loads((out / "export_report.json").read_text())
     assert report["formats"] == ["onnx"] and report["preprocessing"]["mean"] == list(preprocess.CIFAR10_MEAN)
     assert _leftovers(out) == []

@@ -19,6 +19,8 @@ def effective_rank(features) -> float:
     """exp(entropy) of the normalised singular values of the centred features.
 
     Roy & Vetterli 2007; RankMe: between 1 (all on one line) and min(N, D).
+    NaN when a feature is not finite (a diverged run: the SVD would not converge,
+    and the loss's own "not finite" message must be the one the user sees).
 
     Args:
         features: ``[N, D]``.
@@ -28,8 +30,12 @@ def effective_rank(features) -> float:
     >>> import numpy as np
     >>> round(effective_rank(np.random.default_rng(0).normal(size=(1000, 4))), 1)
     4.0
+    >>> effective_rank(np.full((4, 2), np.nan))
+    nan
     """
     x = np.asarray(features, np.float64)
+    if not np.isfinite(x).all():
+        return float("nan")
     x = x - x.mean(axis=0)
     s = np.linalg.svd(x, compute_uv=False)
     total = s.sum()
@@ -66,13 +72,15 @@ def representation_health(features, embeddings, dead_threshold: float = 0.01) ->
     """
     f = np.asarray(features, np.float64)
     z = np.asarray(embeddings, np.float64)
-    zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    dim_std = zn.std(axis=0) * math.sqrt(z.shape[1])
 
     def dead(x):
         std = x.std(axis=0)
         return float(np.mean(std < dead_threshold * max(std.mean(), 1e-30)))
 
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a diverged run: NaN values, no warnings
+        zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        dim_std = zn.std(axis=0) * math.sqrt(z.shape[1])
+        dead_f, dead_z = dead(f), dead(z)
     rank = effective_rank(f)
     return {
         "embedding_std": float(dim_std.mean()),
@@ -80,8 +88,8 @@ def representation_health(features, embeddings, dead_threshold: float = 0.01) ->
         "embedding_dim_std": dim_std.astype(np.float32),
         "effective_rank": rank,
         "effective_rank_ratio": rank / min(f.shape),
-        "dead_fraction": dead(f),
-        "embedding_dead_fraction": dead(z),
+        "dead_fraction": dead_f,
+        "embedding_dead_fraction": dead_z,
     }
 
 

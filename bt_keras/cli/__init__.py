@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-from bt_keras.errors import UserError
+from bt_keras.errors import UserError, one_line, short_repr
 
 __all__ = ["ArgumentParser", "UserError", "log_to_console", "run_command"]
 
@@ -42,19 +42,67 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_command(prog: str, body, argv=None) -> int:
     """Runs ``body(argv)``; a ``UserError`` becomes ``prog: error: ...`` and exit code 2.
 
-    While it runs, the library's log records show as ``prog: message`` lines.
+    An ``OSError`` that reaches here (a full disk, a file system gone
+    read-only) is a fault, not the user's input: one line, exit code 1; every
+    file the package writes is replaced by a rename, so what was there before
+    is intact. Arguments must be valid UTF-8 (they end up in file names,
+    ``config.yaml`` and reports): bytes that are not are refused before
+    anything runs. While it runs, the library's log records show as
+    ``prog: message`` lines.
     """
     args = sys.argv[1:] if argv is None else argv
     quiet_tensorflow(verbose="-v" in args or "--verbose" in args)
     with log_to_console(prog):
         try:
+            check_utf8_arguments(args)
             return body(argv) or 0
         except UserError as e:
             sys.stderr.write(f"{prog}: error: {e}\n")
             return 2
+        except OSError as e:
+            sys.stderr.write(f"{prog}: error: {one_line(e)}\n")
+            return 1
         except KeyboardInterrupt:
             sys.stderr.write(f"{prog}: interrupted\n")
             return 130
+
+
+def tensorflow_fault(prog: str, e: Exception) -> int:
+    """A TensorFlow runtime error (``tf.errors.OpError``: a full disk under ``SaveV2``) as one line, exit 1.
+
+    With ``-v``/``--verbose`` it is raised instead, traceback and all.
+    """
+    if _verbose:
+        raise e
+    sys.stderr.write(f"{prog}: error: {type(e).__name__}: {one_line(e)} (rerun with -v for the traceback)\n")
+    return 1
+
+
+def check_utf8_arguments(args) -> None:
+    """Refuses command-line arguments holding bytes that are not UTF-8 (Python keeps them as surrogates).
+
+    Args:
+        args: the arguments, as ``sys.argv[1:]``.
+
+    Raises:
+        UserError: naming the argument, its bad bytes shown escaped.
+
+    Examples:
+
+    >>> import os
+    >>> check_utf8_arguments(["--run-dir", os.fsdecode(b"runs/\\xff")])
+    Traceback (most recent call last):
+    ...
+    bt_keras.errors.UserError: argument --run-dir is not valid UTF-8: 'runs/\\udcff'; use UTF-8 names
+    """
+    for i, arg in enumerate(args):
+        if not isinstance(arg, str):
+            continue
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            flag = args[i - 1] if i and str(args[i - 1]).startswith("-") else f"{i + 1}"
+            raise UserError(f"argument {flag} is not valid UTF-8: {short_repr(arg)}; use UTF-8 names") from None
 
 
 class _ConsoleHandler(logging.Handler):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from bt_keras.errors import short_repr
+
 
 def floats(text: str) -> tuple:
     """Three numbers (R, G, B) separated by commas and/or spaces, for ``--mean``/``--std``.
@@ -47,7 +49,7 @@ def _checked(text: str, convert, ok, expected: str):
     except ValueError:
         value = None
     if value is None or not ok(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {short_repr(text)}")
     return value
 
 
@@ -65,6 +67,22 @@ def positive_int(text: str) -> int:
     argparse.ArgumentTypeError: expected a positive integer, got '0'
     """
     return _checked(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def model_version(text: str) -> int:
+    """A TF Serving model version: an integer from 1 to 2**63-1 (int64).
+
+    Args:
+        text: the flag's value.
+
+    Examples:
+
+    >>> model_version(str(2**63))
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected an integer from 1 to 2**63-1, got '9223372036854775808'
+    """
+    return _checked(text, int, lambda v: 1 <= v <= 2**63 - 1, "an integer from 1 to 2**63-1")
 
 
 def positive_float(text: str) -> float:

@@ -16,8 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
-from bt_keras.cli.args import floats, fraction, positive_int
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, tensorflow_fault
+from bt_keras.cli.args import floats, fraction, model_version, positive_int
 from bt_keras.contract import read_contract, resolve_contract
 from bt_keras.errors import ExportArgumentError, ExportFailed, one_line
 from bt_keras.export.layout import DEFAULT_TOLERANCE, FORMATS, ONNX_OPSET, check_formats, check_name
@@ -36,9 +36,13 @@ def build_parser() -> ArgumentParser:
     src.add_argument("--encoder", metavar="FILE.keras", help="an encoder saved with encoder.save(...)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--name", default="encoder", help="TF Serving model name (default: encoder)")
-    p.add_argument("--version", type=positive_int, default=1, help="TF Serving model version (default: 1)")
+    p.add_argument("--version", type=model_version, default=1, help="TF Serving model version (default: 1)")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: saved_model,onnx (default: both)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export in DIR")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace this --name/--version (and its ONNX file) in an existing export in DIR; other versions stay",
+    )
     p.add_argument(
         "--image-size",
         type=positive_int,
@@ -112,6 +116,8 @@ def _body(argv) -> int:
 
     publish.check_destination(Path(args.out).absolute(), args.overwrite)
     load_tensorflow()
+    import tensorflow as tf
+
     from bt_keras.export import export_encoder
 
     source = {
@@ -137,6 +143,8 @@ def _body(argv) -> int:
         # Not the user's arguments (exit 2) but the export itself; nothing was written.
         sys.stderr.write(f"{PROG}: export failed: {e if isinstance(e, ExportFailed) else one_line(e)}\n")
         return 1
+    except tf.errors.OpError as e:  # e.g. a full disk while TensorFlow writes the SavedModel; nothing was published
+        return tensorflow_fault(PROG, e)
     _print_result(result)
     return 0
 

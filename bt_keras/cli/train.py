@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, select_backend
-from bt_keras.errors import TrainingStopped
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, select_backend, tensorflow_fault
+from bt_keras.errors import CheckpointUnreadable, TrainingStopped
 
 PROG = "bt-train"
 
@@ -66,13 +66,19 @@ def _body(argv) -> int:
     cfg = load_config(args.config, args.set)
     select_backend(cfg.train.backend)
     load_tensorflow()
+    import tensorflow as tf
+
     from bt_keras.training import train
 
     try:
         summary = train(cfg, args.run_dir)
-    except TrainingStopped as e:
+    except (TrainingStopped, CheckpointUnreadable) as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1
+    except tf.errors.OpError as e:  # a fault inside TensorFlow (full disk under a writer); checkpoints are intact
+        return tensorflow_fault(PROG, e)
+    if summary.get("signal") == "SIGINT":
+        return 130  # interrupted by the user (the checkpoint is written; the line above says so)
     print_summary(summary)
     return 0
 

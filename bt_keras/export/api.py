@@ -97,7 +97,9 @@ def export_encoder(
     Args:
       encoder: a ``keras.Model`` (one NHWC input, one ``[B, D]`` output) or a
         path to a ``.keras`` file (loaded with ``safe_mode=True``).
-      out_dir: output directory; created, or replaced only when ``overwrite``.
+      out_dir: output directory; created, or when it holds an export and
+        ``overwrite`` is set, updated: only this export's version directory,
+        ONNX file and report are replaced (other versions and names stay).
       image_size: side of the square images the encoder takes.
       formats: any of ``"saved_model"``, ``"onnx"``.
       name, version: TF Serving model name and integer version.
@@ -151,7 +153,8 @@ def export_encoder(
             "versions": _versions(onnx="onnx" in formats),
         }
         atomic_write(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-        publish(tmp, out_dir, overwrite)
+        written = [p.relative_to(tmp) for p in (sm_dir, onnx_path) if p is not None]
+        publish(tmp, out_dir, overwrite, entries=[*written, REPORT_FILE])
     return ExportResult(
         out_dir=out_dir,
         saved_model_dir=None if sm_dir is None else out_dir / sm_dir.relative_to(tmp),

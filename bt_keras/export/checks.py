@@ -21,7 +21,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from bt_keras.errors import ExportArgumentError
+from bt_keras.errors import ExportArgumentError, short_repr
+from bt_keras.export.layout import MAX_VERSION
 from bt_keras.saving import is_float32, rebuild_float32
 
 _AUGMENTATION_CLASSES = {"AugMix", "RandAugment", "MixUp", "CutMix", "Solarization"}
@@ -34,10 +35,10 @@ def check_version_and_tolerance(version, tolerance) -> None:
 
     >>> check_version_and_tolerance(1, 1e-4)
     """
-    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 1:
-        raise ExportArgumentError(f"version must be a positive integer, got {version!r}")
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or not 1 <= version <= MAX_VERSION:
+        raise ExportArgumentError(f"version must be an integer from 1 to 2**63-1 (int64), got {short_repr(version)}")
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
-        raise ExportArgumentError(f"tolerance must be a non-negative number, got {tolerance!r}")
+        raise ExportArgumentError(f"tolerance must be a non-negative number, got {short_repr(tolerance)}")
 
 
 def _all_layers(model):

@@ -6,7 +6,7 @@ without loading it.
 
 import re
 
-from bt_keras.errors import ExportArgumentError
+from bt_keras.errors import ExportArgumentError, short_repr
 
 FORMATS = ("saved_model", "onnx")
 ONNX_OPSET = 17  # tf2onnx 1.17 converts up to opset 18; 17 is what ONNX Runtime and LiteRT tooling all take
@@ -18,7 +18,8 @@ OUTPUT_KEY = "embedding"
 REPORT_FILE = "export_report.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # the whole name: fullmatch ("$" lets "x\n" in)
+MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
 
 
 def check_formats(formats) -> tuple:
@@ -54,7 +55,11 @@ def check_name(name, what: str = "model name") -> str:
     Traceback (most recent call last):
     ...
     bt_keras.errors.ExportArgumentError: model name must match [A-Za-z0-9][A-Za-z0-9_.-]*, got '../evil'
+    >>> check_name("enc\\n")
+    Traceback (most recent call last):
+    ...
+    bt_keras.errors.ExportArgumentError: model name must match [A-Za-z0-9][A-Za-z0-9_.-]*, got 'enc\\n'
     """
-    if not isinstance(name, str) or not _MODEL_NAME.match(name):
-        raise ExportArgumentError(f"{what} must match [A-Za-z0-9][A-Za-z0-9_.-]*, got {name!r}")
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ExportArgumentError(f"{what} must match [A-Za-z0-9][A-Za-z0-9_.-]*, got {short_repr(name)}")
     return name

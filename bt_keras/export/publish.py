@@ -1,12 +1,18 @@
 """All or nothing: an export is built in a hidden sibling directory and renamed into place.
 
 :func:`staging_directory` creates ``.<out>.bt-export-tmp-<pid>-<random>`` next
-to the output directory and always removes it; :func:`publish` swaps it in
-with renames (the previous export, if any, is moved aside as
-``.<out>.bt-export-old-<pid>-<random>`` and deleted only once the new one is in
-place), so a crash or Ctrl-C never leaves a half export. Temporaries carry the
-writer's pid, so a later export removes those of a writer that was killed
-(SIGKILL cannot be cleaned up after) but never those of a running one.
+to the output directory and always removes it; :func:`publish` moves it in
+with renames, so a crash or Ctrl-C never leaves a half export. A new output
+directory is the staging directory renamed. Into an existing export
+(``overwrite``), only what this export wrote is replaced, each entry by its
+own rename: the version directory ``saved_model/<name>/<version>``, the ONNX
+file ``onnx/<name>.onnx`` and ``export_report.json``. Other versions (TF
+Serving serves them side by side), other model names and the user's own
+files stay. Temporaries carry the writer's pid, so a later export removes
+those of a writer that was killed (SIGKILL cannot be cleaned up after) but
+never those of a running one. The staging directory gets the usual
+permissions (``0777`` less the umask), not ``mkdtemp``'s ``0700``: a serving
+process running as another user must be able to read the export.
 
 Examples:
 
@@ -19,6 +25,13 @@ Examples:
 ...     publish(tmp, out, overwrite=False)
 >>> sorted(os.listdir(out)), sorted(os.listdir(out.parent))
 (['export_report.json'], ['exp'])
+>>> with staging_directory(out) as tmp:
+...     (tmp / "onnx").mkdir()
+...     _ = (tmp / "onnx" / "b.onnx").write_text("b")
+...     _ = (tmp / "export_report.json").write_text("{}")
+...     publish(tmp, out, overwrite=True, entries=["onnx/b.onnx", "export_report.json"])
+>>> sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+['export_report.json', 'onnx', 'onnx/b.onnx']
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ from pathlib import Path
 
 from bt_keras.errors import ExportArgumentError, one_line
 from bt_keras.export.layout import REPORT_FILE
+from bt_keras.io import current_umask
 
 _TMP_MARK = ".bt-export-tmp-"
 _OLD_MARK = ".bt-export-old-"
@@ -100,6 +114,7 @@ def staging_directory(out_dir: Path):
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{_TMP_MARK}{os.getpid()}-", dir=out_dir.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())
     except OSError as e:
         raise ExportArgumentError(f"cannot write next to {out_dir}: {one_line(e)}") from None
     try:
@@ -108,23 +123,39 @@ def staging_directory(out_dir: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    """Renames the finished ``tmp`` onto ``out_dir``, replacing an earlier export when ``overwrite``.
+def publish(tmp: Path, out_dir: Path, overwrite: bool, entries=None) -> None:
+    """Moves the finished ``tmp`` to ``out_dir``; into an existing export (``overwrite``), only ``entries``.
 
     Args:
         tmp: the staging directory, complete.
         out_dir: the output directory (absolute).
         overwrite: whether an existing export may be replaced (checked again here).
+        entries: paths relative to ``tmp`` that replace their counterparts in an
+            existing export (default: every top-level entry of ``tmp``), in this
+            order; put ``export_report.json`` last.
     """
     check_destination(out_dir, overwrite)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        old = out_dir.parent / f".{out_dir.name}{_OLD_MARK}{os.getpid()}-{os.urandom(4).hex()}"
-        os.rename(out_dir, old)
-        try:
-            os.rename(tmp, out_dir)
-        except BaseException:
-            os.rename(old, out_dir)
-            raise
+    if not (out_dir.is_dir() and any(out_dir.iterdir())):
+        os.rename(tmp, out_dir)  # replaces an empty directory; fails if one appeared meanwhile
+        return
+    for entry in entries if entries is not None else sorted(p.name for p in tmp.iterdir()):
+        _replace(tmp / entry, out_dir / entry, out_dir)
+
+
+def _replace(new: Path, target: Path, out_dir: Path) -> None:
+    """Renames ``new`` onto ``target``; an existing ``target`` is moved aside first and deleted after."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = out_dir.parent / f".{out_dir.name}{_OLD_MARK}{os.getpid()}-{os.urandom(4).hex()}"
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    if old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.rename(tmp, out_dir)  # replaces an empty directory; fails if one appeared meanwhile
+        old.unlink()
