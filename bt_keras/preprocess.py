@@ -24,25 +24,173 @@ from bt_keras.contract import (  # noqa: E402, F401
     CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MAX_IMAGE_PIXELS,
     PreprocessingContract,
     default_crop_fraction,
     make_contract,
 )
 
 
-def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
-    """Decodes JPEG/PNG/BMP/GIF bytes to a uint8 [H, W, 3] RGB image.
+def _le16(raw, i):
+    return raw[i] + 256 * raw[i + 1]
+
+
+def _color_table_size(flags):
+    # A GIF colour table holds 2^(1 + (flags & 7)) RGB entries when bit 7 is set.
+    return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, tf.bitwise.bitwise_and(flags, 7)), 0)
+
+
+def gif_first_frame(image_bytes: tf.Tensor):
+    """``(bytes holding only the first image, its (height, width))`` of a GIF, in the graph.
+
+    TensorFlow's GIF decoder decodes every frame (``expand_animations=False``
+    only keeps the first one afterwards: a 300-frame 1000 × 1000 GIF costs
+    1.5 GB), so the byte stream is cut after the first image block and closed
+    with a trailer. The walk visits the blocks (extensions, the image
+    descriptor, the 255-byte data sub-blocks) with a ``tf.while_loop``, one
+    block per step. A malformed stream is cut where the walk stopped, so the
+    decoder then fails on it rather than reading further; the size is
+    ``(-1, -1)`` then.
+
+    Examples:
+
+    >>> import io, numpy as np
+    >>> from PIL import Image
+    >>> frames = [Image.fromarray(np.full([8, 12, 3], v, np.uint8)) for v in (0, 255, 0)]
+    >>> buf = io.BytesIO()
+    >>> frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    >>> first, size = gif_first_frame(tf.constant(buf.getvalue()))
+    >>> size.numpy().tolist(), tf.io.decode_gif(first).shape
+    ([8, 12], TensorShape([1, 8, 12, 3]))
+    """
+    raw = tf.cast(tf.io.decode_raw(image_bytes, tf.uint8), tf.int32)
+    n = tf.size(raw)
+    padded = tf.concat([raw, tf.zeros([16], tf.int32)], 0)  # reads near the end stay in bounds
+    start = 13 + _color_table_size(padded[10])
+    # mode 0: at a block introducer; 1: in an extension's sub-blocks; 2: in the image's; 3: done; 4: malformed.
+    init = (start, tf.constant(0), tf.constant(-1), tf.constant(-1))
+
+    def step(pos, mode, height, width):
+        b = padded[tf.minimum(pos, n)]
+        is_ext, is_image = b == 0x21, b == 0x2C
+        lct = _color_table_size(padded[tf.minimum(pos + 9, n)])
+        block_pos = tf.where(is_ext, pos + 2, tf.where(is_image, pos + 11 + lct, pos))
+        block_mode = tf.where(is_ext, 1, tf.where(is_image, 2, 4))
+        height = tf.where((mode == 0) & is_image, _le16(padded, tf.minimum(pos + 7, n)), height)
+        width = tf.where((mode == 0) & is_image, _le16(padded, tf.minimum(pos + 5, n)), width)
+        sub_pos = pos + b + 1  # a data sub-block: its length byte, then the data; 0 ends the chain
+        sub_mode = tf.where(b == 0, tf.where(mode == 2, 3, 0), mode)
+        new_pos = tf.where(mode == 0, block_pos, sub_pos)
+        new_mode = tf.where(mode == 0, block_mode, sub_mode)
+        return new_pos, tf.where(pos >= n, 4, new_mode), height, width
+
+    pos, mode, height, width = tf.while_loop(lambda pos, mode, h, w: mode < 3, step, init, maximum_iterations=n + 1)
+    end = tf.minimum(pos, n)
+    first = tf.strings.substr(image_bytes, 0, end) + b"\x3b"
+    ok = mode == 3
+    size = tf.where(ok, tf.stack([height, width]), -1)
+    canvas = tf.stack([_le16(padded, 8), _le16(padded, 6)])
+    # What the decoder allocates: the canvas for the output, the frame for its raster.
+    return first, tf.cast(tf.where(ok, tf.maximum(size, canvas), -1), tf.int64)
+
+
+def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
+    """int64 ``(height, width)`` read from a PNG, GIF or BMP header, else ``(-1, -1)``; never raises.
+
+    Only the header is read: nothing is decoded. A GIF gives the larger of its
+    canvas and its first frame (see :func:`gif_first_frame`); a BMP its
+    absolute height (negative means top-down). JPEG sizes come from
+    ``tf.io.extract_jpeg_shape`` in :func:`decode_rgb` (this function gives
+    ``(-1, -1)`` for them).
+
+    Examples:
+
+    >>> header_size(tf.io.encode_png(tf.zeros([3, 5, 1], tf.uint8))).numpy().tolist()
+    [3, 5]
+    >>> header_size(tf.constant(b"not an image")).numpy().tolist()
+    [-1, -1]
+    """
+    head = tf.strings.substr(tf.strings.substr(image_bytes, 0, 32) + b"\0" * 32, 0, 32)
+    raw = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    n = tf.strings.length(image_bytes)
+    png = tf.stack(
+        [
+            raw[20] * 2**24 + raw[21] * 2**16 + raw[22] * 2**8 + raw[23],
+            raw[16] * 2**24 + raw[17] * 2**16 + raw[18] * 2**8 + raw[19],
+        ]
+    )
+    le32 = raw[18:26] * tf.constant([1, 2**8, 2**16, 2**24] * 2, tf.int64)
+    width, height = tf.reduce_sum(le32[:4]), tf.reduce_sum(le32[4:])
+    height = tf.where(height >= 2**31, 2**32 - height, height)  # two's complement: top-down rows
+    bmp = tf.stack([height, width])
+    unknown = tf.constant([-1, -1], tf.int64)
+    return tf.case(
+        [
+            ((tf.strings.substr(head, 0, 8) == b"\x89PNG\r\n\x1a\n") & (n >= 24), lambda: png),
+            ((tf.strings.substr(head, 0, 4) == b"GIF8") & (n >= 13), lambda: gif_first_frame(image_bytes)[1]),
+            ((tf.strings.substr(head, 0, 2) == b"BM") & (n >= 26), lambda: bmp),
+        ],
+        default=lambda: unknown,
+    )
+
+
+def refuse_above(size: tf.Tensor, max_pixels: int):
+    """An assertion op: ``size`` (height, width) has at most ``max_pixels`` pixels.
+
+    Put decoding under ``tf.control_dependencies([refuse_above(size, limit)])``
+    so that an oversized image raises ``InvalidArgumentError`` before any pixel
+    memory is allocated.
+    """
+    size = tf.cast(size, tf.int64)
+    return tf.debugging.Assert(
+        size[0] * size[1] <= max_pixels,
+        [f"image too large: more than the limit of {max_pixels} pixels (max_image_pixels); height, width:", size],
+    )
+
+
+def decode_rgb(image_bytes: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+    """Decodes JPEG/PNG/BMP/GIF bytes to a uint8 [H, W, 3] RGB image, refusing oversized ones first.
 
     JPEGs use the exact integer DCT (bit-compatible with other decoders on
     4:4:4 files); grayscale, RGBA, palette and 16-bit images become 3-channel
-    uint8; an animated GIF gives its first frame. Undecodable bytes raise
-    ``tf.errors.InvalidArgumentError``.
+    uint8; an animated GIF gives its first frame, and only that frame is
+    decoded (:func:`gif_first_frame`). Before any decoding the size is read
+    from the header (``tf.io.extract_jpeg_shape`` for JPEG, :func:`header_size`
+    otherwise) and an image of more than ``max_pixels`` pixels raises
+    ``tf.errors.InvalidArgumentError`` ("image too large"), so a
+    decompression bomb costs no memory. Undecodable bytes raise
+    ``tf.errors.InvalidArgumentError`` too.
+
+    Args:
+        image_bytes: a scalar string tensor.
+        max_pixels: the largest height × width accepted.
+
+    Examples:
+
+    >>> bomb = tf.io.encode_png(tf.zeros([200, 300, 1], tf.uint8))
+    >>> decode_rgb(bomb).shape
+    TensorShape([200, 300, 3])
+    >>> decode_rgb(bomb, max_pixels=50_000)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tensorflow.python.framework.errors_impl.InvalidArgumentError: ...image too large...
     """
-    image = tf.cond(
-        tf.io.is_jpeg(image_bytes),
-        lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False),
-    )
+
+    def jpeg():
+        with tf.control_dependencies([refuse_above(tf.io.extract_jpeg_shape(image_bytes)[:2], max_pixels)]):
+            return tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")
+
+    def gif():
+        first, size = gif_first_frame(image_bytes)
+        with tf.control_dependencies([refuse_above(size, max_pixels)]):
+            return tf.io.decode_image(first, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    def other():
+        with tf.control_dependencies([refuse_above(header_size(image_bytes), max_pixels)]):
+            return tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    is_gif = tf.strings.substr(image_bytes, 0, 4) == b"GIF8"
+    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: tf.cond(is_gif, gif, other))
     image.set_shape([None, None, 3])
     return image
 
@@ -64,7 +212,8 @@ def center_crop_resize(image: tf.Tensor, image_size: int, crop_fraction: float |
     top = (height - side) // 2
     left = (width - side) // 2
     crop = image[top : top + side, left : left + side, :]
-    out = tf.image.resize(tf.cast(crop, tf.float32), [image_size, image_size], method="bilinear", antialias=False)
+    # The resize reads uint8 as it is (same values as from a float32 copy, without 4 bytes per pixel of it).
+    out = tf.image.resize(crop, [image_size, image_size], method="bilinear", antialias=False)
     out.set_shape([image_size, image_size, 3])
     return out
 
@@ -81,9 +230,13 @@ def preprocess_for_eval(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     crop_fraction: float | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tf.Tensor:
-    """Encoded bytes or a uint8 image → normalised float32 [image_size, image_size, 3]."""
+    """Encoded bytes or a uint8 image → normalised float32 [image_size, image_size, 3].
+
+    Bytes are decoded by :func:`decode_rgb`, which refuses images of more than ``max_pixels`` pixels.
+    """
     x = image_bytes_or_pixels
     if x.dtype == tf.string:
-        x = decode_rgb(x)
+        x = decode_rgb(x, max_pixels)
     return normalize(center_crop_resize(x, image_size, crop_fraction), mean, std)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 
 import numpy as np
 import tensorflow as tf
@@ -202,14 +203,7 @@ class FolderSource(Source):
         if not tf.io.gfile.isdir(root):
             raise DataError(f"folder:{root}: no such directory")
         self.root = root
-        files, ignored = [], []
-        for dirpath, _, filenames in tf.io.gfile.walk(root):
-            for fname in filenames:
-                path = dirpath.rstrip("/") + "/" + fname
-                if fname.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(path)
-                else:
-                    ignored.append((path, "ignored: not an image file extension (jpg, jpeg, png, bmp, gif)"))
+        files, ignored = _walk_remote(root) if "://" in root else _walk_local(root)
         files.sort()
         self.paths = files
         self.ignored = sorted(ignored)
@@ -253,6 +247,97 @@ class FolderSource(Source):
         return ds.map(
             lambda u, p, y: (u, tf.io.read_file(p), y), num_parallel_calls=AUTOTUNE, deterministic=deterministic
         )
+
+
+_NOT_AN_IMAGE_NAME = "ignored: not an image file extension (jpg, jpeg, png, bmp, gif)"
+
+
+def _walk_remote(root: str):
+    """``(image paths, [(path, reason)])`` under a ``gs://``-style directory, through ``tf.io.gfile``."""
+    files, ignored = [], []
+    for dirpath, _, filenames in tf.io.gfile.walk(root):
+        for fname in filenames:
+            path = dirpath.rstrip("/") + "/" + fname
+            if fname.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(path)
+            else:
+                ignored.append((path, _NOT_AN_IMAGE_NAME))
+    return files, ignored
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _walk_local(root: str):
+    """``(image paths, [(path, reason)])`` under a local directory, nothing opened but directories.
+
+    Each real directory is visited once (by device and inode), so a symbolic
+    link loop (``again -> .``) or a second link to a folder adds nothing.
+    Only regular files (after following links) are kept: a FIFO, a device
+    (``zero.png -> /dev/zero``), a socket or a dangling link is reported and
+    never opened. A name that is not valid UTF-8 is reported (the path keeps
+    its bytes as surrogate escapes, see :func:`os.fsdecode`) and skipped.
+    Reasons starting with ``ignored:`` are not counted as skipped images.
+    """
+    files, ignored, seen = [], [], set()
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                ignored.append((directory, "ignored: a directory already visited (symbolic link loop or second link)"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            ignored.append((directory, f"unreadable directory: {e.strerror or e}"))
+            continue
+        subdirs = []
+        for entry in entries:
+            path = directory.rstrip("/") + "/" + entry.name
+            try:
+                is_dir = entry.is_dir()  # follows symbolic links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(path)
+                continue
+            if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                ignored.append((path, _NOT_AN_IMAGE_NAME))
+                continue
+            reason = _not_a_usable_file(path)
+            if reason is None:
+                files.append(path)
+            else:
+                ignored.append((path, reason))
+        pending.extend(reversed(subdirs))  # depth first, in name order
+    return files, ignored
+
+
+def _not_a_usable_file(path: str) -> str | None:
+    """Why the file at ``path`` is not read (not UTF-8, not a regular file), or None; never opens it."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8: rename it to read it"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "unreadable: dangling symbolic link" if os.path.islink(path) else "unreadable: file disappeared"
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"not a regular file ({kind}): not opened"
 
 
 _TFR_FEATURES = {
