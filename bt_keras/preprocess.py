@@ -40,6 +40,13 @@ def _color_table_size(flags):
     return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, tf.bitwise.bitwise_and(flags, 7)), 0)
 
 
+_SCALAR_STRING = tf.TensorSpec([], tf.string)
+# The guards below are traced once per process (fixed input signatures): a pipeline or a
+# SavedModel that decodes calls them, instead of rebuilding their hundred-odd ops per trace.
+_traced_once = tf.function(input_signature=[_SCALAR_STRING], autograph=False)
+
+
+@_traced_once
 def gif_first_frame(image_bytes: tf.Tensor):
     """``(bytes holding only the first image, its (height, width))`` of a GIF, in the graph.
 
@@ -94,14 +101,15 @@ def gif_first_frame(image_bytes: tf.Tensor):
     return first, tf.cast(tf.where(ok, tf.maximum(size, canvas), -1), tf.int64)
 
 
+@_traced_once
 def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
     """int64 ``(height, width)`` read from a PNG, GIF or BMP header, else ``(-1, -1)``; never raises.
 
-    Only the header is read: nothing is decoded. A GIF gives the larger of its
-    canvas and its first frame (see :func:`gif_first_frame`); a BMP its
-    absolute height (negative means top-down). JPEG sizes come from
-    ``tf.io.extract_jpeg_shape`` in :func:`decode_rgb` (this function gives
-    ``(-1, -1)`` for them).
+    Only the first 26 bytes are read (plain arithmetic, no control flow, so it
+    is cheap to trace into any pipeline): PNG's IHDR, a GIF's logical screen
+    (its canvas; :func:`gif_first_frame` also reads the first frame's extent),
+    a BMP's info header (absolute height: negative means top-down). JPEG sizes
+    come from ``tf.io.extract_jpeg_shape`` (this function gives ``(-1, -1)``).
 
     Examples:
 
@@ -113,39 +121,52 @@ def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
     head = tf.strings.substr(tf.strings.substr(image_bytes, 0, 32) + b"\0" * 32, 0, 32)
     raw = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
     n = tf.strings.length(image_bytes)
-    png = tf.stack(
-        [
-            raw[20] * 2**24 + raw[21] * 2**16 + raw[22] * 2**8 + raw[23],
-            raw[16] * 2**24 + raw[17] * 2**16 + raw[18] * 2**8 + raw[19],
-        ]
-    )
+    be32 = tf.constant([2**24, 2**16, 2**8, 1], tf.int64)
+    png = tf.stack([tf.reduce_sum(raw[20:24] * be32), tf.reduce_sum(raw[16:20] * be32)])
+    gif = tf.stack([raw[8] + 256 * raw[9], raw[6] + 256 * raw[7]])
     le32 = raw[18:26] * tf.constant([1, 2**8, 2**16, 2**24] * 2, tf.int64)
     width, height = tf.reduce_sum(le32[:4]), tf.reduce_sum(le32[4:])
     height = tf.where(height >= 2**31, 2**32 - height, height)  # two's complement: top-down rows
     bmp = tf.stack([height, width])
+    is_png = (tf.strings.substr(head, 0, 8) == b"\x89PNG\r\n\x1a\n") & (n >= 24)
+    is_gif = (tf.strings.substr(head, 0, 4) == b"GIF8") & (n >= 13)
+    is_bmp = (tf.strings.substr(head, 0, 2) == b"BM") & (n >= 26)
     unknown = tf.constant([-1, -1], tf.int64)
-    return tf.case(
-        [
-            ((tf.strings.substr(head, 0, 8) == b"\x89PNG\r\n\x1a\n") & (n >= 24), lambda: png),
-            ((tf.strings.substr(head, 0, 4) == b"GIF8") & (n >= 13), lambda: gif_first_frame(image_bytes)[1]),
-            ((tf.strings.substr(head, 0, 2) == b"BM") & (n >= 26), lambda: bmp),
-        ],
-        default=lambda: unknown,
-    )
+    return tf.where(is_png, png, tf.where(is_gif, gif, tf.where(is_bmp, bmp, unknown)))
 
 
-def refuse_above(size: tf.Tensor, max_pixels: int):
+def refuse_above(size: tf.Tensor, max_pixels) -> tf.Operation:
     """An assertion op: ``size`` (height, width) has at most ``max_pixels`` pixels.
 
     Put decoding under ``tf.control_dependencies([refuse_above(size, limit)])``
-    so that an oversized image raises ``InvalidArgumentError`` before any pixel
-    memory is allocated.
+    so that an oversized image raises ``InvalidArgumentError`` ("image too
+    large") before any pixel memory is allocated.
     """
     size = tf.cast(size, tf.int64)
+    max_pixels = tf.cast(max_pixels, tf.int64)
     return tf.debugging.Assert(
         size[0] * size[1] <= max_pixels,
-        [f"image too large: more than the limit of {max_pixels} pixels (max_image_pixels); height, width:", size],
+        ["image too large: more pixels than the limit (max_image_pixels)", max_pixels, "height, width:", size],
     )
+
+
+@tf.function(input_signature=[_SCALAR_STRING, tf.TensorSpec([], tf.int64)], autograph=False)
+def _decode_rgb_limited(image_bytes, max_pixels):
+    def jpeg():
+        with tf.control_dependencies([refuse_above(tf.io.extract_jpeg_shape(image_bytes)[:2], max_pixels)]):
+            return tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")
+
+    def gif():
+        first, size = gif_first_frame(image_bytes)
+        with tf.control_dependencies([refuse_above(size, max_pixels)]):
+            return tf.io.decode_image(first, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    def other():
+        with tf.control_dependencies([refuse_above(header_size(image_bytes), max_pixels)]):
+            return tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    is_gif = tf.strings.substr(image_bytes, 0, 4) == b"GIF8"
+    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: tf.cond(is_gif, gif, other))
 
 
 def decode_rgb(image_bytes: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
@@ -156,10 +177,10 @@ def decode_rgb(image_bytes: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf
     uint8; an animated GIF gives its first frame, and only that frame is
     decoded (:func:`gif_first_frame`). Before any decoding the size is read
     from the header (``tf.io.extract_jpeg_shape`` for JPEG, :func:`header_size`
-    otherwise) and an image of more than ``max_pixels`` pixels raises
-    ``tf.errors.InvalidArgumentError`` ("image too large"), so a
-    decompression bomb costs no memory. Undecodable bytes raise
-    ``tf.errors.InvalidArgumentError`` too.
+    and the first frame's extent otherwise) and an image of more than
+    ``max_pixels`` pixels raises ``tf.errors.InvalidArgumentError`` ("image
+    too large"), so a decompression bomb costs no memory. Undecodable bytes
+    raise ``tf.errors.InvalidArgumentError`` too.
 
     Args:
         image_bytes: a scalar string tensor.
@@ -175,22 +196,7 @@ def decode_rgb(image_bytes: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf
     ...
     tensorflow.python.framework.errors_impl.InvalidArgumentError: ...image too large...
     """
-
-    def jpeg():
-        with tf.control_dependencies([refuse_above(tf.io.extract_jpeg_shape(image_bytes)[:2], max_pixels)]):
-            return tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")
-
-    def gif():
-        first, size = gif_first_frame(image_bytes)
-        with tf.control_dependencies([refuse_above(size, max_pixels)]):
-            return tf.io.decode_image(first, channels=3, dtype=tf.uint8, expand_animations=False)
-
-    def other():
-        with tf.control_dependencies([refuse_above(header_size(image_bytes), max_pixels)]):
-            return tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
-
-    is_gif = tf.strings.substr(image_bytes, 0, 4) == b"GIF8"
-    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: tf.cond(is_gif, gif, other))
+    image = _decode_rgb_limited(image_bytes, tf.constant(max_pixels, tf.int64))
     image.set_shape([None, None, 3])
     return image
 
