@@ -157,7 +157,7 @@ def read_contract(path) -> PreprocessingContract:
                 text = f.read()
         c = PreprocessingContract.from_json(text)
         return make_contract(c.image_size, c.mean, c.std, c.crop_fraction)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
         raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
 
 

@@ -340,6 +340,8 @@ def _prepare_tfrecord(src: TFRecordSource, shard, cache, cache_max_mb, validate,
         n_total = len(expected)
     else:
         n_total = n_good = _tfrecord_count_estimate(src, file_ids, rec_shard)
+    # Files counted without a sidecar whose tail could not be read: their lost records are reported.
+    skipped = skipped + [(src.files[f], src.damaged[f]) for f in file_ids if f in src.damaged]
     if n_good == 0:
         raise DataError(f"{src.name}: no usable image among {n_total:,} records ({reason_summary(skipped)})")
 

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from bt_keras.data.demo import load_demo
-from bt_keras.errors import DataError
+from bt_keras.errors import DataError, one_line
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -361,12 +361,14 @@ class TFRecordSource(Source):
         files = sorted(tf.io.gfile.glob(pattern))
         if not files:
             raise DataError(f"tfrecord:{pattern}: no file matches")
+        _check_one_output(pattern, files)
         self.files = files
         self.ignored = []
         self.info = _read_sidecar(files)
         self.class_names = self.info.get("class_names") if self.info else None
         self._counts = None
         self._has_labels = None
+        self.damaged = {}  # file index -> why its tail is lost (files counted without a sidecar)
 
     @property
     def has_labels(self) -> bool:
@@ -385,9 +387,12 @@ class TFRecordSource(Source):
             if self.info is not None and "counts" in self.info:
                 self._counts = [int(self.info["counts"][os.path.basename(f)]) for f in self.files]
             else:
-                self._counts = [
-                    int(tf.data.TFRecordDataset(f).reduce(np.int64(0), lambda n, _: n + 1)) for f in self.files
-                ]
+                self._counts = []
+                for i, f in enumerate(self.files):
+                    count, damage = _count_records(f)
+                    self._counts.append(count)
+                    if damage:
+                        self.damaged[i] = damage
         return self._counts
 
     def listing(self) -> tuple:
@@ -509,6 +514,44 @@ class TFDSSource(Source):
             return uid, ex[image_key], label
 
         return ds.map(plain(convert), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _count_records(path: str):
+    """``(readable records, None or why the rest of the file is lost)`` of one TFRecord file."""
+    sizes = tf.data.TFRecordDataset(path).map(lambda r: tf.strings.length(r, unit="BYTE"))
+    count = span = 0
+    try:
+        for batch in sizes.batch(4096):
+            count, span = count + len(batch), span + int(np.sum(batch.numpy(), dtype=np.int64)) + 16 * len(batch)
+        return count, None
+    except tf.errors.OpError:
+        pass
+    try:  # the damaged tail: one record at a time from the last whole batch
+        for size in sizes.skip(count):
+            count, span = count + 1, span + int(size) + 16
+        return count, None
+    except tf.errors.OpError as e:
+        lost = tf.io.gfile.stat(path).length - span
+        return count, (
+            f"corrupt or truncated TFRecord: the {lost:,} bytes after record {count} cannot be read "
+            f"(the records there are lost): {one_line(e)}"
+        )
+
+
+def _check_one_output(pattern: str, files: list) -> None:
+    """Refuses a glob that picks up shards of two ``bt-data`` outputs (``-of-00004`` and ``-of-00008``)."""
+    totals = {}
+    for f in files:
+        m = re.fullmatch(r"(.*)-\d{5}-of-(\d{5})\.tfrecord", f)
+        if m:
+            totals.setdefault(m.group(1), set()).add(m.group(2))
+    for prefix, seen in totals.items():
+        if len(seen) > 1:
+            raise DataError(
+                f"tfrecord:{pattern}: mixes shards of different bt-data outputs ({os.path.basename(prefix)}-*-of-"
+                + " and -of-".join(sorted(seen))
+                + "); remove the stale ones or rerun bt-data with --overwrite"
+            )
 
 
 def _read_sidecar(files):
