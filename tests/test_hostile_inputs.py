@@ -240,3 +240,244 @@ def test_bombs_cost_no_memory_in_serving_and_training(exported, tmp_path):
     assert all(r[1].startswith("too large: 20000x20480 = 409,600,000 pixels") for r in rows)
     assert out["gif_first_frame"] == [1000, 1000, 3]
     assert "UNGUARDED DECODE FITS" not in proc.stdout  # failed, or the process was stopped
+
+
+# --------------------------------------------------------------------------- #
+# Classes 1, 3, 5, 7: what a folder may hold
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+def hostile_folder(tmp_path):
+    """A class folder with good images and everything that must be skipped, or visited once."""
+    root = tmp_path / "photos"
+    cats = root / "cats"
+    cats.mkdir(parents=True)
+    for i in range(3):
+        (cats / f"ok{i}.png").write_bytes(_png(np.full([20, 24, 3], 40 * i, np.uint8)))
+    (cats / "again").symlink_to(".")  # a loop: the folder inside itself
+    (root / "all").symlink_to("cats")  # a second link to a real folder
+    os.mkfifo(cats / "pipe.png")
+    (cats / "zero.png").symlink_to("/dev/zero")
+    (cats / "gone.png").symlink_to(cats / "nowhere.png")
+    (cats / "a\ttab.png").write_bytes(_png(np.zeros([8, 8, 3], np.uint8)))  # usable: only the name is odd
+    (cats / "evil\nfake.png\tnot an image: spoofed\n.png").write_bytes(b"not an image")
+    os.close(os.open(os.fsencode(cats) + b"/caf\xe9.png", os.O_CREAT | os.O_WRONLY))  # not UTF-8
+    (cats / "bomb.png").write_bytes(png_header(20000, 20000))
+    (cats / "frames.gif").write_bytes(many_frame_gif(5, 16))
+    return root
+
+
+def test_folder_walk_skips_what_is_not_a_regular_image_file(hostile_folder, tmp_path):
+    from bt_keras.data.validation import report_skipped
+
+    # What training and bt-data see: the preparation (listing, validation) and its TSV.
+    info = data.source_info(f"folder:{hostile_folder}", cache=True)
+    assert info.num_examples == 5  # ok0-2, the tab name, the GIF's first frame: each once, no loop
+    skipped_tsv = tmp_path / "skipped.tsv"
+    report_skipped(info.skipped, info.num_examples, str(skipped_tsv))
+    rows = [line.split("\t") for line in skipped_tsv.read_text(encoding="utf-8").splitlines()]
+    assert all(len(r) == 2 for r in rows)  # no name adds a row or a field
+    reasons = {os.path.basename(parse_tsv_field(path)): reason for path, reason in rows}
+    assert reasons["pipe.png"] == "not a regular file (a FIFO): not opened"
+    assert reasons["zero.png"] == "not a regular file (a character device): not opened"
+    assert reasons["gone.png"] == "unreadable: dangling symbolic link"
+    assert reasons["caf\udce9.png"].startswith("file name is not valid UTF-8")
+    assert reasons["bomb.png"].startswith("too large: 20000x20000")
+    assert reasons["evil\nfake.png\tnot an image: spoofed\n.png"].startswith("not an image")
+    assert "caf\\xe9.png" in skipped_tsv.read_text(encoding="utf-8")  # the undecodable byte, escaped
+    assert any(r.startswith("ignored: a directory already visited") for r in reasons.values())
+
+
+def test_an_unreadable_file_in_the_size_sample_is_skipped_like_any_other(tmp_path):
+    root = tmp_path / "few"
+    root.mkdir()
+    (root / "a_gone.png").symlink_to(root / "missing.png")  # first in the sort order: in the size sample
+    (root / "b_unreadable.png").write_bytes(_png(np.zeros([8, 8, 3], np.uint8)))
+    os.chmod(root / "b_unreadable.png", 0)
+    for i in range(3):
+        (root / f"c{i}.png").write_bytes(_png(np.full([8, 8, 3], i, np.uint8)))
+    info = data.source_info(f"folder:{root}")
+    assert info.num_examples == 3 + (os.geteuid() == 0)  # root reads mode-0 files
+    assert dict((os.path.basename(p), r) for p, r in info.skipped)["a_gone.png"] == "unreadable: dangling symbolic link"
+
+
+# --------------------------------------------------------------------------- #
+# Classes 2 and 3: bt-data publishes whole; damaged TFRecords are reported
+# --------------------------------------------------------------------------- #
+
+
+def _bt_data(capsys, *args) -> tuple:
+    from bt_keras.cli.data import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _names(directory: Path) -> list:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_bt_data_replaces_an_output_only_as_a_whole(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"{i}.png").write_bytes(_png(np.full([8, 8, 3], i, np.uint8)))
+    out = tmp_path / "out"
+    assert _bt_data(capsys, src, out, "--shards", "4")[0] == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(first) == [f"train-0000{i}-of-00004.tfrecord" for i in range(4)] + [
+        "train.bt-data.json",
+        "train.skipped.tsv",
+    ]
+
+    code, _, err = _bt_data(capsys, src, out, "--shards", "2")  # refused: the first output is kept as it was
+    assert code == 2 and "already holds a 'train' output" in err and "--overwrite" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+    code, printed, _ = _bt_data(capsys, src, out, "--shards", "2", "--overwrite")
+    assert code == 0 and f"{out}/train-*.tfrecord" in printed
+    assert _names(out) == [f"train-0000{i}-of-00002.tfrecord" for i in range(2)] + [
+        "train.bt-data.json",
+        "train.skipped.tsv",
+    ]  # no stale shard of the 4-shard output for the printed glob to pick up
+    assert data.count_examples(f"tfrecord:{out}/train-*.tfrecord") == 6
+
+    # Shards of two outputs under one glob are refused rather than mixed.
+    (out / "train-00003-of-00004.tfrecord").write_bytes(first["train-00003-of-00004.tfrecord"])
+    with pytest.raises(data.DataError, match="mixes shards of different bt-data outputs"):
+        data.count_examples(f"tfrecord:{out}/train-*.tfrecord")
+
+
+def _truncated_tfrecord(path: Path, records: int = 6) -> None:
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i in range(records):
+            feats = {
+                "image/encoded": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[_png(np.zeros([8, 8, 3], np.uint8) + i)])
+                )
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) - len(whole) // 4])  # the tail of the file is lost
+
+
+def test_a_truncated_tfrecord_reports_its_lost_records(tmp_path, capsys):
+    path = tmp_path / "photos.tfrecord"  # no sidecar: counted by reading
+    _truncated_tfrecord(path)
+    info = data.source_info(f"tfrecord:{path}")
+    assert 0 < info.num_examples < 6
+    ((where, reason),) = info.skipped
+    assert where == str(path) and reason.startswith("corrupt or truncated TFRecord: the ")
+    assert f"after record {info.num_examples} cannot be read" in reason
+
+    # bt-data failing half-way (the damaged tail) publishes nothing and keeps an earlier output.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.bt-data.json").write_text("{}")
+    code, _, err = _bt_data(capsys, f"tfrecord:{path}", out, "--overwrite")
+    assert code == 2 and "Nothing was published" in err and err.count("\n") == 1
+    assert _names(out) == ["train.bt-data.json"]  # no partial shard, no staging directory left
+
+
+# --------------------------------------------------------------------------- #
+# Classes 1, 7, 8: the ONNX client and bt-eval answer in one line
+# --------------------------------------------------------------------------- #
+
+
+def _onnx_client():
+    sys.path.insert(0, str(REPO / "export"))
+    try:
+        import onnx_client
+    finally:
+        sys.path.pop(0)
+    return onnx_client
+
+
+def test_savedmodel_and_onnx_answer_hostile_requests_alike(exported):
+    saved_model, onnx_path = exported
+    loaded = tf.saved_model.load(str(saved_model))
+    serve_float, serve_bytes = loaded.signatures["serve_float"], loaded.signatures["serving_default"]
+    client = _onnx_client().OnnxEncoder(str(onnx_path))
+
+    x = np.random.default_rng(0).normal(size=[3, SIZE, SIZE, 3]).astype(np.float32)
+    x[1, 2, 3, 0] = np.nan
+    x[2, 0, 0, 2] = np.inf
+    for got in (serve_float(images=tf.constant(x))["embedding"].numpy(), client.embed_pixels(x)):
+        assert np.isnan(got[1:]).all() and np.isfinite(got[0]).all()  # a NaN row per non-finite image, only there
+
+    empty = np.zeros([0, SIZE, SIZE, 3], np.float32)
+    assert serve_float(images=tf.constant(empty))["embedding"].shape == (0, 4)
+    assert serve_bytes(image_bytes=tf.constant([], tf.string))["embedding"].shape == (0, 4)
+    assert client.embed_pixels(empty).shape == (0, 4) and client.embed_bytes([]).shape == (0, 4)
+
+    for bomb in (huge_canvas_gif(60000), png_bomb(20480, 20000), png_bomb(12800, 10000)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
+            serve_bytes(image_bytes=tf.constant([bomb]))
+        with pytest.raises(ValueError, match="image too large"):
+            client.embed_bytes([bomb])
+    gif = many_frame_gif(4, 16)  # both take the first frame
+    np.testing.assert_allclose(
+        serve_bytes(image_bytes=tf.constant([gif]))["embedding"].numpy(), client.embed_bytes([gif]), atol=1e-5
+    )
+
+
+def test_onnx_client_errors_are_one_line(exported, tmp_path):
+    _, onnx_path = exported
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb(20480, 20000))
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(onnx_path.read_bytes()[:1000])
+    ok = tmp_path / "ok.png"
+    ok.write_bytes(_png(np.zeros([20, 20, 3], np.uint8)))
+    cases = [
+        ([onnx_path, bomb], "image too large"),
+        ([onnx_path, fifo], "not a regular file"),
+        ([corrupt, ok], "not a loadable ONNX model"),
+    ]
+    script = "import sys; sys.path.insert(0, sys.argv[1]); import onnx_client; sys.exit(onnx_client.main(sys.argv[2:]))"
+    for args, expected in cases:
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(REPO / "export"), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("onnx_client: error: ") and expected in proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_bt_eval_on_broken_models_is_one_line(exported, tmp_path, capsys):
+    import keras
+
+    from bt_keras.cli.eval import main
+
+    saved_model, _ = exported
+    broken = tmp_path / "sm"
+    import shutil
+
+    shutil.copytree(saved_model, broken)
+    (broken / "saved_model.pb").write_bytes(b"\x0a\xff\xff not a SavedModel")
+    run4d = tmp_path / "run4d"
+    run4d.mkdir()
+    inputs = keras.Input((SIZE, SIZE, 3))
+    keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs)).save(run4d / "encoder.keras")
+    contract = {"image_size": SIZE, "mean": [0, 0, 0], "std": [1, 1, 1], "crop_fraction": 1.0}
+    (run4d / "preprocessing.json").write_text(json.dumps(contract))
+    run_bad_json = tmp_path / "runjson"
+    run_bad_json.mkdir()
+    (run_bad_json / "encoder.keras").write_bytes((run4d / "encoder.keras").read_bytes())
+    (run_bad_json / "preprocessing.json").write_text('{"image_size": 1e400}')
+    data_flags = ["--train-data", "demo:train", "--test-data", "demo:test"]
+    for flags, expected in [
+        (["--saved-model", broken], "cannot load it"),
+        (["--run", run4d], "expected [2, dim]"),
+        (["--run", run_bad_json], "cannot read"),
+    ]:
+        assert main([*map(str, flags), *data_flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bt-eval: error: ") and expected in err and err.count("\n") == 1
