@@ -35,6 +35,21 @@ def _le16(raw, i):
     return raw[i] + 256 * raw[i + 1]
 
 
+def _be16(raw, i):
+    return 256 * raw[i] + raw[i + 1]
+
+
+def _window(image_bytes, pos, n):
+    """int32 [16]: the bytes at ``pos..pos+15``, zeros past the end (no copy of the whole file)."""
+    piece = tf.strings.substr(image_bytes, tf.minimum(pos, n), 16) + b"\0" * 16
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(piece, 0, 16), tf.uint8), tf.int32)
+
+
+# SOFn markers (C0-CF but C4 DHT, C8 JPG, CC DAC) carry the frame size; these have no length field.
+_JPEG_SOF = [m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC)]
+_JPEG_STANDALONE = [0x01] + list(range(0xD0, 0xD9))
+
+
 def _color_table_size(flags):
     # A GIF colour table holds 2^(1 + (flags & 7)) RGB entries when bit 7 is set.
     return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, tf.bitwise.bitwise_and(flags, 7)), 0)
@@ -70,21 +85,21 @@ def gif_first_frame(image_bytes: tf.Tensor):
     >>> size.numpy().tolist(), tf.io.decode_gif(first).shape
     ([8, 12], TensorShape([1, 8, 12, 3]))
     """
-    raw = tf.cast(tf.io.decode_raw(image_bytes, tf.uint8), tf.int32)
-    n = tf.size(raw)
-    padded = tf.concat([raw, tf.zeros([16], tf.int32)], 0)  # reads near the end stay in bounds
-    start = 13 + _color_table_size(padded[10])
+    n = tf.strings.length(image_bytes)
+    head = _window(image_bytes, 0, n)
+    start = 13 + _color_table_size(head[10])
     # mode 0: at a block introducer; 1: in an extension's sub-blocks; 2: in the image's; 3: done; 4: malformed.
     init = (start, tf.constant(0), tf.constant(-1), tf.constant(-1))
 
     def step(pos, mode, height, width):
-        b = padded[tf.minimum(pos, n)]
+        w = _window(image_bytes, pos, n)
+        b = w[0]
         is_ext, is_image = b == 0x21, b == 0x2C
-        lct = _color_table_size(padded[tf.minimum(pos + 9, n)])
-        block_pos = tf.where(is_ext, pos + 2, tf.where(is_image, pos + 11 + lct, pos))
+        block_pos = tf.where(is_ext, pos + 2, tf.where(is_image, pos + 11 + _color_table_size(w[9]), pos))
         block_mode = tf.where(is_ext, 1, tf.where(is_image, 2, 4))
-        height = tf.where((mode == 0) & is_image, _le16(padded, tf.minimum(pos + 7, n)), height)
-        width = tf.where((mode == 0) & is_image, _le16(padded, tf.minimum(pos + 5, n)), width)
+        # The frame's extent on the canvas: offset + size (left at 1, top at 3, width at 5, height at 7).
+        height = tf.where((mode == 0) & is_image, _le16(w, 3) + _le16(w, 7), height)
+        width = tf.where((mode == 0) & is_image, _le16(w, 1) + _le16(w, 5), width)
         sub_pos = pos + b + 1  # a data sub-block: its length byte, then the data; 0 ends the chain
         sub_mode = tf.where(b == 0, tf.where(mode == 2, 3, 0), mode)
         new_pos = tf.where(mode == 0, block_pos, sub_pos)
@@ -96,20 +111,54 @@ def gif_first_frame(image_bytes: tf.Tensor):
     first = tf.strings.substr(image_bytes, 0, end) + b"\x3b"
     ok = mode == 3
     size = tf.where(ok, tf.stack([height, width]), -1)
-    canvas = tf.stack([_le16(padded, 8), _le16(padded, 6)])
+    canvas = tf.stack([_le16(head, 8), _le16(head, 6)])
     # What the decoder allocates: the canvas for the output, the frame for its raster.
     return first, tf.cast(tf.where(ok, tf.maximum(size, canvas), -1), tf.int64)
 
 
 @_traced_once
-def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
-    """int64 ``(height, width)`` read from a PNG, GIF or BMP header, else ``(-1, -1)``; never raises.
+def jpeg_size(image_bytes: tf.Tensor) -> tf.Tensor:
+    """int64 ``(height, width)`` from a JPEG's frame header (SOFn marker), else ``(-1, -1)``; never raises.
 
-    Only the first 26 bytes are read (plain arithmetic, no control flow, so it
-    is cheap to trace into any pipeline): PNG's IHDR, a GIF's logical screen
-    (its canvas; :func:`gif_first_frame` also reads the first frame's extent),
-    a BMP's info header (absolute height: negative means top-down). JPEG sizes
-    come from ``tf.io.extract_jpeg_shape`` (this function gives ``(-1, -1)``).
+    Walks the marker segments from the start (a ``tf.while_loop``, one
+    segment per step) up to the first SOFn, as ``tf.io.extract_jpeg_shape``
+    does, but answers ``(-1, -1)`` instead of raising on a malformed file.
+
+    Examples:
+
+    >>> jpeg = tf.io.encode_jpeg(tf.zeros([6, 10, 3], tf.uint8))
+    >>> jpeg_size(jpeg).numpy().tolist(), jpeg_size(tf.constant(b"\\xff\\xd8 junk")).numpy().tolist()
+    ([6, 10], [-1, -1])
+    """
+    n = tf.strings.length(image_bytes)
+    # state: position of the next marker, 0 walking / 1 found / 2 malformed, height, width
+    init = (tf.constant(2), tf.constant(0), tf.constant(-1), tf.constant(-1))
+
+    def step(pos, state, height, width):
+        w = _window(image_bytes, pos, n)
+        fill = (w[0] == 0xFF) & (w[1] == 0xFF)  # fill bytes before a marker
+        marker = w[1]
+        is_sof = tf.reduce_any(marker == _JPEG_SOF)
+        standalone = tf.reduce_any(marker == _JPEG_STANDALONE)
+        ends = (marker == 0xD9) | (marker == 0xDA)  # end of image, or scan data before any frame header
+        bad = (w[0] != 0xFF) | (pos + 9 > n) | (~fill & ends)
+        new_state = tf.where(bad, 2, tf.where(fill, 0, tf.where(is_sof, 1, 0)))
+        new_pos = tf.where(fill, pos + 1, tf.where(standalone, pos + 2, pos + 2 + _be16(w, 2)))
+        found = (new_state == 1) & ~bad
+        return new_pos, new_state, tf.where(found, _be16(w, 5), height), tf.where(found, _be16(w, 7), width)
+
+    _, state, height, width = tf.while_loop(lambda p, s, h, w: s == 0, step, init, maximum_iterations=n + 1)
+    return tf.cast(tf.where(state == 1, tf.stack([height, width]), -1), tf.int64)
+
+
+@_traced_once
+def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
+    """int64 ``(height, width)`` read from a JPEG, PNG, GIF or BMP header, else ``(-1, -1)``; never raises.
+
+    Nothing is decoded: PNG's IHDR, a GIF's logical screen (its canvas;
+    :func:`gif_first_frame` also reads the first frame's extent), a BMP's info
+    header (absolute height: negative means top-down) are read from the first
+    26 bytes, a JPEG's frame header by :func:`jpeg_size`.
 
     Examples:
 
@@ -132,7 +181,8 @@ def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
     is_gif = (tf.strings.substr(head, 0, 4) == b"GIF8") & (n >= 13)
     is_bmp = (tf.strings.substr(head, 0, 2) == b"BM") & (n >= 26)
     unknown = tf.constant([-1, -1], tf.int64)
-    return tf.where(is_png, png, tf.where(is_gif, gif, tf.where(is_bmp, bmp, unknown)))
+    others = tf.where(is_png, png, tf.where(is_gif, gif, tf.where(is_bmp, bmp, unknown)))
+    return tf.cond(tf.io.is_jpeg(image_bytes), lambda: jpeg_size(image_bytes), lambda: others)
 
 
 def refuse_above(size: tf.Tensor, max_pixels) -> tf.Operation:

@@ -112,6 +112,20 @@ def test_header_sizes_are_read_without_decoding():
     assert header_size(tf.constant(bmp.getvalue())).numpy().tolist() == [7, 9]
     for junk in (b"", b"GIF8", b"\x89PNG\r\n\x1a\n", b"BM" + b"\xff" * 3, b"hello"):
         assert header_size(tf.constant(junk)).numpy().tolist() == [-1, -1]
+    assert header_size(tf.constant(_jpeg_with_size(30000, 40000))).numpy().tolist() == [30000, 40000]
+    rng = np.random.default_rng(0)
+    for mode, kw in [
+        ("RGB", {}),
+        ("RGB", {"progressive": True}),
+        ("L", {}),
+        ("RGB", {"exif": b"Exif\0\0" + b"x" * 300}),
+    ]:
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, [13, 21, 3], dtype=np.uint8)).convert(mode).save(buf, "JPEG", **kw)
+        jpeg = tf.constant(buf.getvalue())
+        assert header_size(jpeg).numpy().tolist() == tf.io.extract_jpeg_shape(jpeg)[:2].numpy().tolist() == [13, 21]
+    for junk in (b"\xff\xd8", b"\xff\xd8\xff\xe0\xff\xff", b"\xff\xd8\xff\xda" + b"\0" * 20):
+        assert header_size(tf.constant(junk)).numpy().tolist() == [-1, -1]
 
 
 @pytest.mark.parametrize(
@@ -132,6 +146,14 @@ def test_a_real_bomb_is_a_valid_png():
     bomb = png_bomb(128, 64)
     assert decode_rgb(tf.constant(bomb)).shape == (128, 64, 3)
     assert header_size(tf.constant(png_bomb(20480, 20000))).numpy().tolist() == [20480, 20000]
+
+
+def test_quick_validation_flags_bombs_from_their_headers():
+    from bt_keras.data.validation import quick_check
+
+    for bomb in (png_header(20000, 20000), huge_canvas_gif(60000), _jpeg_with_size(30000, 30000)):
+        assert int(quick_check(tf.constant(bomb))) == 5  # "too large", then diagnosed with the exact size
+    assert int(quick_check(tf.constant(_png(np.zeros([8, 8, 3], np.uint8))))) == 0
 
 
 def test_the_limit_is_a_parameter():
@@ -214,6 +236,7 @@ _UNDER_A_MEMORY_LIMIT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow and loads the export
 def test_bombs_cost_no_memory_in_serving_and_training(exported, tmp_path):
     saved_model, _ = exported
     folder = tmp_path / "photos"
@@ -395,6 +418,7 @@ def _onnx_client():
     return onnx_client
 
 
+@pytest.mark.slow  # the module's one export (a few seconds), shared
 def test_savedmodel_and_onnx_answer_hostile_requests_alike(exported):
     saved_model, onnx_path = exported
     loaded = tf.saved_model.load(str(saved_model))
@@ -423,6 +447,7 @@ def test_savedmodel_and_onnx_answer_hostile_requests_alike(exported):
     )
 
 
+@pytest.mark.slow  # the module's one export (a few seconds), shared
 def test_onnx_client_errors_are_one_line(exported, tmp_path):
     _, onnx_path = exported
     bomb = tmp_path / "bomb.png"
@@ -451,6 +476,7 @@ def test_onnx_client_errors_are_one_line(exported, tmp_path):
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # the module's one export (a few seconds), shared
 def test_bt_eval_on_broken_models_is_one_line(exported, tmp_path, capsys):
     import keras
 

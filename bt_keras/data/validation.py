@@ -2,7 +2,7 @@
 
 ``full`` validation decodes everything (in :mod:`~bt_keras.data.prepare`);
 ``quick`` validation (:func:`quick_check`) checks size, format signature,
-end markers and the pixel count of PNG/GIF/BMP headers inside the pipeline
+end markers and the pixel count in the header inside the pipeline
 without decoding, and every flagged item is then diagnosed on its own
 (:func:`diagnose`) for a precise one-line reason. Both refuse images of more
 than ``max_pixels`` pixels before decoding them (decompression bombs).
@@ -121,8 +121,8 @@ def diagnose(source, uid, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
 def quick_check(data, max_pixels: int = MAX_IMAGE_PIXELS):
     """0 if ``data`` looks like a complete image, else a reason code; never raises.
 
-    A PNG, GIF or BMP whose header announces more than ``max_pixels`` pixels
-    is flagged (code 5); JPEG sizes are checked when decoding.
+    An image whose header announces more than ``max_pixels`` pixels is
+    flagged (code 5).
     """
     n = tf.strings.length(data)
     head = tf.strings.substr(data, 0, 8)
