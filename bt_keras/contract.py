@@ -35,6 +35,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 VALUE_RANGE = "RGB in [0, 1] before (x - mean) / std"
+MAX_IMAGE_PIXELS = 100_000_000
+"""Default limit on an image's pixels (height × width), read from its header before decoding.
+
+100 MP holds any real photo (a 61 MP full-frame camera, a 108 MP phone in
+binned mode aside) and bounds one decode at 300 MB of uint8 RGB, where a
+389 KB PNG of 20000 × 20000 would otherwise need 1.2 GB of pixels and several
+GB in flight. The training and evaluation pipelines take it from
+``data.max_image_pixels``; the exported ``serving_default`` signature from
+``bt-export`` (this default).
+"""
 
 
 def default_crop_fraction(image_size: int) -> float:
@@ -147,7 +157,7 @@ def read_contract(path) -> PreprocessingContract:
                 text = f.read()
         c = PreprocessingContract.from_json(text)
         return make_contract(c.image_size, c.mean, c.std, c.crop_fraction)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
         raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
 
 

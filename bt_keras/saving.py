@@ -424,7 +424,9 @@ def _recorded_contract(path: str):
         with tf.io.gfile.GFile(path) as f:
             meta = json.loads(f.read())
         c = PreprocessingContract.from_json(json.dumps(meta.get("preprocessing", meta)))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except KeyError as e:
+        raise UserError(f"cannot read {path}: no {e} in it") from None
+    except (OSError, ValueError, TypeError, AttributeError, ArithmeticError) as e:
         raise UserError(f"cannot read {path}: {one_line(e)}") from None
     return make_contract(c.image_size, c.mean, c.std, c.crop_fraction)
 
@@ -471,14 +473,18 @@ def load_frozen_encoder(
         return _onnx_encoder(onnx, flags)
     if saved_model is not None:
         sm_dir = find_saved_model(saved_model)
-        loaded = tf.saved_model.load(sm_dir)
+        try:
+            loaded = tf.saved_model.load(sm_dir)
+        except (OSError, ValueError, tf.errors.OpError) as e:  # a corrupt or truncated saved_model.pb
+            raise UserError(f"--saved-model {sm_dir}: cannot load it: {one_line(e)}") from None
         if "serve_float" not in loaded.signatures:
             raise UserError(f"--saved-model {sm_dir}: no 'serve_float' signature (export it with bt-export)")
         sig = loaded.signatures["serve_float"]
         out_key = next(iter(sig.structured_outputs))
         where = sm_dir + "/assets.extra/preprocessing.json"
         contract = resolve_contract(_recorded_contract(where), where=where, **flags)
-        return FrozenEncoder(lambda x: sig(images=x)[out_key], contract, f"saved_model:{sm_dir}", keep=loaded)
+        frozen = FrozenEncoder(lambda x: sig(images=x)[out_key], contract, f"saved_model:{sm_dir}", keep=loaded)
+        return _checked_embedding(frozen)
 
     path = encoder
     if run is not None:
@@ -489,4 +495,15 @@ def load_frozen_encoder(
         raise UserError(f"--encoder {path}: no such file")
     where = os.path.join(os.path.dirname(path), "preprocessing.json")
     contract = resolve_contract(_recorded_contract(where), where=where, **flags)
-    return FrozenEncoder.from_keras(load_encoder(path), contract, origin=path)
+    return _checked_embedding(FrozenEncoder.from_keras(load_encoder(path), contract, origin=path))
+
+
+def _checked_embedding(frozen: FrozenEncoder) -> FrozenEncoder:
+    """``frozen``, after the check ``bt-export`` makes: ``[B, S, S, 3]`` images map to ``[B, dim]``."""
+    from bt_keras.export.checks import embedding_dim
+
+    try:
+        embedding_dim(frozen, frozen.contract.image_size)
+    except UserError as e:
+        raise UserError(f"{frozen.origin}: {e}") from None
+    return frozen

@@ -8,6 +8,14 @@ signature: decode to RGB (Pillow), centre crop of ``crop_fraction`` × the
 shorter side, bilinear resize with half-pixel centres and no antialiasing (as
 ``tf.image.resize``), scale to [0, 1], ``(x - mean) / std``.
 
+It answers hostile input as the SavedModel does: an image of more than
+``MAX_IMAGE_PIXELS`` (100 MP, the exporter's default) pixels is refused from
+its header before decoding (for a GIF, the larger of the canvas and the first
+frame; only the first frame is decoded); a path that is not a regular file
+(a FIFO, ``/dev/zero``) is refused without being opened; an image with a NaN
+or infinite value gets a NaN row; an empty batch gives ``[0, dim]``. Errors
+are one line (``onnx_client: error: ...``, exit code 2).
+
 Needs: numpy, onnxruntime, Pillow.
 
 Usage::
@@ -26,26 +34,60 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import stat
 import sys
+import warnings
 
 import numpy as np
 
+MAX_IMAGE_PIXELS = 100_000_000  # bt_keras.contract.MAX_IMAGE_PIXELS, the SavedModel's limit
 
-def decode_rgb(data: bytes) -> np.ndarray:
+
+def _open_checked(data: bytes, max_pixels: int):
+    """A lazily opened Pillow image (header read, nothing decoded) of at most ``max_pixels`` pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb limits (89/179 MP) are replaced by ours, the same as the SavedModel's.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ValueError(f"image too large: more than the limit of {max_pixels:,} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"not a decodable image: {e}") from None
+    width, height = image.size  # a GIF's: its canvas, grown to the first frame's extent
+    if width * height > max_pixels:
+        image.close()
+        raise ValueError(
+            f"image too large: {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}"
+        )
+    return image
+
+
+def decode_rgb(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Encoded JPEG/PNG/BMP/GIF bytes → uint8 [H, W, 3] RGB (first frame of a GIF).
 
     Like TensorFlow's decoder, alpha is dropped (not composited) and EXIF
-    orientation is ignored.
+    orientation is ignored. An image of more than ``max_pixels`` pixels
+    (read from the header) raises ``ValueError`` before decoding; so do
+    undecodable bytes.
     """
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
+    with _open_checked(data, max_pixels) as image:
         image.seek(0)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16-bit: keep the high byte, as tf.io.decode_png with dtype uint8 does.
             pixels = np.asarray(image, dtype=np.uint32) >> 8
             return np.repeat(pixels.astype(np.uint8)[..., None], 3, axis=-1)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"corrupt or truncated image: {e}") from None
 
 
 def _resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
@@ -71,13 +113,18 @@ def _resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
 class OnnxEncoder:
     """An exported encoder plus the preprocessing contract from its ``metadata_props``."""
 
-    def __init__(self, path: str, threads: int | None = None):
+    def __init__(self, path: str, threads: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.max_pixels = max_pixels
+        try:
+            self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+            message = " ".join(str(e).split())[:200]
+            raise ValueError(f"{path}: not a loadable ONNX model: {message}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = {"image_size", "mean", "std", "crop_fraction", "layout"} - set(meta)
         if missing:
@@ -102,21 +149,32 @@ class OnnxEncoder:
         return ((x - self.mean) / self.std).astype(np.float32)
 
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
-        """Already preprocessed float32 [N, S, S, 3] → embeddings [N, D]."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        """Already preprocessed float32 [N, S, S, 3] → embeddings [N, D] (NaN rows for non-finite images)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32).reshape([-1, self.image_size, self.image_size, 3])
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
-    def embed_bytes(self, encoded: list) -> np.ndarray:
-        """Encoded image bytes (JPEG/PNG/BMP/GIF) → embeddings [N, D]."""
-        return self.embed_pixels(np.stack([self.preprocess(decode_rgb(b)) for b in encoded]))
+    def embed_bytes(self, encoded: list, names: list | None = None) -> np.ndarray:
+        """Encoded image bytes (JPEG/PNG/BMP/GIF) → embeddings [N, D]; ``ValueError`` names the bad image."""
+        names = names or [f"image {i}" for i in range(len(encoded))]
+        pixels = []
+        for name, data in zip(names, encoded):
+            try:
+                pixels.append(self.preprocess(decode_rgb(data, self.max_pixels)))
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+        shape = [len(pixels), self.image_size, self.image_size, 3]
+        return self.embed_pixels(np.stack(pixels) if pixels else np.zeros(shape, np.float32))
 
     def embed_files(self, paths: list) -> np.ndarray:
-        """Image files → embeddings [N, D]."""
+        """Image files → embeddings [N, D]; only regular files are opened."""
         encoded = []
         for p in paths:
+            # A FIFO would block and /dev/zero never ends: check before opening.
+            if not stat.S_ISREG(os.stat(p).st_mode):
+                raise ValueError(f"{p}: not a regular file")
             with open(p, "rb") as f:
                 encoded.append(f.read())
-        return self.embed_bytes(encoded)
+        return self.embed_bytes(encoded, [str(p) for p in paths])
 
 
 def main(argv=None) -> int:

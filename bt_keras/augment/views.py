@@ -126,19 +126,28 @@ class TwoViews:
             (crop_resize(image, pb, self.image_size, self.config), pb),
         )
 
-    def crops_from_bytes(self, data, key):
-        """Stage 1 of one encoded image; a JPEG decodes only its two crop windows."""
-        from bt_keras.preprocess import decode_rgb
+    def crops_from_bytes(self, data, key, max_pixels: int | None = None):
+        """Stage 1 of one encoded image; a JPEG decodes only its two crop windows.
+
+        An image of more than ``max_pixels`` pixels (default
+        :data:`~bt_keras.contract.MAX_IMAGE_PIXELS`) raises before decoding.
+        """
+        from bt_keras.contract import MAX_IMAGE_PIXELS
+        from bt_keras.preprocess import decode_rgb, refuse_above
+
+        max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
 
         def jpeg():
             shape = tf.io.extract_jpeg_shape(data)
+            with tf.control_dependencies([refuse_above(shape[:2], max_pixels)]):
+                shape = tf.identity(shape)
             pa = sample_params(key, shape[0], shape[1], self.config, 0)
             pb = sample_params(key, shape[0], shape[1], self.config, 1)
             va = decode_crop_resize(data, pa, self.image_size, self.config)
             vb = decode_crop_resize(data, pb, self.image_size, self.config)
             return (va, pa), (vb, pb)
 
-        return tf.cond(tf.io.is_jpeg(data), jpeg, lambda: self.crops_from_image(decode_rgb(data), key))
+        return tf.cond(tf.io.is_jpeg(data), jpeg, lambda: self.crops_from_image(decode_rgb(data, max_pixels), key))
 
     def finish(self, crops_a, crops_b):
         """Stage 2 of a batch of stage-1 results: ``(view_a, view_b)``.

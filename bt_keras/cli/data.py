@@ -5,7 +5,9 @@ Every image is decoded once to check it; bad files are skipped and listed in
 (JPEGs stay JPEGs, so training decodes only each crop) in a fixed shuffled
 order, with ``image/class/label`` from the first-level sub-folders, and
 ``OUTPUT/NAME.bt-data.json`` records counts and class names. Output may be a
-``gs://`` path.
+``gs://`` path. The output is built aside and published whole: an earlier
+output of the same ``--name`` is refused unless ``--overwrite`` (which then
+replaces all of it), and an interrupted run leaves the earlier output as it was.
 
 Example::
 
@@ -34,6 +36,11 @@ def _parser() -> ArgumentParser:
     p.add_argument("--shards", type=int, default=8, help="number of shard files (default: 8)")
     p.add_argument("--data-dir", default=None, help="TFDS data directory for tfds: sources")
     p.add_argument("--seed", type=int, default=0, help="seed of the fixed shuffle across shards")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous output of this --name in OUTPUT as a whole (all its shards and its sidecar)",
+    )
     return p
 
 
@@ -51,7 +58,13 @@ def _body(argv) -> int:
     from bt_keras.data.tfrecords import write_tfrecords
 
     info = write_tfrecords(
-        source, args.output, name=args.name, num_shards=args.shards, data_dir=args.data_dir, seed=args.seed
+        source,
+        args.output,
+        name=args.name,
+        num_shards=args.shards,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        overwrite=args.overwrite,
     )
     out = args.output.rstrip("/")
     print(

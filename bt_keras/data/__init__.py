@@ -14,7 +14,8 @@ NumPy arrays:
 - a uint8 array ``[N, H, W, 3]`` (or ``[N, H, W]`` / ``[N, H, W, 1]``), or a
   tuple ``(images, labels)``.
 
-Bad files (empty, truncated, undecodable, not images) are skipped and
+Bad files (empty, truncated, undecodable, not images, above
+``data.max_image_pixels`` by their header, not regular files) are skipped and
 reported: the number skipped is logged (``logging.getLogger("bt_keras")``)
 and, when ``skipped_path`` is given, their paths and reasons are written
 there as TSV. Small datasets are decoded once and kept in memory; large ones

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bt_keras.augment.config import AugmentConfig
+from bt_keras.contract import MAX_IMAGE_PIXELS
 from bt_keras.errors import DataError
 
 __all__ = ["VALIDATE_MODES", "DataConfig", "check_positive"]
@@ -70,6 +71,9 @@ class DataConfig:
             :func:`~bt_keras.contract.default_crop_fraction` of ``image_size``.
         deterministic: False lets parallel stages deliver examples out of
             order (faster); the views of an example are the same either way.
+        max_image_pixels: images with more pixels (height × width, read from
+            the header before decoding) are skipped and reported as too large
+            (default 100 MP): a decompression bomb costs no memory.
 
     Examples:
 
@@ -91,6 +95,7 @@ class DataConfig:
     val_source: str | None = None
     crop_fraction: float | None = None
     deterministic: bool = False
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         if isinstance(self.augment, str):
@@ -98,6 +103,7 @@ class DataConfig:
         check_positive("data.image_size", self.image_size)
         check_positive("data.shuffle_buffer", self.shuffle_buffer)
         check_positive("data.cache_max_mb", self.cache_max_mb)
+        check_positive("data.max_image_pixels", self.max_image_pixels)
         check_validate(self.validate)
         crop = self.crop_fraction
         if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1):
@@ -153,6 +159,7 @@ class DataConfig:
             cache_max_mb=self.cache_max_mb,
             validate=self.validate,
             deterministic=self.deterministic,
+            max_image_pixels=self.max_image_pixels,
         )
 
     def eval_dataset(self, batch_size: int, *, source=None, input_context=None, skipped_path=None):
@@ -183,6 +190,7 @@ class DataConfig:
             cache=self.cache,
             cache_max_mb=self.cache_max_mb,
             validate=self.validate,
+            max_image_pixels=self.max_image_pixels,
         )
 
     def info(self, source=None):
@@ -195,6 +203,7 @@ class DataConfig:
             cache=self.cache,
             cache_max_mb=self.cache_max_mb,
             validate=self.validate,
+            max_image_pixels=self.max_image_pixels,
         )
 
     def count(self, source=None) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from bt_keras.augment.views import TwoViews
-from bt_keras.contract import IMAGENET_MEAN, IMAGENET_STD
+from bt_keras.contract import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_PIXELS
 from bt_keras.data.config import check_positive
 from bt_keras.data.prepare import prepare
 from bt_keras.data.sources import AUTOTUNE, plain, source_name
@@ -88,6 +88,7 @@ def two_view_dataset(
     cache_max_mb: int = 2048,
     validate: str = "auto",
     deterministic: bool = False,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tf.data.Dataset:
     """Batches of two augmented views ``(view_a, view_b)`` of the same images.
 
@@ -105,8 +106,8 @@ def two_view_dataset(
         augment: an :class:`~bt_keras.augment.AugmentConfig` or a preset name
             (default ``cifar``).
         seed: the views' and the shuffle's seed.
-        data_dir, shuffle_buffer, cache, cache_max_mb, validate, deterministic:
-            as in :class:`~bt_keras.data.DataConfig`.
+        data_dir, shuffle_buffer, cache, cache_max_mb, validate, deterministic,
+        max_image_pixels: as in :class:`~bt_keras.data.DataConfig`.
         input_context: a ``tf.distribute.InputContext``.
         skipped_path: where to write the skipped files as TSV.
 
@@ -123,7 +124,15 @@ def two_view_dataset(
     check_positive("image_size", image_size)
     b = per_replica_batch(batch_size, input_context)
     shard = _shard_of(input_context)
-    prep = prepare(source, data_dir=data_dir, shard=shard, cache=cache, cache_max_mb=cache_max_mb, validate=validate)
+    prep = prepare(
+        source,
+        data_dir=data_dir,
+        shard=shard,
+        cache=cache,
+        cache_max_mb=cache_max_mb,
+        validate=validate,
+        max_image_pixels=max_image_pixels,
+    )
     report_skipped(prep.skipped, prep.num_examples, skipped_path)
     if prep.num_examples < b:
         raise DataError(
@@ -136,7 +145,9 @@ def two_view_dataset(
     if prep.memory is not None:
         ds = _pairs_in_memory(prep.memory, views, keys, b, stream_seed, deterministic)
     else:
-        ds = _pairs_streamed(prep, views, keys, b, stream_seed, deterministic, shuffle_buffer, input_context)
+        ds = _pairs_streamed(
+            prep, views, keys, b, stream_seed, deterministic, shuffle_buffer, input_context, max_image_pixels
+        )
     return ds.prefetch(AUTOTUNE).with_options(_options(deterministic, input_context is not None))
 
 
@@ -148,7 +159,9 @@ def _pairs_in_memory(mem, views: TwoViews, keys, b: int, stream_seed: int, deter
     return ds.map(plain(make), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
-def _pairs_streamed(prep, views: TwoViews, keys, b, stream_seed, deterministic, shuffle_buffer, input_context):
+def _pairs_streamed(
+    prep, views: TwoViews, keys, b, stream_seed, deterministic, shuffle_buffer, input_context, max_pixels
+):
     """Streamed records: per-example crops (JPEG crop-decoded), then the pixel stage per batch."""
     ds = prep.stream(
         shuffle_seed=stream_seed,
@@ -160,7 +173,7 @@ def _pairs_streamed(prep, views: TwoViews, keys, b, stream_seed, deterministic, 
 
     def per_example(example, epoch_key):
         uid, data, _ = example
-        return views.crops_from_bytes(data, views.keys(epoch_key, uid))
+        return views.crops_from_bytes(data, views.keys(epoch_key, uid), max_pixels)
 
     ds = ds.map(plain(per_example), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     # Validated upstream; anything left that fails to decode is skipped with a logged warning.
@@ -183,6 +196,7 @@ def eval_dataset(
     cache: bool | None = None,
     cache_max_mb: int = 2048,
     validate: str = "auto",
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
     with_ids: bool = False,
 ) -> tf.data.Dataset:
     """Labelled single views for evaluation: ``(images, labels)`` batches.
@@ -200,7 +214,7 @@ def eval_dataset(
         batch_size: the global batch.
         image_size, mean, std, crop_fraction: the preprocessing contract
             (``crop_fraction`` None: :func:`~bt_keras.contract.default_crop_fraction`).
-        data_dir, cache, cache_max_mb, validate: as in :class:`~bt_keras.data.DataConfig`.
+        data_dir, cache, cache_max_mb, validate, max_image_pixels: as in :class:`~bt_keras.data.DataConfig`.
         input_context: a ``tf.distribute.InputContext``.
         skipped_path: where to write the skipped files as TSV.
         with_ids: also give each example's uid, and accept unlabelled sources.
@@ -223,6 +237,7 @@ def eval_dataset(
         cache=cache,
         cache_max_mb=cache_max_mb,
         validate=validate,
+        max_image_pixels=max_image_pixels,
     )
     if not prep.has_labels and not with_ids:
         raise DataError(
@@ -233,7 +248,9 @@ def eval_dataset(
     mean, std = tuple(mean), tuple(std)
 
     def prep_fn(x):
-        return preprocess_for_eval(x, image_size, mean=mean, std=std, crop_fraction=crop_fraction)
+        return preprocess_for_eval(
+            x, image_size, mean=mean, std=std, crop_fraction=crop_fraction, max_pixels=max_image_pixels
+        )
 
     ds = _labelled_images(prep, prep_fn, input_context, with_ids)
     ds = ds.batch(b, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)

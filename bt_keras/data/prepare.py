@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from bt_keras.contract import MAX_IMAGE_PIXELS
 from bt_keras.data.config import check_validate
 from bt_keras.data.sources import (
     AUTOTUNE,
@@ -35,7 +36,7 @@ from bt_keras.data.sources import (
     plain,
     source_name,
 )
-from bt_keras.data.validation import confirm_quick, quick_check, reason_summary, reasons, sniff
+from bt_keras.data.validation import confirm_quick, image_size, quick_check, reason_summary, reasons
 from bt_keras.errors import DataError
 from bt_keras.preprocess import decode_rgb
 
@@ -75,14 +76,13 @@ class Prepared:
     good_uids: np.ndarray | None = None  # folders: the usable files
 
 
-def _estimate_decoded_bytes(sample_bytes: list, n_items: int) -> float:
+def _estimate_decoded_bytes(sample_bytes: list, n_items: int, max_pixels: int = MAX_IMAGE_PIXELS) -> float:
+    """Mean decoded size of the sample (sizes read from headers, nothing decoded) times ``n_items``."""
     sizes = []
     for data in sample_bytes:
-        try:
-            shape = tf.io.extract_jpeg_shape(data) if sniff(data) == "JPEG" else tf.shape(decode_rgb(data))
-            sizes.append(int(shape[0]) * int(shape[1]) * 3)
-        except (tf.errors.OpError, ValueError):
-            continue
+        size = image_size(data)
+        if size is not None and size[0] * size[1] <= max_pixels:
+            sizes.append(size[0] * size[1] * 3)
     return (float(np.mean(sizes)) if sizes else 0.0) * n_items
 
 
@@ -98,11 +98,11 @@ def _memory_budget(cache_max_mb: int) -> float:
     return budget
 
 
-def _scan_decode(records: tf.data.Dataset, keep: bool):
+def _scan_decode(records: tf.data.Dataset, keep: bool, max_pixels: int = MAX_IMAGE_PIXELS):
     """Decodes every record once; returns survivors (uids, labels, shapes, flat pixels)."""
 
     def dec(uid, data, label):
-        image = decode_rgb(data)
+        image = decode_rgb(data, max_pixels)
         shape = tf.shape(image)[:2]
         flat = tf.reshape(image, [-1]) if keep else tf.zeros([0], tf.uint8)
         return uid, label, shape, flat
@@ -125,8 +125,10 @@ def _scan_decode(records: tf.data.Dataset, keep: bool):
     )
 
 
-def _scan_quick(records: tf.data.Dataset):
-    ds = records.map(plain(lambda u, d, y: (u, quick_check(d))), num_parallel_calls=AUTOTUNE, deterministic=True)
+def _scan_quick(records: tf.data.Dataset, max_pixels: int = MAX_IMAGE_PIXELS):
+    ds = records.map(
+        plain(lambda u, d, y: (u, quick_check(d, max_pixels))), num_parallel_calls=AUTOTUNE, deterministic=True
+    )
     uids, codes = [], []
     for u, c in ds.batch(4096):
         uids.append(u.numpy())
@@ -200,14 +202,23 @@ _PREPARED_CACHE: dict = {}
 _PREPARED_CACHE_SIZE = 4
 
 
-def prepare(source, *, data_dir=None, shard=(1, 0), cache=None, cache_max_mb=2048, validate="auto") -> Prepared:
+def prepare(
+    source,
+    *,
+    data_dir=None,
+    shard=(1, 0),
+    cache=None,
+    cache_max_mb=2048,
+    validate="auto",
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+) -> Prepared:
     """Lists, validates and (if it fits) decodes a source into memory for one pipeline.
 
     Args:
         source: a source string or NumPy arrays (see :mod:`bt_keras.data`).
         data_dir: TensorFlow Datasets directory.
         shard: ``(number of input pipelines, this pipeline's index)``.
-        cache, cache_max_mb, validate: as in :class:`~bt_keras.data.DataConfig`.
+        cache, cache_max_mb, validate, max_image_pixels: as in :class:`~bt_keras.data.DataConfig`.
 
     Examples:
 
@@ -220,10 +231,10 @@ def prepare(source, *, data_dir=None, shard=(1, 0), cache=None, cache_max_mb=204
     key = None
     if isinstance(source, str):
         # Re-listing is cheap; the key changes when files appear or disappear.
-        key = (source, data_dir, num, index, cache, cache_max_mb, validate, hash(src.listing()))
+        key = (source, data_dir, num, index, cache, cache_max_mb, validate, max_image_pixels, hash(src.listing()))
         if key in _PREPARED_CACHE:
             return _PREPARED_CACHE[key]
-    prep = _PREPARERS[src.kind](src, shard, cache, cache_max_mb, validate)
+    prep = _PREPARERS[src.kind](src, shard, cache, cache_max_mb, validate, max_image_pixels)
     if key is not None:
         if len(_PREPARED_CACHE) >= _PREPARED_CACHE_SIZE:
             _PREPARED_CACHE.pop(next(iter(_PREPARED_CACHE)))
@@ -231,7 +242,7 @@ def prepare(source, *, data_dir=None, shard=(1, 0), cache=None, cache_max_mb=204
     return prep
 
 
-def _prepare_memory(src: MemorySource, shard, cache, cache_max_mb, validate) -> Prepared:
+def _prepare_memory(src: MemorySource, shard, cache, cache_max_mb, validate, max_pixels) -> Prepared:
     mem = src.shard(*shard)
     return Prepared(src, mem, None, mem.n, src.n, [], src.labels is not None, None)
 
@@ -242,24 +253,35 @@ def _decide_cache(cache, estimate, cache_max_mb):
     return bool(cache)
 
 
-def _prepare_folder(src: FolderSource, shard, cache, cache_max_mb, validate) -> Prepared:
+def _read_sample(src: FolderSource, uids) -> list:
+    """The bytes of the files of ``uids`` that can be read (a bad one is diagnosed and skipped later)."""
+    sample = []
+    for u in uids:
+        try:
+            sample.append(src.read(int(u)))
+        except (OSError, tf.errors.OpError):
+            continue
+    return sample
+
+
+def _prepare_folder(src: FolderSource, shard, cache, cache_max_mb, validate, max_pixels) -> Prepared:
     sel = src.shard(*shard)
     _check_not_empty(src)
-    sample = [src.read(int(u)) for u in sel[:: max(1, len(sel) // 16)][:16]]
-    cached = _decide_cache(cache, _estimate_decoded_bytes(sample, len(sel)), cache_max_mb)
+    sample = _read_sample(src, sel[:: max(1, len(sel) // 16)][:16])
+    cached = _decide_cache(cache, _estimate_decoded_bytes(sample, len(sel), max_pixels), cache_max_mb)
     mode = validate if validate != "auto" else ("full" if cached else "quick")
     skipped = []
     memory, good = None, sel
     if cached or mode == "full":
-        uids, labels, shapes, flat = _scan_decode(src.records(sel), keep=cached)
+        uids, labels, shapes, flat = _scan_decode(src.records(sel), keep=cached, max_pixels=max_pixels)
         bad = np.setdiff1d(src.uids[sel], uids)
-        skipped = reasons(src, bad)
+        skipped = reasons(src, bad, max_pixels)
         good = uids
         if cached:
             memory = _to_memory(src.name, uids, labels, shapes, flat, src.labels is not None)
     elif mode == "quick":
-        uids, codes = _scan_quick(src.records(sel))
-        skipped, cleared = confirm_quick(src, uids, codes)
+        uids, codes = _scan_quick(src.records(sel), max_pixels)
+        skipped, cleared = confirm_quick(src, uids, codes, max_pixels)
         good = np.sort(np.concatenate([uids[codes == 0], cleared]))
     if len(good) == 0:
         raise DataError(f"{src.name}: no usable image among {len(sel):,} files ({reason_summary(skipped)})")
@@ -281,7 +303,7 @@ def _prepare_folder(src: FolderSource, shard, cache, cache_max_mb, validate) -> 
     )
 
 
-def _prepare_tfrecord(src: TFRecordSource, shard, cache, cache_max_mb, validate) -> Prepared:
+def _prepare_tfrecord(src: TFRecordSource, shard, cache, cache_max_mb, validate, max_pixels) -> Prepared:
     file_ids, rec_shard = src.file_shard(*shard)
     sample = []
     for rec in src.records(file_ids[:1], rec_shard).ignore_errors().take(8):
@@ -290,7 +312,7 @@ def _prepare_tfrecord(src: TFRecordSource, shard, cache, cache_max_mb, validate)
     enc = np.mean([len(s) for s in sample]) if sample else 1.0
     # Decoded size of the whole shard, from the sampled decoded/encoded ratio.
     shard_bytes = np.mean(sizes) * len(file_ids) / rec_shard[0]
-    estimate = _estimate_decoded_bytes(sample, 1) / max(enc, 1.0) * shard_bytes
+    estimate = _estimate_decoded_bytes(sample, 1, max_pixels) / max(enc, 1.0) * shard_bytes
     cached = _decide_cache(cache, estimate, cache_max_mb)
     mode = validate if validate != "auto" else ("full" if cached else "off")
     counts = src.counts() if mode != "off" or cached else None
@@ -301,21 +323,25 @@ def _prepare_tfrecord(src: TFRecordSource, shard, cache, cache_max_mb, validate)
         if rec_shard[0] > 1:
             expected = expected[rec_shard[1] :: rec_shard[0]]
         if cached or mode == "full":
-            uids, labels, shapes, flat = _scan_decode(src.records(file_ids, rec_shard), keep=cached)
+            uids, labels, shapes, flat = _scan_decode(
+                src.records(file_ids, rec_shard), keep=cached, max_pixels=max_pixels
+            )
             bad = np.setdiff1d(expected, uids)
             if cached:
                 memory = _to_memory(src.name, uids, labels, shapes, flat, src.has_labels)
             n_good = len(uids)
         else:
-            uids, codes = _scan_quick(src.records(file_ids, rec_shard))
-            flagged, cleared = confirm_quick(src, uids, codes)
+            uids, codes = _scan_quick(src.records(file_ids, rec_shard), max_pixels)
+            flagged, cleared = confirm_quick(src, uids, codes, max_pixels)
             bad = np.setdiff1d(np.union1d(np.setdiff1d(expected, uids), uids[codes != 0]), cleared)
             n_good = len(expected) - len(bad)
-        skipped = reasons(src, bad)
+        skipped = reasons(src, bad, max_pixels)
         bad_sorted = np.sort(bad)
         n_total = len(expected)
     else:
         n_total = n_good = _tfrecord_count_estimate(src, file_ids, rec_shard)
+    # Files counted without a sidecar whose tail could not be read: their lost records are reported.
+    skipped = skipped + [(src.files[f], src.damaged[f]) for f in file_ids if f in src.damaged]
     if n_good == 0:
         raise DataError(f"{src.name}: no usable image among {n_total:,} records ({reason_summary(skipped)})")
 
@@ -342,7 +368,7 @@ def _member(x, sorted_values):
     return tf.gather(sorted_values, i) == x
 
 
-def _prepare_tfds(src: TFDSSource, shard, cache, cache_max_mb, validate) -> Prepared:
+def _prepare_tfds(src: TFDSSource, shard, cache, cache_max_mb, validate, max_pixels) -> Prepared:
     ds = src.records(None)
     n = int(ds.cardinality())
     if n < 0:
@@ -350,7 +376,7 @@ def _prepare_tfds(src: TFDSSource, shard, cache, cache_max_mb, validate) -> Prep
     if src.image_shape[0] and src.image_shape[1]:
         estimate = float(n * src.image_shape[0] * src.image_shape[1] * 3)
     else:
-        estimate = _estimate_decoded_bytes([r[1].numpy() for r in ds.take(16)], n)
+        estimate = _estimate_decoded_bytes([r[1].numpy() for r in ds.take(16)], n, max_pixels)
     estimate /= shard[0]
     cached = _decide_cache(cache, estimate, cache_max_mb)
     if n == 0:
@@ -359,7 +385,7 @@ def _prepare_tfds(src: TFDSSource, shard, cache, cache_max_mb, validate) -> Prep
         records = src.records(None)
         if shard[0] > 1:
             records = records.shard(*shard)
-        uids, labels, shapes, flat = _scan_decode(records, keep=True)
+        uids, labels, shapes, flat = _scan_decode(records, keep=True, max_pixels=max_pixels)
         memory = _to_memory(src.name, uids, labels, shapes, flat, src.label_key is not None)
         expected = len(range(shard[1], n, shard[0]))
         skipped = []
@@ -389,7 +415,7 @@ def source_info(source, data_dir: str | None = None, **kwargs) -> SourceInfo:
     Args:
         source: a source string or NumPy arrays.
         data_dir: TensorFlow Datasets directory.
-        **kwargs: ``cache``, ``cache_max_mb``, ``validate`` as in
+        **kwargs: ``cache``, ``cache_max_mb``, ``validate``, ``max_image_pixels`` as in
             :class:`~bt_keras.data.DataConfig`.
 
     Examples:
@@ -404,6 +430,7 @@ def source_info(source, data_dir: str | None = None, **kwargs) -> SourceInfo:
         cache=kwargs.get("cache"),
         cache_max_mb=kwargs.get("cache_max_mb", 2048),
         validate=kwargs.get("validate", "auto"),
+        max_image_pixels=kwargs.get("max_image_pixels", MAX_IMAGE_PIXELS),
     )
     return SourceInfo(
         source_name(source), prep.num_examples, prep.has_labels, prep.class_names, list(prep.skipped), prep.num_files

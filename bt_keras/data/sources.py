@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 
 import numpy as np
 import tensorflow as tf
 
 from bt_keras.data.demo import load_demo
-from bt_keras.errors import DataError
+from bt_keras.errors import DataError, one_line
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -202,14 +203,7 @@ class FolderSource(Source):
         if not tf.io.gfile.isdir(root):
             raise DataError(f"folder:{root}: no such directory")
         self.root = root
-        files, ignored = [], []
-        for dirpath, _, filenames in tf.io.gfile.walk(root):
-            for fname in filenames:
-                path = dirpath.rstrip("/") + "/" + fname
-                if fname.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(path)
-                else:
-                    ignored.append((path, "ignored: not an image file extension (jpg, jpeg, png, bmp, gif)"))
+        files, ignored = _walk_remote(root) if "://" in root else _walk_local(root)
         files.sort()
         self.paths = files
         self.ignored = sorted(ignored)
@@ -255,6 +249,97 @@ class FolderSource(Source):
         )
 
 
+_NOT_AN_IMAGE_NAME = "ignored: not an image file extension (jpg, jpeg, png, bmp, gif)"
+
+
+def _walk_remote(root: str):
+    """``(image paths, [(path, reason)])`` under a ``gs://``-style directory, through ``tf.io.gfile``."""
+    files, ignored = [], []
+    for dirpath, _, filenames in tf.io.gfile.walk(root):
+        for fname in filenames:
+            path = dirpath.rstrip("/") + "/" + fname
+            if fname.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(path)
+            else:
+                ignored.append((path, _NOT_AN_IMAGE_NAME))
+    return files, ignored
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _walk_local(root: str):
+    """``(image paths, [(path, reason)])`` under a local directory, nothing opened but directories.
+
+    Each real directory is visited once (by device and inode), so a symbolic
+    link loop (``again -> .``) or a second link to a folder adds nothing.
+    Only regular files (after following links) are kept: a FIFO, a device
+    (``zero.png -> /dev/zero``), a socket or a dangling link is reported and
+    never opened. A name that is not valid UTF-8 is reported (the path keeps
+    its bytes as surrogate escapes, see :func:`os.fsdecode`) and skipped.
+    Reasons starting with ``ignored:`` are not counted as skipped images.
+    """
+    files, ignored, seen = [], [], set()
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                ignored.append((directory, "ignored: a directory already visited (symbolic link loop or second link)"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            ignored.append((directory, f"unreadable directory: {e.strerror or e}"))
+            continue
+        subdirs = []
+        for entry in entries:
+            path = directory.rstrip("/") + "/" + entry.name
+            try:
+                is_dir = entry.is_dir()  # follows symbolic links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(path)
+                continue
+            if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                ignored.append((path, _NOT_AN_IMAGE_NAME))
+                continue
+            reason = _not_a_usable_file(path)
+            if reason is None:
+                files.append(path)
+            else:
+                ignored.append((path, reason))
+        pending.extend(reversed(subdirs))  # depth first, in name order
+    return files, ignored
+
+
+def _not_a_usable_file(path: str) -> str | None:
+    """Why the file at ``path`` is not read (not UTF-8, not a regular file), or None; never opens it."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8: rename it to read it"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "unreadable: dangling symbolic link" if os.path.islink(path) else "unreadable: file disappeared"
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"not a regular file ({kind}): not opened"
+
+
 _TFR_FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
@@ -276,12 +361,14 @@ class TFRecordSource(Source):
         files = sorted(tf.io.gfile.glob(pattern))
         if not files:
             raise DataError(f"tfrecord:{pattern}: no file matches")
+        _check_one_output(pattern, files)
         self.files = files
         self.ignored = []
         self.info = _read_sidecar(files)
         self.class_names = self.info.get("class_names") if self.info else None
         self._counts = None
         self._has_labels = None
+        self.damaged = {}  # file index -> why its tail is lost (files counted without a sidecar)
 
     @property
     def has_labels(self) -> bool:
@@ -300,9 +387,12 @@ class TFRecordSource(Source):
             if self.info is not None and "counts" in self.info:
                 self._counts = [int(self.info["counts"][os.path.basename(f)]) for f in self.files]
             else:
-                self._counts = [
-                    int(tf.data.TFRecordDataset(f).reduce(np.int64(0), lambda n, _: n + 1)) for f in self.files
-                ]
+                self._counts = []
+                for i, f in enumerate(self.files):
+                    count, damage = _count_records(f)
+                    self._counts.append(count)
+                    if damage:
+                        self.damaged[i] = damage
         return self._counts
 
     def listing(self) -> tuple:
@@ -424,6 +514,44 @@ class TFDSSource(Source):
             return uid, ex[image_key], label
 
         return ds.map(plain(convert), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _count_records(path: str):
+    """``(readable records, None or why the rest of the file is lost)`` of one TFRecord file."""
+    sizes = tf.data.TFRecordDataset(path).map(lambda r: tf.strings.length(r, unit="BYTE"))
+    count = span = 0
+    try:
+        for batch in sizes.batch(4096):
+            count, span = count + len(batch), span + int(np.sum(batch.numpy(), dtype=np.int64)) + 16 * len(batch)
+        return count, None
+    except tf.errors.OpError:
+        pass
+    try:  # the damaged tail: one record at a time from the last whole batch
+        for size in sizes.skip(count):
+            count, span = count + 1, span + int(size) + 16
+        return count, None
+    except tf.errors.OpError as e:
+        lost = tf.io.gfile.stat(path).length - span
+        return count, (
+            f"corrupt or truncated TFRecord: the {lost:,} bytes after record {count} cannot be read "
+            f"(the records there are lost): {one_line(e)}"
+        )
+
+
+def _check_one_output(pattern: str, files: list) -> None:
+    """Refuses a glob that picks up shards of two ``bt-data`` outputs (``-of-00004`` and ``-of-00008``)."""
+    totals = {}
+    for f in files:
+        m = re.fullmatch(r"(.*)-\d{5}-of-(\d{5})\.tfrecord", f)
+        if m:
+            totals.setdefault(m.group(1), set()).add(m.group(2))
+    for prefix, seen in totals.items():
+        if len(seen) > 1:
+            raise DataError(
+                f"tfrecord:{pattern}: mixes shards of different bt-data outputs ({os.path.basename(prefix)}-*-of-"
+                + " and -of-".join(sorted(seen))
+                + "); remove the stale ones or rerun bt-data with --overwrite"
+            )
 
 
 def _read_sidecar(files):

@@ -7,6 +7,14 @@ The shards hold ``tf.train.Example`` records with the original encoded bytes
 counts and class names, which :class:`~bt_keras.data.sources.TFRecordSource`
 reads back instead of counting.
 
+An output is built in a hidden temporary directory beside it and published
+as a whole: nothing appears until every shard is written, an interruption
+leaves the previous output as it was, and a previous output of the same
+name is refused unless ``overwrite`` (then all of its files are replaced,
+whatever its shard count). Publishing removes the old sidecar first and
+renames the new one last, so a reader never sees a sidecar beside shards it
+does not describe.
+
 Examples:
 
 >>> import tempfile, numpy as np
@@ -21,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -29,7 +38,7 @@ from bt_keras.data.config import check_positive
 from bt_keras.data.prepare import prepare
 from bt_keras.data.sources import AUTOTUNE, source_name
 from bt_keras.data.validation import report_skipped, sniff
-from bt_keras.errors import DataError
+from bt_keras.errors import DataError, one_line
 from bt_keras.io import atomic_write
 
 __all__ = ["write_tfrecords"]
@@ -52,6 +61,7 @@ def write_tfrecords(
     data_dir: str | None = None,
     seed: int = 0,
     skipped_path: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Writes a source's usable images as ``image/encoded`` TFRecord shards.
 
@@ -70,6 +80,8 @@ def write_tfrecords(
         data_dir: TensorFlow Datasets directory for ``tfds:`` sources.
         seed: seed of the fixed shuffle across shards.
         skipped_path: the skipped files' TSV (default ``{output_dir}/{name}.skipped.tsv``).
+        overwrite: replace a previous output of this ``name`` in ``output_dir``
+            (all its shards, sidecar and TSV); without it that is a ``DataError``.
 
     Examples:
 
@@ -81,15 +93,59 @@ def write_tfrecords(
     check_positive("num_shards", num_shards)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise DataError(f"name: use letters, digits, '.', '_' or '-', got {name!r}")
+    out = output_dir.rstrip("/") or "/"
+    previous = _previous_output(out, name)
+    if previous and not overwrite:
+        raise DataError(
+            f"{out}: already holds a '{name}' output ({len(previous)} files); pass --overwrite to replace it "
+            "as a whole, or choose another output directory or --name"
+        )
     prep = prepare(source, data_dir=data_dir, cache=False, cache_max_mb=1, validate="full")
-    out = output_dir.rstrip("/")
-    report_skipped(prep.skipped, prep.num_examples, skipped_path or f"{out}/{name}.skipped.tsv")
     # A fixed shuffle spreads classes over all shards and over each shard.
     records, n = prep.source.records_to_write(prep, np.random.default_rng(seed))
     num_shards = min(num_shards, max(n, 1))
-    tf.io.gfile.makedirs(output_dir)
-    paths = [f"{out}/{name}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-    counts = _write_shards(records, paths, prep)
+    tf.io.gfile.makedirs(out)
+    staging = f"{out}/.{name}.bt-data-{uuid.uuid4().hex[:12]}"
+    tf.io.gfile.makedirs(staging)
+    try:
+        info = _build(prep, records, staging, name, num_shards, source)
+        report_skipped(prep.skipped, prep.num_examples, skipped_path or f"{staging}/{name}.skipped.tsv")
+        _publish(staging, out, name, _previous_output(out, name))
+    finally:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+    return info
+
+
+def _previous_output(out: str, name: str) -> list:
+    """The files of an earlier ``bt-data`` output called ``name`` in ``out``."""
+    if not tf.io.gfile.isdir(out):
+        return []
+    pattern = re.compile(re.escape(name) + r"(-\d{5}-of-\d{5}\.tfrecord|\.bt-data\.json|\.skipped\.tsv)")
+    return sorted(f"{out}/{f}" for f in tf.io.gfile.listdir(out) if pattern.fullmatch(f))
+
+
+def _publish(staging: str, out: str, name: str, previous: list) -> None:
+    """Moves the staged output into ``out``, replacing ``previous``; the sidecar goes last."""
+    sidecar = f"{name}.bt-data.json"
+    # The old sidecar goes first: never a sidecar beside shards it does not describe.
+    for path in sorted(previous, key=lambda p: not p.endswith(sidecar)):
+        tf.io.gfile.remove(path)
+    staged = sorted(tf.io.gfile.listdir(staging), key=lambda f: f == sidecar)
+    for fname in staged:
+        tf.io.gfile.rename(f"{staging}/{fname}", f"{out}/{fname}", overwrite=True)
+
+
+def _build(prep, records, staging: str, name: str, num_shards: int, source) -> dict:
+    """Writes the shards and the sidecar into ``staging``; returns the sidecar's content."""
+    paths = [f"{staging}/{name}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+    try:
+        counts = _write_shards(records, paths, prep)
+    except tf.errors.OpError as e:
+        raise DataError(
+            f"{prep.source.name}: a file could not be read while writing ({one_line(e)}): did the source change? "
+            "Nothing was published; a previous output is intact"
+        ) from None
     info = {
         "num_examples": int(sum(counts)),
         "counts": {os.path.basename(p): c for p, c in zip(paths, counts)},
@@ -98,7 +154,7 @@ def write_tfrecords(
         "source": source_name(source),
         "skipped": len([s for s in prep.skipped if not s[1].startswith("ignored:")]),
     }
-    atomic_write(f"{out}/{name}.bt-data.json", json.dumps(info, indent=2))
+    atomic_write(f"{staging}/{name}.bt-data.json", json.dumps(info, indent=2))
     return info
 
 

@@ -23,7 +23,7 @@ import tensorflow as tf
 from bt_keras.contract import VALUE_RANGE
 from bt_keras.errors import ExportFailed, one_line
 from bt_keras.export.layout import INPUT_FLOAT_KEY, ONNX_OPSET, OUTPUT_KEY
-from bt_keras.export.saved_model import serving_functions
+from bt_keras.export.saved_model import float_embedding, serving_functions
 from bt_keras.version import __version__
 
 
@@ -88,8 +88,10 @@ def write_onnx(model, contract, path: Path, metadata: dict) -> None:
     import onnx
     import tf2onnx
 
-    serve_float, float_spec, _, _ = serving_functions(model, contract)
-    function = tf.function(serve_float, input_signature=[float_spec])
+    _, float_spec, _, _ = serving_functions(model, contract)
+    embed = float_embedding(model)
+    # serve_float without its empty-batch branch (tf2onnx cannot convert it; ONNX Runtime answers [0, dim] itself).
+    function = tf.function(lambda images: {OUTPUT_KEY: embed(images)}, input_signature=[float_spec])
     proto, _ = tf2onnx.convert.from_function(function, input_signature=[float_spec], opset=ONNX_OPSET)
     graph = proto.graph
     inputs = [i.name for i in graph.input]

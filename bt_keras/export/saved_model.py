@@ -4,6 +4,13 @@
 pipeline's own preprocessing (:func:`bt_keras.preprocess.preprocess_for_eval`),
 so what is served is what was evaluated; ``serve_float`` takes preprocessed
 NHWC float32 images. Both return ``{"embedding": [batch, dim] float32}``.
+
+Hostile requests get the same answer from the SavedModel and the ONNX model
+(which converts ``serve_float``): an image whose header announces more than
+``max_pixels`` pixels is an ``INVALID_ARGUMENT`` error for that request,
+raised in the graph before anything is decoded; an image with a NaN or
+infinite value gets an all-NaN embedding row (the other rows are unaffected);
+an empty batch gets an empty ``[0, dim]`` answer.
 ``assets.extra/`` holds the preprocessing contract (with provenance) and TF
 Serving's warm-up requests.
 
@@ -24,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from bt_keras import preprocess
+from bt_keras.contract import MAX_IMAGE_PIXELS
 from bt_keras.export.layout import INPUT_BYTES_KEY, INPUT_FLOAT_KEY, OUTPUT_KEY, WARMUP_FILE
 from bt_keras.export.warmup import write_warmup_requests
 from bt_keras.io import atomic_write
@@ -31,12 +39,39 @@ from bt_keras.io import atomic_write
 SIGNATURES = ("serving_default", "serve_float")
 
 
-def serving_functions(model, contract):
+def float_embedding(model):
+    """``images -> embedding`` (float32) where a row with a NaN or infinite input is all NaN.
+
+    The one rule for non-finite inputs in every runtime (ONNX Runtime and
+    TensorFlow differ on NaN inside max-pooling and ReLU); the ONNX model is
+    this function converted.
+
+    Examples:
+
+    >>> import numpy as np
+    >>> from bt_keras import encoders
+    >>> x = np.zeros([2, 8, 8, 3], np.float32)
+    >>> x[1, 0, 0, 0] = np.nan
+    >>> np.isnan(float_embedding(encoders.small_cnn(widths=(4,)))(x).numpy()).all(axis=1).tolist()
+    [False, True]
+    """
+
+    def embed(images):
+        embedding = tf.cast(model(images, training=False), tf.float32)
+        finite = tf.reduce_all(tf.math.is_finite(tf.reshape(images, [tf.shape(images)[0], -1])), axis=1)
+        return tf.where(finite[:, None], embedding, tf.constant(float("nan"), tf.float32))
+
+    return embed
+
+
+def serving_functions(model, contract, max_pixels: int = MAX_IMAGE_PIXELS):
     """``(serve_float, float_spec, serve_bytes, bytes_spec)``: the functions every format serves.
 
     Args:
         model: the float32 encoder.
         contract: its :class:`~bt_keras.contract.PreprocessingContract`.
+        max_pixels: ``serve_bytes`` refuses images with more pixels (read from
+            the header, before decoding).
 
     Examples:
 
@@ -48,16 +83,21 @@ def serving_functions(model, contract):
     TensorShape([1, 8])
     """
     size = contract.image_size
+    embed = float_embedding(model)
     float_spec = tf.TensorSpec([None, size, size, 3], tf.float32, name=INPUT_FLOAT_KEY)
     bytes_spec = tf.TensorSpec([None], tf.string, name=INPUT_BYTES_KEY)
 
     def serve_float(images):
-        return {OUTPUT_KEY: tf.cast(model(images, training=False), tf.float32)}
+        # TensorFlow's batch norm rejects an empty batch: answer [0, dim] from one blank image's rows, none kept.
+        blank = tf.zeros([1, size, size, 3], tf.float32)
+        return {OUTPUT_KEY: tf.cond(tf.shape(images)[0] > 0, lambda: embed(images), lambda: embed(blank)[:0])}
 
     def serve_bytes(image_bytes):
         # The evaluation pipeline's own function, so what is served is what was evaluated.
         images = tf.map_fn(
-            lambda b: preprocess.preprocess_for_eval(b, size, contract.mean, contract.std, contract.crop_fraction),
+            lambda b: preprocess.preprocess_for_eval(
+                b, size, contract.mean, contract.std, contract.crop_fraction, max_pixels
+            ),
             image_bytes,
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
         )
