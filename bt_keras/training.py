@@ -67,13 +67,16 @@ def make_optimizer(cfg, global_batch: int, steps_per_epoch: int, epochs: int):
     return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
 
 
-def build_model(cfg, image_size: int):
+def build_model(cfg, image_size: int, init_weights="config"):
     """Encoder + ``BarlowTwins`` from the ``model:`` section (call inside the strategy scope).
 
     Args:
         cfg: a full ``Config``.
         image_size: side of the square training views.
+        init_weights: ``"config"`` (``model.init_weights``), or a value that replaces it
+            (``"none"``: the random-init baseline of the final evaluation).
     """
+    from bt_keras.config import ENCODER_NAMES
     from bt_keras.encoders import build_encoder
     from bt_keras.model import BarlowTwins
 
@@ -81,9 +84,15 @@ def build_model(cfg, image_size: int):
     kwargs = {"sync_batchnorm": m.sync_batchnorm, "fused_batchnorm": m.fused_batchnorm}
     if m.encoder == "small_cnn":
         kwargs["widths"] = tuple(m.width * k for k in (1, 2, 4, 8))
-    else:
+    elif m.encoder in ENCODER_NAMES:
         kwargs.update(width=m.width, zero_init_residual=m.zero_init_residual)
-    encoder = build_encoder(m.encoder, input_shape=(image_size, image_size, 3), **kwargs)
+    encoder = build_encoder(
+        m.encoder,
+        input_shape=(image_size, image_size, 3),
+        encoder_args=m.encoder_args,
+        init_weights=m.init_weights if init_weights == "config" else init_weights,
+        **kwargs,
+    )
     model = BarlowTwins(
         encoder,
         projector_dims=m.projector_dims,
@@ -192,7 +201,15 @@ class RunPlan:
             f"batch {t.batch_size} global, {self.per_replica_batch} per replica; {self.steps_per_epoch} steps/epoch "
             f"x {t.epochs} epochs = {self.total_steps} steps",
             f"run directory {self.run_dir}; {start}",
+            f"encoder {self.cfg.model.encoder}; initial weights: {_init_line(self.cfg.model)}",
         ]
+
+
+def _init_line(model_cfg) -> str:
+    from bt_keras.backbones import describe_init
+
+    init = describe_init(model_cfg)
+    return init["source"] if "file" not in init else f"{init['file']} (sha256 {init['file_sha256'][:12]})"
 
 
 def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
@@ -371,7 +388,7 @@ def _finish(plan: RunPlan, model, summary: dict) -> dict:
         if cfg.eval.compare_random_init:
             keras.utils.set_random_seed(cfg.train.seed)
             with plan.strategy.scope():
-                random_model = build_model(cfg, cfg.data.image_size)
+                random_model = build_model(cfg, cfg.data.image_size, init_weights="none")
             summary["knn_random_init"] = evaluate_knn(random_model.encoder, cfg)
     if plan.chief:
         if cfg.monitor.report:  # redrawn with the final kNN (trained vs random init) beside the loss
@@ -413,6 +430,7 @@ def train(cfg, run_dir: str | None = None) -> dict:
         TrainingStopped: the loss stopped being finite, or a worker was lost;
             the last checkpoint is intact.
     """
+    from bt_keras.backbones import describe_init
     from bt_keras.checkpointing import TrainingGuard, restore_checkpoint
 
     plan = plan_run(cfg, run_dir)
@@ -442,6 +460,7 @@ def train(cfg, run_dir: str | None = None) -> dict:
         "seconds": round(time.time() - started, 1),
         "preempted": guard.preempted,
         "run_dir": plan.run_dir,
+        "init_weights": describe_init(plan.cfg.model),
     }
     if guard.preempted:
         logger.info(f"SIGTERM received: checkpoint written at step {step}; rerun to resume")
