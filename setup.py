@@ -28,8 +28,18 @@ setup(
     ],
     extras_require={
         "jax": ["jax>=0.4.30"],
+        # KerasHub without tensorflow-text (text tokenizers only; it would pin its own TF build):
+        # install with `pip install 'bt_keras[keras_hub]' && pip install --no-deps keras-hub`.
+        "keras_hub": ["kagglehub", "regex", "rich", "sentencepiece", "tokenizers"],
+        "litert": ["ai-edge-litert>=1.2"],
         "dev": [
             "jax>=0.4.30",
+            "ai-edge-litert>=1.2",
+            "kagglehub",
+            "regex",
+            "rich",
+            "sentencepiece",
+            "tokenizers",
             "pytest>=8",
             "pillow>=10",
             "ruff>=0.6",

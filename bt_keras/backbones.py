@@ -102,7 +102,7 @@ def _application(name, target, image_size, args, init_weights) -> keras.Model:
     weights = "imagenet" if init_weights == "imagenet" else init_weights if _legacy_h5(init_weights) else None
     images = keras.Input((image_size, image_size, 3), name="images")
     try:
-        return constructor(include_top=False, weights=weights, input_tensor=images, pooling="avg", **args)
+        model = constructor(include_top=False, weights=weights, input_tensor=images, pooling="avg", **args)
     except TypeError as e:
         raise UserError(f"model.encoder_args: {one_line(e)}") from None
     except ValueError as e:
@@ -114,6 +114,9 @@ def _application(name, target, image_size, args, init_weights) -> keras.Model:
             f"model.init_weights: imagenet: cannot get the ImageNet weights of {target} ({one_line(e)[:160]}); "
             "offline, copy the file into ~/.keras/models/ or set model.init_weights to a local weights file"
         ) from None
+    # Built on input_tensor, the model's inputs are a list of one: called with a tensor, Keras warns
+    # about the structure. The same layers with one plain input and output:
+    return keras.Model(model.inputs[0], model.outputs[0], name=model.name)
 
 
 def _keras_hub(name, target, image_size, args, init_weights) -> keras.Model:

@@ -158,13 +158,15 @@ class ModelConfig:
     ``file:PATH.keras`` (:func:`encoder_family`); ``encoder_args``: keyword
     arguments for its constructor (``keras.applications``) or ``from_preset``
     (KerasHub). ``init_weights``: where the encoder's first weights come from
-    (:func:`check_init_weights`). ``width`` and ``zero_init_residual``:
-    built-in encoders only.
+    (:func:`check_init_weights`). ``freeze``: name prefixes of encoder layers
+    kept frozen (inference-mode BN, no updates), e.g. ``[stem_, stage1_]``.
+    ``width`` and ``zero_init_residual``: built-in encoders only.
     """
 
     encoder: str = "resnet18_cifar"
     encoder_args: dict = dataclasses.field(default_factory=dict)
     init_weights: str | None = None
+    freeze: tuple[str, ...] = ()
     width: int = 64
     zero_init_residual: bool = True
     projector_dims: tuple[int, ...] = (2048, 2048, 2048)

@@ -93,6 +93,7 @@ def build_model(cfg, image_size: int, init_weights="config"):
         init_weights=m.init_weights if init_weights == "config" else init_weights,
         **kwargs,
     )
+    freeze_layers(encoder, m.freeze)
     model = BarlowTwins(
         encoder,
         projector_dims=m.projector_dims,
@@ -103,6 +104,37 @@ def build_model(cfg, image_size: int, init_weights="config"):
     )
     model.build((None, image_size, image_size, 3))
     return model
+
+
+def freeze_layers(encoder, prefixes) -> list:
+    """Freezes the encoder's layers whose names start with one of ``prefixes`` (``model.freeze``).
+
+    A frozen layer gets no updates and its BatchNorm runs in inference mode
+    (Keras 3), keeping the statistics of the weights it started from.
+
+    Returns:
+        The names of the frozen layers.
+
+    Raises:
+        UserError: a prefix matches no layer (one line, listing a few names).
+
+    Examples:
+
+    >>> from bt_keras import encoders
+    >>> enc = encoders.small_cnn(widths=(4, 8), input_shape=(16, 16, 3))
+    >>> freeze_layers(enc, ["stage1_"])
+    ['stage1_conv1', 'stage1_bn1', 'stage1_conv2', 'stage1_bn2']
+    """
+    frozen = []
+    for prefix in prefixes:
+        matched = [layer for layer in encoder.layers if layer.name.startswith(prefix)]
+        if not matched:
+            names = ", ".join(layer.name for layer in encoder.layers[1:6])
+            raise UserError(f"model.freeze: no encoder layer name starts with {prefix!r} (the first are {names}, ...)")
+        for layer in matched:
+            layer.trainable = False
+            frozen.append(layer.name)
+    return frozen
 
 
 def jit_for(strategy, requested):
