@@ -11,7 +11,7 @@ export was refused. Everything stays on this machine (no weights download).
 Usage:
 
     PYTHONPATH=. python benchmarks/backbones_export.py [--size 32] [--json out.json]
-    PYTHONPATH=. python benchmarks/backbones_export.py --only keras.applications.ConvNeXtTiny
+    PYTHONPATH=. python benchmarks/backbones_export.py --only keras.applications.ConvNeXtTiny --formats onnx
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _user_file(tmp: Path, size: int) -> str:
     return f"file:{path}"
 
 
-def export_row(encoder_name: str, size: int, tmp: Path, precision: str) -> dict:
+def export_row(encoder_name: str, size: int, tmp: Path, precision: str, formats=FORMATS) -> dict:
     keras.config.set_dtype_policy(precision)
     try:
         cfg = config_from_dict({"model": {"encoder": encoder_name, "width": 16, "projector_dims": [16, 16]}})
@@ -78,7 +78,7 @@ def export_row(encoder_name: str, size: int, tmp: Path, precision: str) -> dict:
     finally:
         keras.config.set_dtype_policy("float32")
     row = {"encoder": encoder_name, "precision": precision, "params": encoder.count_params()}
-    for fmt in FORMATS:
+    for fmt in formats:
         started = time.perf_counter()
         try:
             result = export_encoder(encoder, tmp / f"out_{fmt}", size, formats=(fmt,), overwrite=True)
@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--only", action="append", help="encoder(s) to run (default: all)")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
+    parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     rows = []
@@ -109,14 +110,15 @@ def main(argv=None) -> int:
                 name = _user_file(tmp, args.size)
                 shown = "file:<user model>.keras"
             for precision in args.precisions.split(","):
-                row = export_row(name, args.size, tmp, precision)
+                row = export_row(name, args.size, tmp, precision, args.formats.split(","))
                 row["encoder"] = shown
                 rows.append(row)
-    print(f"\n| encoder | precision | params | {' | '.join(FORMATS)} |")
-    print("| --- | --- | ---: |" + " --- |" * len(FORMATS))
+    formats = args.formats.split(",")
+    print(f"\n| encoder | precision | params | {' | '.join(formats)} |")
+    print("| --- | --- | ---: |" + " --- |" * len(formats))
     for row in rows:
         cells = [
-            f"ok {row[f]['worst']:.1e}" if row[f]["passed"] else f"refused: {row[f]['reason'][:90]}" for f in FORMATS
+            f"ok {row[f]['worst']:.1e}" if row[f]["passed"] else f"refused: {row[f]['reason'][:90]}" for f in formats
         ]
         print(f"| `{row['encoder']}` | {row['precision']} | {row['params']:,} | {' | '.join(cells)} |")
     if args.json:

@@ -13,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -505,7 +506,7 @@ def check_sources(cfg: Config) -> None:
 
 def config_from_dict(raw: dict | None, overrides=()) -> Config:
     """Builds a validated ``Config`` from a mapping plus ``key.sub=value`` overrides."""
-    raw = dict(raw or {})
+    raw = copy.deepcopy(raw or {})  # overrides write into nested sections: never into the caller's mapping
     for override in overrides:
         _apply_override(raw, override)
     return _validate(_build(Config, raw))

@@ -132,13 +132,13 @@ def _vit_preset(path: Path) -> Path:
 
 
 def _user_model(path: Path) -> Path:
-    """A user's functional model (depthwise conv, BN, LayerNorm) ending in a feature map."""
+    """A user's functional model (depthwise conv, BN, exact GELU, LayerNorm) ending in a feature map."""
     import keras
 
     images = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(images)
     x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="gelu")(x)
     x = keras.layers.LayerNormalization()(x)
     keras.Model(images, x).save(path)
     return path
@@ -150,7 +150,9 @@ FAMILIES = {
     "keras_hub_vit": (lambda tmp: f"keras_hub:{_vit_preset(tmp / 'vit')}", []),
     "keras_file": (lambda tmp: f"file:{_user_model(tmp / 'mine.keras')}", ["train.mixed_precision=mixed_bfloat16"]),
 }
-FORMATS = {"applications": "onnx", "keras_hub_vit": "saved_model,onnx", "keras_file": "saved_model,onnx"}
+# The ViT's and the file's exact GELU is TF's Erfc (converted as 1 - Erf), the ViT's position ids a
+# captured tensor (frozen into a constant): both used to stop the ONNX conversion.
+FORMATS = {"applications": "onnx", "keras_hub_vit": "saved_model,onnx,litert", "keras_file": "saved_model,onnx"}
 
 
 @pytest.mark.slow
@@ -158,6 +160,8 @@ FORMATS = {"applications": "onnx", "keras_hub_vit": "saved_model,onnx", "keras_f
 def test_family_trains_evaluates_and_exports(family, tmp_path, config_file, folder, capsys):
     if family == "keras_hub_vit" and not HAS_KERAS_HUB:
         pytest.skip("KerasHub is not installed (pip install 'bt_keras[keras_hub]')")
+    if "litert" in FORMATS[family] and not HAS_LITERT:
+        pytest.skip("ai-edge-litert is not installed (pip install 'bt_keras[litert]')")
     from bt_keras.cli.eval import main as bt_eval
     from bt_keras.cli.export import main as bt_export
 
@@ -186,9 +190,10 @@ def test_family_trains_evaluates_and_exports(family, tmp_path, config_file, fold
     assert code == 0, err[-2000:]
     report = json.loads((tmp_path / "export" / "export_report.json").read_text())
     assert report["parity"]["passed"] and report["parity"]["worst"]["max_rel_diff"] <= 1e-4
-    assert {c["target"].split(":")[0] for c in report["parity"]["checks"]} >= set(
-        {"saved_model": "saved_model", "onnx": "onnxruntime"}[f] for f in FORMATS[family].split(",")
-    )
+    targets = {"saved_model": "saved_model", "onnx": "onnxruntime", "litert": "litert"}
+    assert {c["target"].split(":")[0] for c in report["parity"]["checks"]} == {
+        targets[f] for f in FORMATS[family].split(",")
+    }
 
 
 # --- where the first weights come from -------------------------------------------------------------
