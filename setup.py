@@ -28,8 +28,12 @@ setup(
     ],
     extras_require={
         "jax": ["jax>=0.4.30"],
+        "keras_hub": ["keras-hub>=0.20"],
+        "litert": ["ai-edge-litert>=1.2"],
         "dev": [
             "jax>=0.4.30",
+            "ai-edge-litert>=1.2",
+            "keras-hub>=0.20",
             "pytest>=8",
             "pillow>=10",
             "ruff>=0.6",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from bt_keras.config import ENCODER_NAMES
+from bt_keras.config import ENCODER_NAMES  # noqa: F401  (public: bt_keras.encoders.ENCODER_NAMES)
 from bt_keras.layers import batch_norm
 
 _BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
@@ -137,13 +137,50 @@ def small_cnn(
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_encoder(name: str, input_shape=(None, None, 3), **kwargs) -> keras.Model:
-    """Encoder by name: ``resnet18_cifar``, ``resnet18``, ``resnet34_cifar``,
-    ``resnet34``, ``resnet50``, ``small_cnn``; ``kwargs`` go to the builder."""
+def build_encoder(
+    name: str, input_shape=(None, None, 3), *, encoder_args=None, init_weights=None, **kwargs
+) -> keras.Model:
+    """Encoder by ``model.encoder`` value: a built-in or a backbone from the Keras ecosystem.
+
+    Built-ins: ``resnet18_cifar``, ``resnet18``, ``resnet34_cifar``, ``resnet34``,
+    ``resnet50``, ``small_cnn`` (``kwargs`` go to the builder). Others:
+    ``keras.applications.NAME``, ``keras_hub:PRESET_OR_DIR``, ``file:PATH.keras``
+    (:func:`bt_keras.backbones.build_backbone`, which takes ``encoder_args``,
+    ``sync_batchnorm`` and ``fused_batchnorm``; they need a square ``input_shape``).
+
+    Args:
+        name: the encoder.
+        input_shape: ``(H, W, 3)``.
+        encoder_args: constructor / ``from_preset`` arguments of an ecosystem backbone.
+        init_weights: ``None``, ``"none"``, ``"imagenet"`` or a weights file (``model.init_weights``).
+        **kwargs: builder arguments.
+
+    Examples:
+
+    >>> build_encoder("small_cnn", (32, 32, 3), widths=(4, 8)).output_shape
+    (None, 8)
+    """
+    from bt_keras.config import check_init_weights, encoder_family
+
+    family, _ = encoder_family(name)
+    check_init_weights(family, init_weights)
+    if family != "builtin":
+        from bt_keras.backbones import build_backbone
+
+        allowed = {k: kwargs.pop(k) for k in ("sync_batchnorm", "fused_batchnorm") if k in kwargs}
+        if kwargs:
+            raise ValueError(f"{name}: unexpected arguments {sorted(kwargs)}")
+        return build_backbone(name, input_shape[0], encoder_args=encoder_args, init_weights=init_weights, **allowed)
+    if encoder_args:
+        raise ValueError(f"built-in encoder {name!r} takes no encoder_args")
     if name == "small_cnn":
-        return small_cnn(input_shape=input_shape, **kwargs)
-    for depth in _BLOCKS:
-        if name in (f"resnet{depth}", f"resnet{depth}_cifar"):
-            stem = "cifar" if name.endswith("_cifar") else "imagenet"
-            return resnet(depth, stem=stem, input_shape=input_shape, **kwargs)
-    raise ValueError(f"unknown encoder {name!r}; choose from {ENCODER_NAMES}")
+        encoder = small_cnn(input_shape=input_shape, **kwargs)
+    else:
+        depth = int(name[6:8])
+        stem = "cifar" if name.endswith("_cifar") else "imagenet"
+        encoder = resnet(depth, stem=stem, input_shape=input_shape, **kwargs)
+    if init_weights not in (None, "none"):
+        from bt_keras.backbones import load_initial_weights
+
+        load_initial_weights(encoder, init_weights, name)
+    return encoder

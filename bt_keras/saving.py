@@ -266,6 +266,48 @@ def check_keras_archive(path) -> None:
         raise ExportArgumentError(f"cannot load {path}: {total} bytes uncompressed, more than a .keras file holds")
 
 
+def keras_file_image_size(path) -> int | None:
+    """The image side a ``.keras`` file's model takes when its input is static and square, else ``None``.
+
+    Read from the archive's ``config.json`` without importing Keras or TensorFlow
+    (``bt-export --encoder`` uses it when no ``--image-size`` or contract is given).
+
+    Args:
+        path: the ``.keras`` file.
+
+    Examples:
+
+    >>> import keras
+    >>> keras.Sequential([keras.Input((24, 24, 3)), keras.layers.Flatten()]).save("/tmp/doc_size.keras")
+    >>> keras_file_image_size("/tmp/doc_size.keras")
+    24
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.getinfo("config.json").file_size > MAX_KERAS_JSON_BYTES:
+                return None
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    model = config.get("config", {}) if isinstance(config, dict) else {}
+    layers = model.get("layers") or []
+    entries = model.get("input_layers") or []
+    if entries and isinstance(entries[0], str):
+        entries = [entries]  # a single input is stored flat: [name, 0, 0]
+    wanted = {entry[0] for entry in entries if isinstance(entry, list) and entry}
+    shapes = [
+        layer.get("config", {}).get("batch_shape")
+        for layer in layers
+        if layer.get("class_name") == "InputLayer" and (not wanted or layer.get("config", {}).get("name") in wanted)
+    ]
+    if len(shapes) != 1 or not isinstance(shapes[0], list) or len(shapes[0]) != 4:
+        return None
+    height, width = shapes[0][1:3]
+    return height if isinstance(height, int) and height == width else None
+
+
 def load_encoder(path):
     """Loads an encoder saved with ``encoder.save("x.keras")`` in safe mode.
 
@@ -293,10 +335,27 @@ def load_encoder(path):
     if path.suffix != ".keras":
         raise ExportArgumentError(f"{path} is not a .keras file")
     check_keras_archive(path)
+    if _mentions_keras_hub(path):
+        try:
+            import keras_hub  # noqa: F401  (registers the KerasHub backbone classes the file holds)
+        except ImportError:
+            raise ExportArgumentError(
+                f"{path} holds a KerasHub backbone: pip install 'bt_keras[keras_hub]' to load it"
+            ) from None
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as e:
         raise ExportArgumentError(f"cannot load {path}: {one_line(e)}") from e
+
+
+def _mentions_keras_hub(path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return b'"keras_hub' in archive.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
 
 
 class FrozenEncoder:

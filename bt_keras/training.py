@@ -72,13 +72,16 @@ def make_optimizer(cfg, global_batch: int, steps_per_epoch: int, epochs: int):
     return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
 
 
-def build_model(cfg, image_size: int):
+def build_model(cfg, image_size: int, init_weights="config"):
     """Encoder + ``BarlowTwins`` from the ``model:`` section (call inside the strategy scope).
 
     Args:
         cfg: a full ``Config``.
         image_size: side of the square training views.
+        init_weights: ``"config"`` (``model.init_weights``), or a value that replaces it
+            (``"none"``: the random-init baseline of the final evaluation).
     """
+    from bt_keras.config import ENCODER_NAMES
     from bt_keras.encoders import build_encoder
     from bt_keras.model import BarlowTwins
 
@@ -86,9 +89,16 @@ def build_model(cfg, image_size: int):
     kwargs = {"sync_batchnorm": m.sync_batchnorm, "fused_batchnorm": m.fused_batchnorm}
     if m.encoder == "small_cnn":
         kwargs["widths"] = tuple(m.width * k for k in (1, 2, 4, 8))
-    else:
+    elif m.encoder in ENCODER_NAMES:
         kwargs.update(width=m.width, zero_init_residual=m.zero_init_residual)
-    encoder = build_encoder(m.encoder, input_shape=(image_size, image_size, 3), **kwargs)
+    encoder = build_encoder(
+        m.encoder,
+        input_shape=(image_size, image_size, 3),
+        encoder_args=m.encoder_args,
+        init_weights=m.init_weights if init_weights == "config" else init_weights,
+        **kwargs,
+    )
+    freeze_layers(encoder, m.freeze)
     model = BarlowTwins(
         encoder,
         projector_dims=m.projector_dims,
@@ -99,6 +109,37 @@ def build_model(cfg, image_size: int):
     )
     model.build((None, image_size, image_size, 3))
     return model
+
+
+def freeze_layers(encoder, prefixes) -> list:
+    """Freezes the encoder's layers whose names start with one of ``prefixes`` (``model.freeze``).
+
+    A frozen layer gets no updates and its BatchNorm runs in inference mode
+    (Keras 3), keeping the statistics of the weights it started from.
+
+    Returns:
+        The names of the frozen layers.
+
+    Raises:
+        UserError: a prefix matches no layer (one line, listing a few names).
+
+    Examples:
+
+    >>> from bt_keras import encoders
+    >>> enc = encoders.small_cnn(widths=(4, 8), input_shape=(16, 16, 3))
+    >>> freeze_layers(enc, ["stage1_"])
+    ['stage1_conv1', 'stage1_bn1', 'stage1_conv2', 'stage1_bn2']
+    """
+    frozen = []
+    for prefix in prefixes:
+        matched = [layer for layer in encoder.layers if layer.name.startswith(prefix)]
+        if not matched:
+            names = ", ".join(layer.name for layer in encoder.layers[1:6])
+            raise UserError(f"model.freeze: no encoder layer name starts with {prefix!r} (the first are {names}, ...)")
+        for layer in matched:
+            layer.trainable = False
+            frozen.append(layer.name)
+    return frozen
 
 
 def jit_for(strategy, requested):
@@ -214,7 +255,15 @@ class RunPlan:
             f"batch {t.batch_size} global, {self.per_replica_batch} per replica; {self.steps_per_epoch} steps/epoch "
             f"x {t.epochs} epochs = {self.total_steps} steps",
             f"run directory {self.run_dir}; {start}",
+            f"encoder {self.cfg.model.encoder}; initial weights: {_init_line(self.cfg.model)}",
         ]
+
+
+def _init_line(model_cfg) -> str:
+    from bt_keras.backbones import describe_init
+
+    init = describe_init(model_cfg)
+    return init["source"] if "file" not in init else f"{init['file']} (sha256 {init['file_sha256'][:12]})"
 
 
 def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
@@ -405,7 +454,7 @@ def _finish(plan: RunPlan, model, summary: dict) -> dict:
         if cfg.eval.compare_random_init:
             keras.utils.set_random_seed(cfg.train.seed)
             with plan.strategy.scope():
-                random_model = build_model(cfg, cfg.data.image_size)
+                random_model = build_model(cfg, cfg.data.image_size, init_weights="none")
             summary["knn_random_init"] = evaluate_knn(random_model.encoder, cfg)
     if plan.chief:
         if cfg.monitor.report:  # redrawn with the final kNN (trained vs random init) beside the loss
@@ -455,6 +504,7 @@ def train(cfg, run_dir: str | None = None) -> dict:
 
 
 def _train(plan: RunPlan) -> dict:
+    from bt_keras.backbones import describe_init
     from bt_keras.checkpointing import TrainingGuard, restore_checkpoint, state_fingerprint
     from bt_keras.config import config_to_yaml
 
@@ -488,6 +538,7 @@ def _train(plan: RunPlan) -> dict:
         "preempted": guard.preempted,
         "signal": guard.signal_name,
         "run_dir": plan.run_dir,
+        "init_weights": describe_init(plan.cfg.model),
     }
     if guard.preempted:
         written = "checkpoint written" if plan.chief else "the chief wrote the checkpoint"

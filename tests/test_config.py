@@ -47,7 +47,7 @@ def test_overrides_and_types():
         ({"train": {"epoch": 3}}, [], "unknown key 'train.epoch'"),
         ({"train": {"epochs": "ten"}}, [], "train.epochs: expected int, got 'ten'"),
         ({"train": {"strategy": "horovod"}}, [], "train.strategy: expected one of 'auto'"),
-        ({"model": {"encoder": "vit"}}, [], "model.encoder: expected one of 'small_cnn'"),
+        ({"model": {"encoder": "vit"}}, [], "model.encoder: unknown encoder 'vit'; choose one of small_cnn"),
         ({"train": {"batch_size": 1}}, [], "train.batch_size: must be >= 2"),
         ({}, ["train.epochs"], "--set expects key.sub=value"),
         ({"model": {"projector_dims": [64, "x"]}}, [], "model.projector_dims[1]: expected int"),

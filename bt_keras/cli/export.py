@@ -1,7 +1,7 @@
 """``bt-export``: export a trained encoder as a TF Serving SavedModel and/or ONNX, behind a parity gate.
 
     bt-export --run runs/cifar --out exports/cifar [--name encoder] [--version 1] [--formats saved_model,onnx]
-    bt-export --encoder enc.keras --image-size 32 --out exports/enc
+    bt-export --encoder enc.keras --out exports/enc [--image-size 32]   (size: the encoder's static input)
 
 The preprocessing contract is the run's (or the one next to ``--encoder``)
 ``preprocessing.json``; ``--image-size/--mean/--std/--crop-fraction`` may
@@ -20,7 +20,15 @@ from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, tensorflo
 from bt_keras.cli.args import floats, fraction, model_version, positive_int
 from bt_keras.contract import read_contract, resolve_contract
 from bt_keras.errors import ExportArgumentError, ExportFailed, one_line
-from bt_keras.export.layout import DEFAULT_TOLERANCE, FORMATS, ONNX_OPSET, check_formats, check_name
+from bt_keras.export.layout import (
+    DEFAULT_FORMATS,
+    DEFAULT_TOLERANCE,
+    ONNX_OPSET,
+    check_formats,
+    check_name,
+    require_litert,
+)
+from bt_keras.saving import keras_file_image_size
 
 PROG = "bt-export"
 
@@ -37,16 +45,20 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--name", default="encoder", help="TF Serving model name (default: encoder)")
     p.add_argument("--version", type=model_version, default=1, help="TF Serving model version (default: 1)")
-    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: saved_model,onnx (default: both)")
+    p.add_argument(
+        "--formats",
+        default=",".join(DEFAULT_FORMATS),
+        help="comma-separated: saved_model,onnx,litert (default: saved_model,onnx; litert needs ai-edge-litert)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace this --name/--version (and its ONNX file) in an existing export in DIR; other versions stay",
+        help="replace this --name/--version (and its ONNX/LiteRT files) in DIR; other versions stay",
     )
     p.add_argument(
         "--image-size",
         type=positive_int,
-        help="image side (needed with --encoder unless a preprocessing.json is next to it)",
+        help="image side (with --encoder: default the encoder's static input size, or preprocessing.json next to it)",
     )
     p.add_argument("--mean", type=floats, help="RGB mean, e.g. 0.485,0.456,0.406 (default: ImageNet)")
     p.add_argument("--std", type=floats, help="RGB std, e.g. 0.229,0.224,0.225 (default: ImageNet)")
@@ -81,9 +93,12 @@ def _resolve(args):
     """Encoder file, contract file and contract from the arguments; checks that need no TensorFlow."""
     encoder_file, contract_file = _sources(args)
     recorded = None if contract_file is None else read_contract(contract_file)
+    image_size = args.image_size
+    if image_size is None and recorded is None:
+        image_size = keras_file_image_size(encoder_file)  # a static input says it (None when it does not)
     contract = resolve_contract(
         recorded,
-        image_size=args.image_size,
+        image_size=image_size,
         mean=args.mean,
         std=args.std,
         crop_fraction=args.crop_fraction,
@@ -99,6 +114,9 @@ def _print_result(result) -> None:
         print(f"  SavedModel  {result.saved_model_dir}  (signatures serving_default, serve_float)")
     if result.onnx_path is not None:
         print(f"  ONNX        {result.onnx_path}  (opset {ONNX_OPSET})")
+    if result.litert_path is not None:
+        sidecar = result.litert_path.with_suffix(".preprocessing.json")
+        print(f"  LiteRT      {result.litert_path}  (contract: {sidecar.name} beside it)")
     worst = parity["worst"]
     print(
         f"  parity      worst relative difference {worst['max_rel_diff']:.2e}"
@@ -110,6 +128,8 @@ def _print_result(result) -> None:
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
     formats = check_formats(args.formats)
+    if "litert" in formats:
+        require_litert()
     check_name(args.name, what="--name")
     encoder_file, contract_file, contract = _resolve(args)
     from bt_keras.export import publish

@@ -1,8 +1,8 @@
-"""Export a trained encoder for serving: SavedModel (TF Serving) and ONNX (ONNX Runtime).
+"""Export a trained encoder for serving: SavedModel (TF Serving), ONNX (ONNX Runtime) and LiteRT (mobile).
 
 Only the encoder is exported, always in float32, and every export passes a
 parity gate before it becomes visible: the same images go through the Keras
-model, both SavedModel signatures and ONNX Runtime at batch 1 and batch 7, and
+model, both SavedModel signatures, ONNX Runtime and the LiteRT interpreter at batch 1 and batch 7, and
 the export is thrown away unless every embedding agrees within ``tolerance``
 (relative). Everything is written into a hidden temporary directory next to
 ``out_dir`` and renamed into place at the end, so a crash or Ctrl-C never
@@ -11,7 +11,7 @@ leaves a half export behind.
 One module per step: :mod:`~bt_keras.export.checks` (what is exportable, the
 float32 rebuild), :mod:`~bt_keras.export.saved_model`,
 :mod:`~bt_keras.export.warmup` (TF Serving warm-up requests),
-:mod:`~bt_keras.export.onnx_export`, :mod:`~bt_keras.export.parity`,
+:mod:`~bt_keras.export.onnx_export`, :mod:`~bt_keras.export.litert_export`, :mod:`~bt_keras.export.parity`,
 :mod:`~bt_keras.export.publish` (the atomic output directory) and
 :mod:`~bt_keras.export.api` (:func:`export_encoder`, which runs them in order).
 The command line is :mod:`bt_keras.cli.export`.
@@ -23,6 +23,7 @@ Layout of ``out_dir``::
         assets.extra/tf_serving_warmup_requests
         assets.extra/preprocessing.json
     onnx/<name>.onnx
+    litert/<name>.tflite, litert/<name>.preprocessing.json   (--formats ...,litert)
     export_report.json                    parity measurements, versions, shapes
 
 Examples:
@@ -44,6 +45,7 @@ from __future__ import annotations
 from bt_keras._lazy import lazy_namespace
 
 _LAYOUT = (
+    "DEFAULT_FORMATS",
     "DEFAULT_TOLERANCE",
     "FORMATS",
     "INPUT_BYTES_KEY",
@@ -67,7 +69,7 @@ _EXPORTS = {
     # The command line moved to bt_keras.cli.export; these stay reachable here.
     **{name: "bt_keras.cli.export" for name in ("build_parser", "main")},
 }
-_SUBMODULES = ("api", "checks", "layout", "onnx_export", "parity", "publish", "saved_model", "warmup")
+_SUBMODULES = ("api", "checks", "layout", "litert_export", "onnx_export", "parity", "publish", "saved_model", "warmup")
 
 __all__ = sorted(n for n in _EXPORTS if n not in ("build_parser", "main"))
 __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES)

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from bt_keras import contract as contract_lib
 from bt_keras.errors import ExportArgumentError, UserError
-from bt_keras.export import checks, layout, onnx_export, parity
+from bt_keras.export import checks, layout, litert_export, onnx_export, parity
 from bt_keras.export.layout import REPORT_FILE
 from bt_keras.export.publish import check_destination, publish, staging_directory
 from bt_keras.export.saved_model import saved_model_artifact, write_saved_model
@@ -43,6 +43,7 @@ class ExportResult:
         saved_model_dir: ``out_dir/saved_model/<name>/<version>``, or ``None``.
         onnx_path: ``out_dir/onnx/<name>.onnx``, or ``None``.
         report: the content of ``out_dir/export_report.json``.
+        litert_path: ``out_dir/litert/<name>.tflite``, or ``None``.
 
     Examples:
 
@@ -54,6 +55,7 @@ class ExportResult:
     saved_model_dir: Path | None
     onnx_path: Path | None
     report: dict
+    litert_path: Path | None = None
 
 
 def make_contract(image_size, mean=None, std=None, crop_fraction=None) -> contract_lib.PreprocessingContract:
@@ -81,7 +83,7 @@ def export_encoder(
     encoder,
     out_dir,
     image_size: int,
-    formats=layout.FORMATS,
+    formats=layout.DEFAULT_FORMATS,
     name: str = "encoder",
     version: int = 1,
     *,
@@ -92,7 +94,7 @@ def export_encoder(
     tolerance: float = layout.DEFAULT_TOLERANCE,
     source: dict | None = None,
 ) -> ExportResult:
-    """Exports an encoder as a TF Serving SavedModel and/or an ONNX model, behind a parity gate.
+    """Exports an encoder as a TF Serving SavedModel, an ONNX and/or a LiteRT model, behind a parity gate.
 
     Args:
       encoder: a ``keras.Model`` (one NHWC input, one ``[B, D]`` output) or a
@@ -101,7 +103,7 @@ def export_encoder(
         ``overwrite`` is set, updated: only this export's version directory,
         ONNX file and report are replaced (other versions and names stay).
       image_size: side of the square images the encoder takes.
-      formats: any of ``"saved_model"``, ``"onnx"``.
+      formats: any of ``"saved_model"``, ``"onnx"``, ``"litert"`` (needs ``ai-edge-litert``).
       name, version: TF Serving model name and integer version.
       mean, std, crop_fraction: the preprocessing contract (defaults: ImageNet
         mean/std, crop 0.875 from 64 px up and 1.0 below).
@@ -125,6 +127,8 @@ def export_encoder(
     """
     started = datetime.datetime.now(datetime.timezone.utc)
     formats = layout.check_formats(formats)
+    if "litert" in formats:
+        litert_export.require_interpreter()  # before any work: a one-line error naming the extra
     layout.check_name(name)
     checks.check_version_and_tolerance(version, tolerance)
     contract = make_contract(image_size, mean, std, crop_fraction)
@@ -135,8 +139,12 @@ def export_encoder(
     model = _float32(encoder, source)
     dim = checks.embedding_dim(model, contract.image_size)
     with staging_directory(out_dir) as tmp:
-        sm_dir, onnx_path, artifacts = _write_formats(model, contract, tmp, formats, name, int(version), dim, source)
-        gate = parity.measure_parity(model, contract, sm_dir, onnx_path, tolerance, source_model=encoder)
+        sm_dir, onnx_path, litert_path, artifacts = _write_formats(
+            model, contract, tmp, formats, name, int(version), dim, source
+        )
+        gate = parity.measure_parity(
+            model, contract, sm_dir, onnx_path, tolerance, source_model=encoder, litert_path=litert_path
+        )
         parity.require_parity(gate)
         report = {
             "bt_keras_version": __version__,
@@ -150,16 +158,18 @@ def export_encoder(
             "source": source,
             "artifacts": artifacts,
             "parity": gate,
-            "versions": _versions(onnx="onnx" in formats),
+            "versions": _versions(onnx="onnx" in formats, litert="litert" in formats),
         }
         atomic_write(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-        written = [p.relative_to(tmp) for p in (sm_dir, onnx_path) if p is not None]
+        files = (sm_dir, onnx_path, litert_path, litert_path and litert_path.with_suffix(".preprocessing.json"))
+        written = [p.relative_to(tmp) for p in files if p is not None]
         publish(tmp, out_dir, overwrite, entries=[*written, REPORT_FILE])
     return ExportResult(
         out_dir=out_dir,
         saved_model_dir=None if sm_dir is None else out_dir / sm_dir.relative_to(tmp),
         onnx_path=None if onnx_path is None else out_dir / onnx_path.relative_to(tmp),
         report=report,
+        litert_path=None if litert_path is None else out_dir / litert_path.relative_to(tmp),
     )
 
 
@@ -184,8 +194,8 @@ def _float32(encoder, source: dict):
 
 
 def _write_formats(model, contract, tmp: Path, formats, name: str, version: int, dim: int, source: dict):
-    """Writes each requested format under ``tmp``; ``(sm_dir, onnx_path, artifacts)``."""
-    sm_dir = onnx_path = None
+    """Writes each requested format under ``tmp``; ``(sm_dir, onnx_path, litert_path, artifacts)``."""
+    sm_dir = onnx_path = litert_path = None
     artifacts = {}
     if "saved_model" in formats:
         provenance = {
@@ -207,10 +217,16 @@ def _write_formats(model, contract, tmp: Path, formats, name: str, version: int,
         metadata = onnx_export.onnx_metadata(contract, dim, source["weights_sha256"])
         onnx_export.write_onnx(model, contract, onnx_path, metadata)
         artifacts["onnx"] = onnx_export.onnx_artifact(onnx_path, tmp, contract, dim, metadata)
-    return sm_dir, onnx_path, artifacts
+    if "litert" in formats:
+        litert_path = tmp / "litert" / f"{name}.tflite"
+        litert_path.parent.mkdir()
+        metadata = litert_export.litert_metadata(contract, dim, source["weights_sha256"])
+        sidecar = litert_export.write_litert(model, contract, litert_path, metadata)
+        artifacts["litert"] = litert_export.litert_artifact(litert_path, sidecar, tmp, contract, dim)
+    return sm_dir, onnx_path, litert_path, artifacts
 
 
-def _versions(onnx: bool) -> dict:
+def _versions(onnx: bool, litert: bool = False) -> dict:
     versions = {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -224,4 +240,8 @@ def _versions(onnx: bool) -> dict:
         import tf2onnx
 
         versions.update(tf2onnx=tf2onnx.__version__, onnx=onnx_module.__version__, onnxruntime=onnxruntime.__version__)
+    if litert:
+        from importlib.metadata import version
+
+        versions["ai_edge_litert"] = version("ai-edge-litert")
     return versions

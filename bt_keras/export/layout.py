@@ -8,7 +8,8 @@ import re
 
 from bt_keras.errors import ExportArgumentError, short_repr
 
-FORMATS = ("saved_model", "onnx")
+FORMATS = ("saved_model", "onnx", "litert")
+DEFAULT_FORMATS = ("saved_model", "onnx")  # litert needs an optional extra (ai-edge-litert)
 ONNX_OPSET = 17  # tf2onnx 1.17 converts up to opset 18; 17 is what ONNX Runtime and LiteRT tooling all take
 DEFAULT_TOLERANCE = 1e-4  # relative, embeddings of Keras vs each exported runtime
 PARITY_BATCHES = (1, 7)  # batch 1 (serving) and an odd batch (no accidental batch-size specialisation)
@@ -26,7 +27,7 @@ def check_formats(formats) -> tuple:
     """The requested formats as a tuple without repeats; a string may list them with commas.
 
     Args:
-        formats: an iterable of ``"saved_model"``/``"onnx"``, or ``"saved_model,onnx"``.
+        formats: an iterable of ``"saved_model"``/``"onnx"``/``"litert"``, or ``"saved_model,onnx"``.
 
     Examples:
 
@@ -40,6 +41,22 @@ def check_formats(formats) -> tuple:
     if unknown or not formats:
         raise ExportArgumentError(f"unknown format {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
     return formats
+
+
+def require_litert() -> None:
+    """A one-line :class:`ExportArgumentError` naming the extra unless the LiteRT runtime is installed.
+
+    Examples:
+
+    >>> require_litert()
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        raise ExportArgumentError(
+            "format litert needs the LiteRT runtime for its parity gate: pip install 'bt_keras[litert]' "
+            "(ai-edge-litert)"
+        )
 
 
 def check_name(name, what: str = "model name") -> str:

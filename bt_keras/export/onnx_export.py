@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from bt_keras.contract import VALUE_RANGE
@@ -72,6 +73,31 @@ def onnx_artifact(onnx_path: Path, root: Path, contract, dim: int, metadata: dic
     }
 
 
+def _erfc_as_one_minus_erf(ctx, node, name, args):
+    """tf2onnx handler for TF's ``Erfc`` (exact GELU: ConvNeXt, ViT), which tf2onnx 1.17 leaves unconverted.
+
+    ``erfc(x) = 1 - erf(x)``. The cancellation for large ``x`` costs absolute
+    precision only where GELU multiplies ``erfc`` by a vanishing factor.
+    """
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]])
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+def _convert(function, float_spec):
+    import tf2onnx
+
+    handlers = {"Erfc": (_erfc_as_one_minus_erf, [])}
+    proto, _ = tf2onnx.convert.from_function(
+        function, input_signature=[float_spec], opset=ONNX_OPSET, custom_op_handlers=handlers
+    )
+    return proto
+
+
 def write_onnx(model, contract, path: Path, metadata: dict) -> None:
     """Converts the float32 encoder to ONNX at ``path``, after ``onnx.checker``'s full check.
 
@@ -86,16 +112,28 @@ def write_onnx(model, contract, path: Path, metadata: dict) -> None:
             rejects the model (unsupported TF ops are emitted as unknown nodes, not errors).
     """
     import onnx
-    import tf2onnx
 
     _, float_spec, _, _ = serving_functions(model, contract)
     embed = float_embedding(model)
     # serve_float without its empty-batch branch (tf2onnx cannot convert it; ONNX Runtime answers [0, dim] itself).
     function = tf.function(lambda images: {OUTPUT_KEY: embed(images)}, input_signature=[float_spec])
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=[float_spec], opset=ONNX_OPSET)
+    proto = _convert(function, float_spec)
     graph = proto.graph
     inputs = [i.name for i in graph.input]
     outputs = [o.name for o in graph.output]
+    if inputs != [INPUT_FLOAT_KEY] and len(inputs) > 1:
+        # Tensors a layer computed eagerly and keeps (a ViT's position ids) are captured by the
+        # traced function, and tf2onnx turns captures into graph inputs. Freezing folds them into
+        # constants; the parity gate still checks the result.
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+        proto = _convert(
+            tf.function(lambda images: {OUTPUT_KEY: frozen(images)[0]}, input_signature=[float_spec]), float_spec
+        )
+        graph = proto.graph
+        inputs = [i.name for i in graph.input]
+        outputs = [o.name for o in graph.output]
     if inputs != [INPUT_FLOAT_KEY] or outputs != [OUTPUT_KEY]:
         # tf2onnx turns eagerly captured tensors into extra graph inputs: a silent contract break.
         raise ExportFailed(

@@ -2,7 +2,7 @@
 
 The same images (PNG and JPEG, odd sizes, grayscale and RGBA, so every decode
 path runs) go through the Keras model and each exported target (both
-SavedModel signatures, ONNX Runtime) at every batch size of
+SavedModel signatures, ONNX Runtime, the LiteRT interpreter) at every batch size of
 :data:`PARITY_BATCHES`; the export is refused unless each target's largest
 relative difference is within the tolerance.
 
@@ -109,7 +109,7 @@ def relative_difference(got, want) -> tuple[float, float]:
     return rel, float(np.max(np.abs(got - want)))
 
 
-def _targets(sm_dir, onnx_path) -> list:
+def _targets(sm_dir, onnx_path, litert_path=None) -> list:
     """``(name, run(pixels, encoded) -> embeddings, takes_bytes)`` for every exported runtime."""
     targets = []
     if sm_dir is not None:
@@ -133,6 +133,11 @@ def _targets(sm_dir, onnx_path) -> list:
         except Exception as e:
             raise ExportFailed(f"ONNX Runtime cannot load the converted encoder: {one_line(e)}") from e
         targets.append(("onnxruntime", lambda px, _: session.run([OUTPUT_KEY], {INPUT_FLOAT_KEY: px})[0], False))
+    if litert_path is not None:
+        from bt_keras.export.litert_export import litert_runner
+
+        run_litert = litert_runner(litert_path)
+        targets.append(("litert", lambda px, _: run_litert(px), False))
     return targets
 
 
@@ -151,13 +156,14 @@ def _check(target, batch, inputs, got, want, tolerance) -> dict:
     }
 
 
-def measure_parity(model, contract, sm_dir, onnx_path, tolerance, source_model=None) -> dict:
+def measure_parity(model, contract, sm_dir, onnx_path, tolerance, source_model=None, litert_path=None) -> dict:
     """Runs the parity images through the Keras model and every export; the report's ``parity`` entry.
 
     Args:
         model: the exported (float32) Keras encoder, the reference.
         contract: the preprocessing contract.
         sm_dir, onnx_path: the written SavedModel and ONNX file, or ``None``.
+        litert_path: the written ``.tflite`` file, or ``None``.
         tolerance: the largest relative difference a check passes with.
         source_model: the encoder as given, when it was rebuilt in float32: its
             difference from ``model`` is recorded, not gated.
@@ -166,7 +172,7 @@ def measure_parity(model, contract, sm_dir, onnx_path, tolerance, source_model=N
         ExportFailed: a runtime could not load or run the export.
     """
     encoded_all = parity_images(contract, max(PARITY_BATCHES))
-    targets = _targets(sm_dir, onnx_path)
+    targets = _targets(sm_dir, onnx_path, litert_path)
     checks = []
     for batch in PARITY_BATCHES:
         encoded = encoded_all[:batch]
