@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,8 @@ def test_imagenet_weights_offline_are_one_line(monkeypatch):
         pytest.skip("the ImageNet weights are cached on this machine: nothing would be downloaded")
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
+    # urlopen caches its opener, proxies included, on first use: restore it so later tests connect directly.
+    monkeypatch.setattr(urllib.request, "_opener", None)
     with pytest.raises(UserError) as e:
         build_backbone("keras.applications.MobileNetV3Small", SIZE, init_weights="imagenet")
     message = str(e.value)
