@@ -336,7 +336,7 @@ def _recorded_contract(path: str):
         c = PreprocessingContract.from_json(json.dumps(meta.get("preprocessing", meta)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"cannot read {path}: {one_line(e)}") from None
-    return make_contract(c.image_size, c.mean, c.std, c.crop_fraction)
+    return make_contract(c.image_size, c.mean, c.std, c.crop_fraction, c.pixel_shuffle_seed)
 
 
 def load_frozen_encoder(

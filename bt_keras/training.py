@@ -89,6 +89,7 @@ def build_model(cfg, image_size: int):
         projector_dims=m.projector_dims,
         lambd=m.lambd,
         loss_method=m.loss_method,
+        standardize=m.standardize,
         sync_batchnorm=m.sync_batchnorm,
         fused_batchnorm=m.fused_batchnorm,
     )

@@ -183,6 +183,7 @@ def eval_dataset(
     cache: bool | None = None,
     cache_max_mb: int = 2048,
     validate: str = "auto",
+    pixel_shuffle_seed: int | None = None,
 ) -> tf.data.Dataset:
     """Labelled single views for evaluation: ``(images, labels)`` batches.
 
@@ -199,6 +200,8 @@ def eval_dataset(
         data_dir, cache, cache_max_mb, validate: as in :class:`~bt_keras.data.DataConfig`.
         input_context: a ``tf.distribute.InputContext``.
         skipped_path: where to write the skipped files as TSV.
+        pixel_shuffle_seed: the contract's pixel-shuffle ablation (None: off):
+            the images' pixel positions permuted as the run's training views were.
 
     Examples:
 
@@ -229,6 +232,14 @@ def eval_dataset(
 
     def prep_fn(x):
         return preprocess_for_eval(x, image_size, mean=mean, std=std, crop_fraction=crop_fraction)
+
+    if pixel_shuffle_seed is not None:
+        from bt_keras.augment.shuffle import pixel_permutation, shuffle_pixels
+
+        permutation, unshuffled = pixel_permutation(image_size, pixel_shuffle_seed), prep_fn
+
+        def prep_fn(x):
+            return shuffle_pixels(unshuffled(x), permutation)
 
     ds = _labelled_images(prep, prep_fn, input_context)
     ds = ds.batch(b, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)

@@ -123,5 +123,6 @@ def eval_batches(source, contract, batch_size: int, data_dir=None):
         mean=contract.mean,
         std=contract.std,
         crop_fraction=contract.crop_fraction,
+        pixel_shuffle_seed=contract.pixel_shuffle_seed,
         data_dir=data_dir,
     )
