@@ -400,7 +400,7 @@ def _completed_summary(plan: RunPlan, start_step: int) -> dict | None:
     return summary
 
 
-def train(cfg, run_dir: str | None = None) -> dict:
+def train(cfg, run_dir: str | None = None, callbacks=()) -> dict:
     """Trains per ``cfg``; returns a summary dict (also written to ``summary.json``).
 
     Resumes from ``RUN/checkpoints`` when present.
@@ -408,6 +408,9 @@ def train(cfg, run_dir: str | None = None) -> dict:
     Args:
         cfg: a ``Config`` (``bt_keras.config.load_config``).
         run_dir: the run directory; default ``train.run_dir``.
+        callbacks: extra Keras callbacks, after the run's own (e.g. a
+            :class:`~bt_keras.callbacks.TimeBudget` that stops the run early;
+            the encoder and evaluation are written as at the last epoch).
 
     Raises:
         UserError: bad input (data, config, strategy), as one line.
@@ -433,9 +436,9 @@ def train(cfg, run_dir: str | None = None) -> dict:
         return done
     phases = _phases(plan, start_step)
     guard = TrainingGuard(plan.checkpoint, every_steps=t.checkpoint_every_steps, write=plan.chief)
-    callbacks = _callbacks(plan, guard, phases[0][0] if phases else None)
+    run_callbacks = _callbacks(plan, guard, phases[0][0] if phases else None) + list(callbacks)
     started = time.time()
-    _fit(plan, model, phases, callbacks, guard)
+    _fit(plan, model, phases, run_callbacks, guard)
     step = int(model.optimizer.iterations.numpy())
     summary = {
         "steps": step,
