@@ -1,6 +1,6 @@
 """Three open questions about Barlow Twins as experiments at a fixed CPU-time budget per run.
 
-    python benchmarks/ablations.py --data folder:DIR --cpu-seconds 60 --out runs/ablations
+    python benchmarks/ablations.py --data folder:DIR --budget-seconds 60 --out runs/ablations
 
 1. ``shuffle``: {normal, pixel-shuffled} × {colour augmentation on, off}. Pixel-shuffled runs
    permute every view and every evaluation image by one fixed permutation
@@ -15,9 +15,10 @@
 
 Every run is ``bt_keras.training.train`` (the code behind ``bt-train``) on the base config
 (``--config``, default ``configs/cifar10_cpu.yaml``) plus ``--set`` overrides plus the run's own,
-stopped by :class:`bt_keras.callbacks.TimeBudget` after ``--cpu-seconds`` of *process CPU time*
-inside training steps (all threads; the first, tracing step and the kNN monitor do not count), so
-runs get the same work whatever else shares the machine. Its score is the kNN monitor's
+stopped by :class:`bt_keras.callbacks.TimeBudget` after ``--budget-seconds`` of *process CPU
+time* inside training steps (all threads; the first, tracing step and the kNN monitor do not
+count), so runs get the same work whatever else shares the machine. On a dedicated GPU, where the
+work is not the host's, ``--clock wall`` counts elapsed step time instead. Its score is the kNN monitor's
 (``monitor.knn_*``: k=200, T=0.1, a fixed subset of the training split as the bank and of the test
 split as queries) at the end of the run. The runs shared by the three experiments (the reference:
 normal, colour on, the config's D and λ, full standardisation) are trained once.
@@ -41,8 +42,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,7 +73,20 @@ def parse_args(argv=None):
     p.add_argument("--data", help="folder:DIR with DIR/train and DIR/test class folders")
     p.add_argument("--train-source", help="labelled training source (instead of --data)")
     p.add_argument("--test-source", help="labelled test source (instead of --data)")
-    p.add_argument("--cpu-seconds", type=float, default=60.0, help="process CPU seconds of training steps per run")
+    p.add_argument(
+        "--budget-seconds",
+        "--cpu-seconds",
+        dest="cpu_seconds",
+        type=float,
+        default=60.0,
+        help="seconds of training steps per run, on --clock",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("process", "wall"),
+        default="process",
+        help="process: CPU time of the whole process (a shared CPU machine); wall: elapsed time (a dedicated GPU)",
+    )
     p.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated subset of " + str(EXPERIMENTS))
     p.add_argument("--dims", default="64,256,1024,4096,8192", help="projector widths of the dim experiment")
     p.add_argument("--knn-train", type=int, default=10000, help="kNN bank: images sampled from the training split")
@@ -99,7 +115,7 @@ def parse_args(argv=None):
     if not args.dims or min(args.dims) < 1:
         raise UserError("--dims: needs positive widths")
     if args.cpu_seconds <= 0:
-        raise UserError("--cpu-seconds: must be > 0")
+        raise UserError("--budget-seconds: must be > 0")
     return args
 
 
@@ -152,8 +168,8 @@ def plan_runs(args, cfg) -> tuple[dict, dict]:
     return runs, rows
 
 
-def run_one(run_dir: Path, cpu_seconds: float, own_process: bool = True) -> dict:
-    """Trains the run in ``run_dir/ablation.yaml`` for ``cpu_seconds``; writes and returns ``ablation.json``.
+def run_one(run_dir: Path, cpu_seconds: float, own_process: bool = True, clock: str = "process") -> dict:
+    """Trains the run in ``run_dir/ablation.yaml`` for ``cpu_seconds`` on ``clock``; writes ``ablation.json``.
 
     ``own_process``: set up Keras' backend and TensorFlow's logging as ``bt-train`` does.
     """
@@ -169,9 +185,11 @@ def run_one(run_dir: Path, cpu_seconds: float, own_process: bool = True) -> dict
     from bt_keras.io import atomic_write
     from bt_keras.training import train
 
-    budget = TimeBudget(cpu_seconds, clock="process")
+    budget = TimeBudget(cpu_seconds, clock=clock)
     wall, cpu = time.time(), time.process_time()
     summary = train(cfg, str(run_dir), callbacks=[budget])
+    if summary.get("preempted"):  # SIGTERM: not a finished run (the next sweep restarts it)
+        raise SystemExit(f"{run_dir.name}: stopped by SIGTERM after {summary['steps']} steps; not recorded")
     with open(run_dir / "knn.csv", newline="") as f:
         last = list(csv.DictReader(f))[-1]
     result = {
@@ -179,9 +197,10 @@ def run_one(run_dir: Path, cpu_seconds: float, own_process: bool = True) -> dict
         "knn_top5": float(last["top5"]),
         "steps": summary["steps"],
         "pairs": summary["steps"] * cfg.train.batch_size,
-        "budget_cpu_seconds": cpu_seconds,
-        "step_cpu_seconds": round(budget.elapsed, 1),
-        "first_step_cpu_seconds": round(budget.first_step_seconds, 1),
+        "budget_seconds": cpu_seconds,
+        "clock": clock,
+        "step_seconds": round(budget.elapsed, 1),  # on the budget's clock
+        "first_step_seconds": round(budget.first_step_seconds, 1),
         "process_cpu_seconds": round(time.process_time() - cpu, 1),
         "wall_seconds": round(time.time() - wall, 1),
     }
@@ -261,10 +280,14 @@ def sweep(args, argv) -> dict:
             str(Path(__file__).resolve()),
             "--run-one",
             str(run_dir),
-            "--cpu-seconds",
+            "--budget-seconds",
             str(args.cpu_seconds),
+            "--clock",
+            args.clock,
         ]
-        commands.append(_command(["--run-one", str(run_dir), "--cpu-seconds", str(args.cpu_seconds)]))
+        commands.append(
+            _command(["--run-one", str(run_dir), "--budget-seconds", str(args.cpu_seconds), "--clock", args.clock])
+        )
         if done.exists():
             results[name] = json.loads(done.read_text())
             log(f"{name}: finished earlier (kNN top-1 {results[name]['knn_top1']:.3f}), skipped")
@@ -276,12 +299,18 @@ def sweep(args, argv) -> dict:
 
         run_cfg = config_from_dict(raw, list(common) + list(extra) + [f"train.run_dir={run_dir}"])
         atomic_write(str(run_dir / "ablation.yaml"), config_to_yaml(run_cfg))
-        log(f"{name}: training for {args.cpu_seconds:g} CPU s ({' '.join(extra) or 'the base config'})")
+        log(f"{name}: training for {args.cpu_seconds:g} s ({args.clock}) ({' '.join(extra) or 'the base config'})")
         if args.in_process:
-            results[name] = run_one(run_dir, args.cpu_seconds, own_process=False)
+            results[name] = run_one(run_dir, args.cpu_seconds, own_process=False, clock=args.clock)
         else:
             with open(run_dir / "ablation.log", "w") as logf:
-                proc = subprocess.run(one, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
+                proc = subprocess.Popen(one, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
+                try:
+                    proc.wait()
+                finally:  # the sweep stopped (Ctrl-C, SIGTERM): stop its run too, not leave it orphaned
+                    if proc.poll() is None:
+                        proc.terminate()
+                        proc.wait()
             if proc.returncode != 0:
                 tail = (run_dir / "ablation.log").read_text().strip().splitlines()[-1:]
                 raise RuntimeError(
@@ -302,6 +331,7 @@ def sweep(args, argv) -> dict:
     report = {
         "command": _command(argv),
         "cpu_seconds": args.cpu_seconds,
+        "clock": args.clock,
         "runs": results,
         "rows": rows,
         "baselines": base,
@@ -324,7 +354,8 @@ TITLES = {
 
 def table(report: dict, out: Path) -> str:
     """The markdown tables: one per experiment, then the baselines."""
-    lines = [f"Budget: {report['cpu_seconds']:g} s of process CPU time in training steps per run.", ""]
+    clock = "process CPU time" if report.get("clock", "process") == "process" else "wall-clock time"
+    lines = [f"Budget: {report['cpu_seconds']:g} s of {clock} in training steps per run.", ""]
     for experiment, rows in report["rows"].items():
         lines += [f"### {TITLES[experiment]}", ""]
         head = "| setting | D | kNN top-1 | kNN top-5 | steps | pairs seen | wall s | run |"
@@ -372,7 +403,8 @@ def plot(report: dict, experiment: str, path: Path) -> None:
         ax.set_xticks(xs, [label.replace(", ", "\n") for label, _, _ in rows])
     ax.axhline(b["normal"]["raw_pixels"], color="black", ls=":", label="raw pixels")
     ax.set_ylabel("kNN top-1")
-    ax.set_title(f"{TITLES[experiment]}\n{report['cpu_seconds']:g} CPU s per run", fontsize=9)
+    unit = "CPU s" if report.get("clock", "process") == "process" else "s (wall)"
+    ax.set_title(f"{TITLES[experiment]}\n{report['cpu_seconds']:g} {unit} per run", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -380,13 +412,19 @@ def plot(report: dict, experiment: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _stop(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through sweep(), which stops the running run
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         args = parse_args(argv)
         if args.run_one:
-            run_one(Path(args.run_one), args.cpu_seconds)
+            run_one(Path(args.run_one), args.cpu_seconds, clock=args.clock)
         else:
             sweep(args, argv)
     except UserError as e:
