@@ -308,3 +308,17 @@ def test_ablations_script_end_to_end_and_resume(tmp_path, capsys):
     assert ab.main(argv) == 0  # resumed: the finished run is skipped, not retrained
     assert "finished earlier" in capsys.readouterr().out
     assert (out / "runs" / "reference" / "ablation.json").stat().st_mtime_ns == stamp
+
+
+def test_time_budget_counts_process_cpu_time():
+    from bt_keras.callbacks import TimeBudget
+
+    busy = TimeBudget(0.05, clock="process")
+    busy._t0, busy.steps = busy._now(), 1
+    while busy._now() - busy._t0 < 0.06:  # burn CPU: process time advances
+        sum(range(1000))
+    busy.set_model(type("Model", (), {"stop_training": False})())
+    busy.on_train_batch_end(1)
+    assert busy.model.stop_training and busy.elapsed >= 0.05
+    with pytest.raises(ValueError, match="clock must be one of wall, process"):
+        TimeBudget(1, clock="cpu")
