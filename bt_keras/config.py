@@ -176,6 +176,8 @@ class ModelConfig:
     loss_method: Literal["auto", "dense", "gram"] = "auto"
     sync_batchnorm: bool = True
     fused_batchnorm: bool = True
+    # The loss's per-view normalisation: "full" is the paper's; "center"/"none" are ablations.
+    standardize: Literal["full", "center", "none"] = "full"
 
 
 @dataclasses.dataclass

@@ -73,6 +73,11 @@ class PreprocessingContract:
         std: per-channel RGB standard deviation on [0, 1].
         crop_fraction: share of the shorter side kept by the centre crop;
             ``None`` takes :func:`default_crop_fraction` of ``image_size``.
+        pixel_shuffle_seed: set only for encoders trained with the
+            ``data.augment.pixel_shuffle`` ablation: the normalised image's
+            pixel positions are then permuted by
+            :func:`bt_keras.augment.shuffle.pixel_permutation` of this seed
+            (written to JSON only when set, so other contracts are unchanged).
 
     Examples:
 
@@ -84,23 +89,34 @@ class PreprocessingContract:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     crop_fraction: float | None = None
+    pixel_shuffle_seed: int | None = None
 
     def __post_init__(self):
         if self.crop_fraction is None:
             object.__setattr__(self, "crop_fraction", default_crop_fraction(self.image_size))
 
+    def eval_kwargs(self) -> dict:
+        """The contract as :func:`~bt_keras.data.eval_dataset`'s keyword arguments (the one mapping)."""
+        return {
+            "image_size": self.image_size,
+            "mean": self.mean,
+            "std": self.std,
+            "crop_fraction": self.crop_fraction,
+            "pixel_shuffle_seed": self.pixel_shuffle_seed,
+        }
+
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "image_size": self.image_size,
-                "mean": list(self.mean),
-                "std": list(self.std),
-                "crop_fraction": self.crop_fraction,
-                "layout": "NHWC",
-                "value_range": VALUE_RANGE,
-            },
-            indent=2,
-        )
+        d = {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_fraction": self.crop_fraction,
+            "layout": "NHWC",
+            "value_range": VALUE_RANGE,
+        }
+        if self.pixel_shuffle_seed is not None:
+            d["pixel_shuffle_seed"] = self.pixel_shuffle_seed
+        return json.dumps(d, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> PreprocessingContract:
@@ -110,10 +126,13 @@ class PreprocessingContract:
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             crop_fraction=float(d["crop_fraction"]),
+            pixel_shuffle_seed=None if d.get("pixel_shuffle_seed") is None else int(d["pixel_shuffle_seed"]),
         )
 
 
-def make_contract(image_size, mean=None, std=None, crop_fraction=None) -> PreprocessingContract:
+def make_contract(
+    image_size, mean=None, std=None, crop_fraction=None, pixel_shuffle_seed=None
+) -> PreprocessingContract:
     """A validated contract; ``None`` takes the default (ImageNet statistics, :func:`default_crop_fraction`).
 
     Raises :class:`~bt_keras.errors.UserError` naming the bad value.
@@ -137,7 +156,10 @@ def make_contract(image_size, mean=None, std=None, crop_fraction=None) -> Prepro
     crop = default_crop_fraction(image_size) if crop_fraction is None else float(crop_fraction)
     if not 0.0 < crop <= 1.0:
         raise UserError(f"crop fraction must be in (0, 1], got {crop}")
-    return PreprocessingContract(image_size=image_size, mean=mean, std=std, crop_fraction=crop)
+    if pixel_shuffle_seed is not None and (isinstance(pixel_shuffle_seed, bool) or int(pixel_shuffle_seed) < 0):
+        raise UserError(f"pixel shuffle seed must be an integer >= 0, got {pixel_shuffle_seed!r}")
+    seed = None if pixel_shuffle_seed is None else int(pixel_shuffle_seed)
+    return PreprocessingContract(image_size=image_size, mean=mean, std=std, crop_fraction=crop, pixel_shuffle_seed=seed)
 
 
 def _is_integer(value) -> bool:
@@ -156,7 +178,7 @@ def read_contract(path) -> PreprocessingContract:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         c = PreprocessingContract.from_json(text)
-        return make_contract(c.image_size, c.mean, c.std, c.crop_fraction)
+        return make_contract(c.image_size, c.mean, c.std, c.crop_fraction, c.pixel_shuffle_seed)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
         raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
 

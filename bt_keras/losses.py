@@ -35,6 +35,8 @@ import keras
 from keras import ops
 
 METHODS = ("auto", "dense", "gram")
+STANDARDIZE = ("full", "center", "none")
+"""Per-view normalisation before C: ``full`` is the paper's (affine-free BN); ``center`` and ``none`` are ablations."""
 
 
 class BarlowTwinsTerms(NamedTuple):
@@ -49,13 +51,29 @@ def _identity(x):
     return x
 
 
-def _standardize(z, n, reduce_sum=_identity, eps=1e-5):
+def _standardize(z, n, reduce_sum=_identity, eps=1e-5, mode="full"):
     # Biased variance, as BatchNorm1d(affine=False): each view on its own.
     # ``reduce_sum`` sums a per-replica partial sum over replicas (identity when the batch is whole).
+    # ``mode`` (an ablation switch): "center" only subtracts the batch mean, "none" leaves z as it is.
+    if mode == "none":
+        return z
     mean = reduce_sum(ops.sum(z, axis=0)) / n
     centered = z - mean
+    if mode == "center":
+        return centered
     var = reduce_sum(ops.sum(ops.square(centered), axis=0)) / n
     return centered * ops.rsqrt(var + eps)
+
+
+def check_standardize(standardize: str) -> str:
+    """``standardize`` if it is one of :data:`STANDARDIZE`, else a ``ValueError`` naming the choices.
+
+    >>> check_standardize("center")
+    'center'
+    """
+    if standardize not in STANDARDIZE:
+        raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {standardize!r}")
+    return standardize
 
 
 def _terms_from_c(c, lambd):
@@ -99,7 +117,14 @@ def resolve_method(method: str, batch_size: int, dim: int) -> str:
 
 
 def global_batch_terms(
-    z_a, z_b, lambd: float = 0.0051, method: str = "auto", eps: float = 1e-5, static_n=None, static_dim=None
+    z_a,
+    z_b,
+    lambd: float = 0.0051,
+    method: str = "auto",
+    eps: float = 1e-5,
+    static_n=None,
+    static_dim=None,
+    standardize: str = "full",
 ):
     """The backend-agnostic core: the loss of ``[N, D]`` float32 embeddings that hold the whole batch.
 
@@ -110,6 +135,7 @@ def global_batch_terms(
       eps: added to the variance.
       static_n, static_dim: N and D for ``"auto"`` when the static shape lacks them
         (after a TF all-gather).
+      standardize: per-view normalisation over the batch (see :data:`STANDARDIZE`).
 
     Examples:
 
@@ -121,8 +147,8 @@ def global_batch_terms(
     n_static = z_a.shape[0] if z_a.shape[0] is not None else static_n
     dim = z_a.shape[-1] if z_a.shape[-1] is not None else static_dim
     n = ops.cast(ops.shape(z_a)[0], "float32")
-    a = _standardize(z_a, n, eps=eps)
-    b = _standardize(z_b, n, eps=eps)
+    a = _standardize(z_a, n, eps=eps, mode=check_standardize(standardize))
+    b = _standardize(z_b, n, eps=eps, mode=standardize)
     fn = _terms_gram if resolve_method(method, n_static or 256, dim) == "gram" else _terms_dense
     return fn(a, b, n, lambd)
 
@@ -137,7 +163,7 @@ def _tf_replica_context():
     return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
 
 
-def _tf_cross_replica_terms(ctx, z_a, z_b, lambd, method, eps):
+def _tf_cross_replica_terms(ctx, z_a, z_b, lambd, method, eps, standardize="full"):
     """TensorFlow replicas: gather rows (2·N·D floats) or all-reduce C (D² floats, dense only).
 
     Both collectives are differentiable, so gradients are exact.
@@ -150,18 +176,20 @@ def _tf_cross_replica_terms(ctx, z_a, z_b, lambd, method, eps):
     if method == "gram" or 2 * global_n_static * dim <= dim * dim:
         z_a = ctx.all_gather(z_a, axis=0)
         z_b = ctx.all_gather(z_b, axis=0)
-        return global_batch_terms(z_a, z_b, lambd, method, eps, static_n=global_n_static, static_dim=dim)
+        return global_batch_terms(
+            z_a, z_b, lambd, method, eps, static_n=global_n_static, static_dim=dim, standardize=standardize
+        )
 
     def all_sum(x):
         return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
     n = all_sum(tf.cast(tf.shape(z_a)[0], tf.float32))
-    a = _standardize(z_a, n, all_sum, eps)
-    b = _standardize(z_b, n, all_sum, eps)
+    a = _standardize(z_a, n, all_sum, eps, check_standardize(standardize))
+    b = _standardize(z_b, n, all_sum, eps, standardize)
     return _terms_from_c(all_sum(tf.matmul(a, b, transpose_a=True)) / n, lambd)
 
 
-def cross_correlation(z_a, z_b, eps: float = 1e-5):
+def cross_correlation(z_a, z_b, eps: float = 1e-5, standardize: str = "full"):
     """The D×D matrix C of the loss for one (local) batch, in float32.
 
     Same standardisation as the loss (each view on its own, biased variance);
@@ -170,6 +198,7 @@ def cross_correlation(z_a, z_b, eps: float = 1e-5):
     Args:
       z_a, z_b: ``[N, D]`` embeddings.
       eps: added to the variance.
+      standardize: per-view normalisation (see :data:`STANDARDIZE`).
 
     Returns:
       A backend tensor (``keras.ops.convert_to_numpy`` turns it into NumPy).
@@ -186,10 +215,14 @@ def cross_correlation(z_a, z_b, eps: float = 1e-5):
     z_a = ops.cast(z_a, "float32")
     z_b = ops.cast(z_b, "float32")
     n = ops.cast(ops.shape(z_a)[0], "float32")
-    return ops.matmul(ops.transpose(_standardize(z_a, n, eps=eps)), _standardize(z_b, n, eps=eps)) / n
+    mode = check_standardize(standardize)
+    a = _standardize(z_a, n, eps=eps, mode=mode)
+    return ops.matmul(ops.transpose(a), _standardize(z_b, n, eps=eps, mode=mode)) / n
 
 
-def barlow_twins_terms(z_a, z_b, lambd: float = 0.0051, method: str = "auto", eps: float = 1e-5):
+def barlow_twins_terms(
+    z_a, z_b, lambd: float = 0.0051, method: str = "auto", eps: float = 1e-5, standardize: str = "full"
+):
     """Barlow Twins loss with its on- and off-diagonal parts, in float32.
 
     Args:
@@ -199,6 +232,10 @@ def barlow_twins_terms(z_a, z_b, lambd: float = 0.0051, method: str = "auto", ep
       method: ``"dense"`` forms the D×D matrix C; ``"gram"`` never does;
         ``"auto"`` picks the cheaper for the (global) batch size and D.
       eps: added to the variance when standardising.
+      standardize: each view's normalisation over the (global) batch before C:
+        ``"full"`` (default, the paper's: mean 0 and unit biased variance, an
+        affine-free BN), or, as ablations only, ``"center"`` (mean 0) and
+        ``"none"`` (the raw projector output).
 
     Returns:
       ``BarlowTwinsTerms(loss, on_diag, off_diag)``, float32 scalars of the
@@ -216,11 +253,13 @@ def barlow_twins_terms(z_a, z_b, lambd: float = 0.0051, method: str = "auto", ep
     z_b = ops.cast(z_b, "float32")
     ctx = _tf_replica_context()
     if ctx is not None:
-        return _tf_cross_replica_terms(ctx, z_a, z_b, lambd, method, eps)
-    return global_batch_terms(z_a, z_b, lambd, method, eps)
+        return _tf_cross_replica_terms(ctx, z_a, z_b, lambd, method, eps, standardize)
+    return global_batch_terms(z_a, z_b, lambd, method, eps, standardize=standardize)
 
 
-def barlow_twins_loss(z_a, z_b, lambd: float = 0.0051, method: str = "auto", eps: float = 1e-5):
+def barlow_twins_loss(
+    z_a, z_b, lambd: float = 0.0051, method: str = "auto", eps: float = 1e-5, standardize: str = "full"
+):
     """The Barlow Twins loss of the global batch as a float32 scalar.
 
     See ``barlow_twins_terms`` for the arguments; this returns only ``loss``.
@@ -232,4 +271,4 @@ def barlow_twins_loss(z_a, z_b, lambd: float = 0.0051, method: str = "auto", eps
     >>> keras.backend.standardize_dtype(barlow_twins_loss(z, z * 2.0 + 1.0, method="gram").dtype)
     'float32'
     """
-    return barlow_twins_terms(z_a, z_b, lambd, method, eps).loss
+    return barlow_twins_terms(z_a, z_b, lambd, method, eps, standardize).loss

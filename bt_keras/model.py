@@ -29,7 +29,7 @@ import keras
 from keras import layers, ops
 
 from bt_keras.layers import batch_norm
-from bt_keras.losses import barlow_twins_terms
+from bt_keras.losses import barlow_twins_terms, check_standardize
 
 BACKEND = keras.backend.backend()
 if BACKEND == "tensorflow":
@@ -138,7 +138,7 @@ class _JaxSteps:
         z_b, non_trainable, losses = self.stateless_call(
             trainable, non_trainable, view_b, training=training, return_losses=True
         )
-        terms = barlow_twins_terms(z_a, z_b, self.lambd, self.loss_method)
+        terms = barlow_twins_terms(z_a, z_b, self.lambd, self.loss_method, standardize=self.standardize)
         loss = terms.loss
         for extra in losses:  # Regularisers (if any), as self.losses after the second view on TF.
             loss = loss + ops.cast(extra, "float32")
@@ -217,6 +217,9 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
         the statistics are global anyway; the flag is kept for saved files).
       fused_batchnorm: train the projector's BN through one fused kernel
         where its statistics are local (``bt_keras.layers``).
+      standardize: the loss's per-view normalisation of the embeddings:
+        ``"full"`` (the paper's, default); ``"center"`` and ``"none"`` are
+        ablation switches (see ``barlow_twins_terms``), not recommendations.
 
     Logged metrics: ``loss``, ``on_diag``, ``off_diag``, ``learning_rate`` and
     ``embedding_std``: the mean over dimensions of the batch std of the
@@ -232,6 +235,7 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
         loss_method: str = "auto",
         sync_batchnorm: bool = True,
         fused_batchnorm: bool = True,
+        standardize: str = "full",
         **kwargs,
     ):
         if BACKEND not in _STEPS:
@@ -243,6 +247,7 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
         self.loss_method = loss_method
         self.sync_batchnorm = bool(sync_batchnorm)
         self.fused_batchnorm = bool(fused_batchnorm)
+        self.standardize = check_standardize(standardize)
         self.projector = build_projector(self.projector_dims, sync_batchnorm, fused_batchnorm)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.on_diag_tracker = keras.metrics.Mean(name="on_diag")
@@ -266,7 +271,7 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
         view_a, view_b = _views(data)
         z_a = self(view_a, training=training)
         z_b = self(view_b, training=training)
-        return z_a, barlow_twins_terms(z_a, z_b, self.lambd, self.loss_method)
+        return z_a, barlow_twins_terms(z_a, z_b, self.lambd, self.loss_method, standardize=self.standardize)
 
     def get_config(self):
         config = super().get_config()
@@ -278,6 +283,7 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
                 "loss_method": self.loss_method,
                 "sync_batchnorm": self.sync_batchnorm,
                 "fused_batchnorm": self.fused_batchnorm,
+                "standardize": self.standardize,
             }
         )
         return config

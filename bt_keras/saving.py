@@ -487,7 +487,7 @@ def _recorded_contract(path: str):
         raise UserError(f"cannot read {path}: no {e} in it") from None
     except (OSError, ValueError, TypeError, AttributeError, ArithmeticError) as e:
         raise UserError(f"cannot read {path}: {one_line(e)}") from None
-    return make_contract(c.image_size, c.mean, c.std, c.crop_fraction)
+    return make_contract(c.image_size, c.mean, c.std, c.crop_fraction, c.pixel_shuffle_seed)
 
 
 def load_frozen_encoder(

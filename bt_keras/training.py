@@ -104,6 +104,7 @@ def build_model(cfg, image_size: int, init_weights="config"):
         projector_dims=m.projector_dims,
         lambd=m.lambd,
         loss_method=m.loss_method,
+        standardize=m.standardize,
         sync_batchnorm=m.sync_batchnorm,
         fused_batchnorm=m.fused_batchnorm,
     )
@@ -482,7 +483,7 @@ def _completed_summary(plan: RunPlan, start_step: int) -> dict | None:
     return summary
 
 
-def train(cfg, run_dir: str | None = None) -> dict:
+def train(cfg, run_dir: str | None = None, callbacks=()) -> dict:
     """Trains per ``cfg``; returns a summary dict (also written to ``summary.json``).
 
     Resumes from ``RUN/checkpoints`` when present.
@@ -490,6 +491,9 @@ def train(cfg, run_dir: str | None = None) -> dict:
     Args:
         cfg: a ``Config`` (``bt_keras.config.load_config``).
         run_dir: the run directory; default ``train.run_dir``.
+        callbacks: extra Keras callbacks, after the run's own (e.g. a
+            :class:`~bt_keras.callbacks.TimeBudget` that stops the run early;
+            the encoder and evaluation are written as at the last epoch).
 
     Raises:
         UserError: bad input (data, config, strategy), as one line.
@@ -498,12 +502,12 @@ def train(cfg, run_dir: str | None = None) -> dict:
     """
     plan = plan_run(cfg, run_dir)
     try:
-        return _train(plan)
+        return _train(plan, callbacks)
     finally:
         plan.release()
 
 
-def _train(plan: RunPlan) -> dict:
+def _train(plan: RunPlan, callbacks=()) -> dict:
     from bt_keras.backbones import describe_init
     from bt_keras.checkpointing import TrainingGuard, restore_checkpoint, state_fingerprint
     from bt_keras.config import config_to_yaml
@@ -525,11 +529,11 @@ def _train(plan: RunPlan) -> dict:
     phases = _phases(plan, start_step)
     fingerprint = state_fingerprint(model, plan.state_settings())
     guard = TrainingGuard(plan.checkpoint, t.checkpoint_every_steps, write=plan.chief, fingerprint=fingerprint)
-    callbacks = _callbacks(plan, guard, phases[0][0] if phases else None)
+    run_callbacks = _callbacks(plan, guard, phases[0][0] if phases else None) + list(callbacks)
     if plan.chief:  # the run really starts now: a rerun that failed above left the old record alone
         atomic_write(os.path.join(plan.run_dir, "config.yaml"), config_to_yaml(plan.cfg))
     started = time.time()
-    _fit(plan, model, phases, callbacks, guard)
+    _fit(plan, model, phases, run_callbacks, guard)
     step = int(model.optimizer.iterations.numpy())
     summary = {
         "steps": step,

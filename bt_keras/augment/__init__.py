@@ -14,6 +14,7 @@ One module per concern:
 - :mod:`~bt_keras.augment.params`: every random parameter of a view, from its key;
 - :mod:`~bt_keras.augment.crop`: stage 1, the crop and resize;
 - :mod:`~bt_keras.augment.pixel`: stage 2, the per-image XLA pixel program;
+- :mod:`~bt_keras.augment.shuffle`: the pixel-shuffle ablation (one fixed permutation);
 - :mod:`~bt_keras.augment.views`: :class:`TwoViews`, which the data pipeline
   calls to turn images or bytes into two views.
 
@@ -56,6 +57,7 @@ _EXPORTS = {
     **{name: "bt_keras.augment.params" for name in ("sample_params", "PIXEL_PARAMS")},
     **{name: "bt_keras.augment.crop" for name in ("crop_resize", "crop_resize_batch", "decode_crop_resize")},
     **{name: "bt_keras.augment.pixel" for name in _PIXEL},
+    **{name: "bt_keras.augment.shuffle" for name in ("maybe_shuffle_pixels", "pixel_permutation", "shuffle_pixels")},
     **{name: "bt_keras.augment.views" for name in ("TwoViews", "VECTORISED_MAX_SIDE", "augment_pair", "augment_views")},
 }
 _ALIASES = {"_resolved": ("bt_keras.augment.config", "resolve_augment")}  # the old private name
@@ -63,5 +65,5 @@ _ALIASES = {"_resolved": ("bt_keras.augment.config", "resolve_augment")}  # the 
 __all__ = sorted(name for name in _EXPORTS if not name.startswith("_"))
 
 
-_SUBMODULES = ("config", "crop", "params", "pixel", "rng", "views")
+_SUBMODULES = ("config", "crop", "params", "pixel", "rng", "shuffle", "views")
 __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES, aliases=_ALIASES)

@@ -34,6 +34,7 @@ __all__ = [
     "FlipConfig",
     "GrayscaleConfig",
     "PRESETS",
+    "PixelShuffleConfig",
     "PRESETS_NAMES",
     "RESIZE_METHODS",
     "SolarizeConfig",
@@ -43,7 +44,7 @@ __all__ = [
 
 RESIZE_METHODS = ("bicubic", "bilinear", "area", "lanczos3", "nearest")
 PRESETS_NAMES = ("cifar", "imagenet", "none")
-OPS = ("crop", "flip", "color_jitter", "grayscale", "blur", "solarize")
+OPS = ("crop", "flip", "color_jitter", "grayscale", "blur", "solarize", "pixel_shuffle")
 
 
 # Every leaf defaults to None, meaning "the preset's value": a YAML file can
@@ -108,6 +109,19 @@ class SolarizeConfig:
 
 
 @dataclass(frozen=True)
+class PixelShuffleConfig:
+    """An ablation, off in every preset: one fixed permutation of pixel positions, from ``seed``.
+
+    Applied to the finished views (both, the same permutation) and to every
+    evaluation image of the run (:mod:`bt_keras.augment.shuffle`): spatial
+    structure is gone, each image's colour histogram is kept exactly.
+    """
+
+    enabled: bool | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     """All augmentation settings, resolved against the preset when built.
 
@@ -121,6 +135,7 @@ class AugmentConfig:
         preset: ``cifar``, ``imagenet`` or ``none``.
         crop, flip, color_jitter, grayscale, blur, solarize: the ops' settings
             (unset fields from the preset).
+        pixel_shuffle: the pixel-permutation ablation (off in every preset).
         mean, std: RGB normalisation statistics on [0, 1].
 
     Raises:
@@ -140,6 +155,7 @@ class AugmentConfig:
     grayscale: GrayscaleConfig = field(default_factory=GrayscaleConfig)
     blur: BlurConfig = field(default_factory=BlurConfig)
     solarize: SolarizeConfig = field(default_factory=SolarizeConfig)
+    pixel_shuffle: PixelShuffleConfig = field(default_factory=PixelShuffleConfig)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
@@ -320,6 +336,7 @@ _CHECKS = (
     ("blur.kernel_fraction", lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]"),
     ("solarize.prob", _is_view_probs, _VIEW_PROBS),
     ("solarize.threshold", lambda v: _number(v) and 0 <= v <= 1, "must be in [0, 1]"),
+    ("pixel_shuffle.seed", lambda v: _number(v) and isinstance(v, int) and v >= 0, "must be an integer >= 0"),
     ("mean", _is_rgb, "must have 3 numbers (R, G, B)"),
     ("std", lambda v: _is_rgb(v) and all(a > 0 for a in v), "must have 3 numbers > 0 (R, G, B)"),
 )
@@ -331,6 +348,7 @@ _FIELD_TYPES = {
     "grayscale": GrayscaleConfig,
     "blur": BlurConfig,
     "solarize": SolarizeConfig,
+    "pixel_shuffle": PixelShuffleConfig,
 }
 
 
@@ -346,6 +364,7 @@ def _preset(name, mean, std, blur: bool, enabled: bool = True) -> AugmentConfig:
         grayscale=GrayscaleConfig(enabled=on, prob=0.2),
         blur=BlurConfig(enabled=blur and on, prob=(1.0, 0.1), sigma=(0.1, 2.0), kernel_fraction=0.1),
         solarize=SolarizeConfig(enabled=on, prob=(0.0, 0.2), threshold=0.5),
+        pixel_shuffle=PixelShuffleConfig(enabled=False, seed=0),
         mean=tuple(mean),
         std=tuple(std),
     )

@@ -7,7 +7,10 @@ images are cut as a whole batch with matrix products
 (:func:`~bt_keras.augment.crop.crop_resize_batch`), others one by one
 (:func:`~bt_keras.augment.crop.crop_resize`), and JPEG bytes decode only the
 crop window (:func:`~bt_keras.augment.crop.decode_crop_resize`). Whatever the
-path, the pixel stage is :func:`~bt_keras.augment.pixel.apply_batch`.
+path, the pixel stage is :func:`~bt_keras.augment.pixel.apply_batch`, and
+the finished views go through the pixel-shuffle ablation when it is enabled
+(:func:`~bt_keras.augment.shuffle.maybe_shuffle_pixels`: off by default, and
+then no op is added).
 
 Examples:
 
@@ -28,6 +31,7 @@ from bt_keras.augment.crop import MATRIX_METHODS, crop_resize, crop_resize_batch
 from bt_keras.augment.params import sample_params
 from bt_keras.augment.pixel import apply_batch
 from bt_keras.augment.rng import example_keys
+from bt_keras.augment.shuffle import maybe_shuffle_pixels
 
 __all__ = ["VECTORISED_MAX_SIDE", "TwoViews", "augment_pair", "augment_views"]
 
@@ -113,7 +117,8 @@ class TwoViews:
             crops = crop_resize_batch(
                 images, p["crop"], self.image_size, self.config, channels_first=True, flip=p["flip"]
             )
-            views.append(apply_batch(crops, p, self.config, view, self.normalize, channels_first=True, flipped=True))
+            view_x = apply_batch(crops, p, self.config, view, self.normalize, channels_first=True, flipped=True)
+            views.append(maybe_shuffle_pixels(view_x, self.config, self.image_size))
         return tuple(views)
 
     def crops_from_image(self, image, key):
@@ -157,8 +162,8 @@ class TwoViews:
         """
         (va, pa), (vb, pb) = crops_a, crops_b
         return (
-            apply_batch(va, pa, self.config, 0, self.normalize),
-            apply_batch(vb, pb, self.config, 1, self.normalize),
+            maybe_shuffle_pixels(apply_batch(va, pa, self.config, 0, self.normalize), self.config, self.image_size),
+            maybe_shuffle_pixels(apply_batch(vb, pb, self.config, 1, self.normalize), self.config, self.image_size),
         )
 
 
@@ -166,7 +171,8 @@ def augment_views(image_at, keys, heights, widths, config: AugmentConfig, image_
     """``(view_a, view_b)`` of a batch of in-memory images, float32 [B, S, S, 3] each.
 
     Parameters are drawn for the whole batch, each crop is cut and resized on
-    its own, then :func:`~bt_keras.augment.pixel.apply_batch`.
+    its own, then :func:`~bt_keras.augment.pixel.apply_batch` (and the
+    pixel-shuffle ablation when ``config`` enables it).
 
     Args:
         image_at: ``image_at(i)``, example ``i``'s uint8 [H, W, 3] image (sizes may differ).
@@ -203,7 +209,10 @@ def augment_views(image_at, keys, heights, widths, config: AugmentConfig, image_
         fn_output_signature=(sig, sig),
         parallel_iterations=16,
     )
-    return apply_batch(va, pa, config, 0, normalize), apply_batch(vb, pb, config, 1, normalize)
+    return (
+        maybe_shuffle_pixels(apply_batch(va, pa, config, 0, normalize), config, image_size),
+        maybe_shuffle_pixels(apply_batch(vb, pb, config, 1, normalize), config, image_size),
+    )
 
 
 def augment_pair(images, seed: int, config=None, image_size: int | None = None, normalize: bool = True):

@@ -1,4 +1,4 @@
-"""A wall-clock budget of training steps, and a learning rate driven by its elapsed fraction.
+"""A time budget (wall clock or process CPU) of training steps, and a learning rate driven by its elapsed fraction.
 
 Examples:
 
@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 
 import keras
+
+_CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -30,6 +32,8 @@ class TimeBudget(keras.callbacks.Callback):
         learning_rate: optional ``f(fraction) -> lr`` of the elapsed fraction of
             the budget, set before every step (the optimizer needs a float
             learning rate).
+        clock: ``"wall"`` (``time.perf_counter``) or ``"process"``
+            (``time.process_time``, CPU seconds of the whole process).
 
     Examples:
 
@@ -38,11 +42,15 @@ class TimeBudget(keras.callbacks.Callback):
     0.0
     """
 
-    def __init__(self, seconds: float, learning_rate: Callable[[float], float] | None = None):
+    def __init__(self, seconds: float, learning_rate: Callable[[float], float] | None = None, clock: str = "wall"):
         super().__init__()
         if seconds <= 0:
             raise ValueError(f"seconds must be > 0, got {seconds}")
+        if clock not in _CLOCKS:
+            raise ValueError(f"clock must be one of {', '.join(_CLOCKS)}, got {clock!r}")
         self.seconds = float(seconds)
+        self.clock = clock
+        self._now = _CLOCKS[clock]
         self.learning_rate = learning_rate
         self.elapsed = 0.0
         self.steps = 0
@@ -56,13 +64,13 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.learning_rate is not None:
             self.model.optimizer.learning_rate = float(self.learning_rate(self.fraction))
-        self._t0 = time.perf_counter()
+        self._t0 = self._now()
 
     def on_train_batch_end(self, batch, logs=None):
         if self._t0 is not None and self.steps > 0:
-            self.elapsed += time.perf_counter() - self._t0
+            self.elapsed += self._now() - self._t0
         else:
-            self.first_step_seconds = time.perf_counter() - self._t0
+            self.first_step_seconds = self._now() - self._t0
         self.steps += 1
         if self.elapsed >= self.seconds:
             self.model.stop_training = True

@@ -93,6 +93,15 @@ def _resolve(args):
     """Encoder file, contract file and contract from the arguments; checks that need no TensorFlow."""
     encoder_file, contract_file = _sources(args)
     recorded = None if contract_file is None else read_contract(contract_file)
+    if recorded is not None and recorded.pixel_shuffle_seed is not None:
+        # An ablation's encoder expects pixel-permuted inputs; neither the SavedModel's image_bytes
+        # signature nor ONNX clients (which preprocess themselves) would apply the permutation,
+        # so every served embedding would be silently wrong. Evaluate it with bt-eval --run instead.
+        raise ExportArgumentError(
+            f"{contract_file}: the encoder was trained with data.augment.pixel_shuffle (an ablation) and "
+            "expects pixel-permuted inputs, which the exported serving contract cannot express; not exported "
+            "(evaluate it with bt-eval --run)"
+        )
     image_size = args.image_size
     if image_size is None and recorded is None:
         image_size = keras_file_image_size(encoder_file)  # a static input says it (None when it does not)

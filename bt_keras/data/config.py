@@ -129,7 +129,9 @@ class DataConfig:
         """
         from bt_keras.contract import make_contract
 
-        return make_contract(self.image_size, self.mean, self.std, self.crop_fraction)
+        shuffle = self.augment.pixel_shuffle  # the ablation's permutation applies to evaluation images too
+        seed = shuffle.seed if shuffle.enabled else None
+        return make_contract(self.image_size, self.mean, self.std, self.crop_fraction, pixel_shuffle_seed=seed)
 
     def train_dataset(
         self, batch_size: int, *, input_context=None, skipped_path=None, seed_offset: int = 0, source=None
@@ -180,10 +182,7 @@ class DataConfig:
         return eval_dataset(
             source,
             batch_size=batch_size,
-            image_size=contract.image_size,
-            mean=contract.mean,
-            std=contract.std,
-            crop_fraction=contract.crop_fraction,
+            **contract.eval_kwargs(),
             data_dir=self.data_dir,
             input_context=input_context,
             skipped_path=skipped_path,

@@ -26,6 +26,7 @@ from bt_keras.augment.crop import crop_resize
 from bt_keras.augment.params import sample_params
 from bt_keras.augment.pixel import apply_batch
 from bt_keras.augment.rng import example_keys
+from bt_keras.augment.shuffle import maybe_shuffle_pixels
 from bt_keras.data.pipelines import eval_dataset
 from bt_keras.data.prepare import count_examples, source_info
 
@@ -47,8 +48,14 @@ def crop_flip_config(contract):
     >>> cfg.crop.enabled, cfg.flip.enabled, cfg.color_jitter.enabled
     (True, True, False)
     """
+    seed = getattr(contract, "pixel_shuffle_seed", None)  # the ablation's permutation, when the run used it
     return get_preset(
-        "none", crop={"enabled": True}, flip={"enabled": True}, mean=tuple(contract.mean), std=tuple(contract.std)
+        "none",
+        crop={"enabled": True},
+        flip={"enabled": True},
+        pixel_shuffle={"enabled": seed is not None, "seed": seed or 0},
+        mean=tuple(contract.mean),
+        std=tuple(contract.std),
     )
 
 
@@ -165,7 +172,10 @@ class LabelledImages:
         ds = (ds.repeat() if repeat else ds).enumerate()  # unique index → unique crop per (epoch, example)
         ds = ds.map(lambda i, ex: crop(i, *ex), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.map(lambda x, p, y: (apply_batch(x, p, cfg, 0), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(
+            lambda x, p, y: (maybe_shuffle_pixels(apply_batch(x, p, cfg, 0), cfg, size), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -201,10 +211,7 @@ def sample_labelled(
     ds = eval_dataset(
         source,
         batch_size=batch_size,
-        image_size=contract.image_size,
-        mean=contract.mean,
-        std=contract.std,
-        crop_fraction=contract.crop_fraction,
+        **contract.eval_kwargs(),
         data_dir=data_dir,
     )
     xs, ys, seen = [], [], 0

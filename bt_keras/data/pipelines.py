@@ -198,6 +198,7 @@ def eval_dataset(
     validate: str = "auto",
     max_image_pixels: int = MAX_IMAGE_PIXELS,
     with_ids: bool = False,
+    pixel_shuffle_seed: int | None = None,
 ) -> tf.data.Dataset:
     """Labelled single views for evaluation: ``(images, labels)`` batches.
 
@@ -218,6 +219,8 @@ def eval_dataset(
         input_context: a ``tf.distribute.InputContext``.
         skipped_path: where to write the skipped files as TSV.
         with_ids: also give each example's uid, and accept unlabelled sources.
+        pixel_shuffle_seed: the contract's pixel-shuffle ablation (None: off):
+            the images' pixel positions permuted as the run's training views were.
 
     Examples:
 
@@ -251,6 +254,14 @@ def eval_dataset(
         return preprocess_for_eval(
             x, image_size, mean=mean, std=std, crop_fraction=crop_fraction, max_pixels=max_image_pixels
         )
+
+    if pixel_shuffle_seed is not None:
+        from bt_keras.augment.shuffle import pixel_permutation, shuffle_pixels
+
+        permutation, unshuffled = pixel_permutation(image_size, pixel_shuffle_seed), prep_fn
+
+        def prep_fn(x):
+            return shuffle_pixels(unshuffled(x), permutation)
 
     ds = _labelled_images(prep, prep_fn, input_context, with_ids)
     ds = ds.batch(b, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)

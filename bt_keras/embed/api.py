@@ -102,10 +102,7 @@ def embed_source(
     ds = eval_dataset(
         source,
         batch_size=batch_size,
-        image_size=c.image_size,
-        mean=c.mean,
-        std=c.std,
-        crop_fraction=c.crop_fraction,
+        **c.eval_kwargs(),
         data_dir=data_dir,
         skipped_path=os.path.join(out_dir, SKIPPED_FILE),
         cache=cache,

@@ -123,9 +123,6 @@ def eval_batches(source, contract, batch_size: int, data_dir=None):
     return eval_dataset(
         source,
         batch_size=batch_size,
-        image_size=contract.image_size,
-        mean=contract.mean,
-        std=contract.std,
-        crop_fraction=contract.crop_fraction,
+        **contract.eval_kwargs(),
         data_dir=data_dir,
     )
