@@ -104,6 +104,32 @@ def test_dct_scaled_crops_match_full_resolution_on_real_photos(imagenette_dir):
     assert seen == {2, 4, 8}
 
 
+def test_dct_scaled_crops_of_cmyk_gray_progressive_and_444_jpegs():
+    """Every JPEG flavour libjpeg decodes takes the scaled path; hard sawtooth edges stay within the ratio-8 bound."""
+    y, x = np.mgrid[0:300, 0:400]
+    rgb = np.stack([(x % 97) * 2, (y % 61) * 4, (x + y) % 256], -1).astype(np.uint8)
+
+    def jpeg(img, **kw):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", **kw)
+        return tf.constant(buf.getvalue())
+
+    flavours = [
+        jpeg(Image.fromarray(rgb).convert("CMYK")),
+        jpeg(Image.fromarray(rgb[..., 0], "L")),
+        jpeg(Image.fromarray(rgb), progressive=True, quality=90),
+        jpeg(Image.fromarray(rgb), subsampling=0),
+    ]
+    box = tf.constant([10, 20, 250, 300])
+    for data in flavours:
+        for size, ratio in ((60, 4), (120, 2)):
+            assert int(dct_ratio(box, size, CFG)) == ratio
+            fast = decode_crop_resize(data, {"crop": box}, size, CFG).numpy().astype(np.float64)
+            full = _resize(tf.io.decode_and_crop_jpeg(data, box, channels=3), size, CFG).numpy().astype(np.float64)
+            diff = np.abs(fast - full) / 255.0
+            assert diff.mean() <= TOLERANCE[8][0] and diff.max() <= TOLERANCE[8][1], (ratio, diff.mean(), diff.max())
+
+
 def test_dct_window_covers_the_box_at_every_ratio():
     """The scaled window holds the box (sizes round up: ceil(dim / ratio)) and never leaves the scaled image."""
     jpeg = tf.io.encode_jpeg(_synthetic_photo(203, 317, seed=3), quality=90)
