@@ -67,3 +67,15 @@ def cifar10_dir() -> Path:
 def imagenette_dir() -> Path:
     """Root with ``train/<wnid>/*.JPEG`` (1,000) and ``val/<wnid>/*.JPEG`` (500), 224×224."""
     return _extract_once("imagenette-224-mini.tar.gz", ("train", "val"))
+
+
+@pytest.fixture(autouse=True)
+def _keras_backend_env_is_restored():
+    """An in-process ``bt-*`` ``main()`` sets ``KERAS_BACKEND``, as the command must; later subprocesses must not
+    inherit it."""
+    before = os.environ.get("KERAS_BACKEND")
+    yield
+    if before is None:
+        os.environ.pop("KERAS_BACKEND", None)
+    else:
+        os.environ["KERAS_BACKEND"] = before
