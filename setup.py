@@ -35,6 +35,7 @@ setup(
             "ai-edge-litert>=1.2",
             "keras-hub>=0.20",
             "pytest>=8",
+            "pytest-xdist>=3.5",
             "pillow>=10",
             "ruff>=0.6",
             "mkdocs>=1.6",
