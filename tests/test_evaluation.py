@@ -227,7 +227,7 @@ def test_bt_eval_end_to_end(labelled_sources, tmp_path):
     assert "kNN (k=20, T=0.1)" in proc.stdout and "linear, logistic regression" in proc.stdout
 
 
-def test_saved_model_gives_the_same_knn_as_the_keras_encoder(labelled_sources, tmp_path):
+def test_saved_model_and_onnx_give_the_same_knn_as_the_keras_encoder(labelled_sources, tmp_path):
     from bt_keras.export import export_encoder
 
     encoder, contract = _tiny_run(tmp_path)
@@ -235,7 +235,7 @@ def test_saved_model_gives_the_same_knn_as_the_keras_encoder(labelled_sources, t
         encoder,
         tmp_path / "export",
         image_size=32,
-        formats=("saved_model",),
+        formats=("saved_model", "onnx"),
         mean=contract.mean,
         std=contract.std,
         crop_fraction=1.0,
@@ -248,6 +248,13 @@ def test_saved_model_gives_the_same_knn_as_the_keras_encoder(labelled_sources, t
     assert from_saved["knn"]["top1"] == from_keras["knn"]["top1"]
     assert from_saved["knn"]["top5"] == from_keras["knn"]["top5"]
     assert from_keras["num_test"] > 0
+    # bt-eval --onnx: ONNX Runtime, the contract from the model's metadata, the report beside the export.
+    onnx = tmp_path / "export" / "onnx" / "encoder.onnx"
+    argv = ["--onnx", str(onnx), "--train-data", train, "--test-data", test, "--k", "20", "--protocol", "knn"]
+    assert run_command("bt-eval", eval_cli._main, argv) == 0
+    from_onnx = json.loads((tmp_path / "export" / "eval_report.json").read_text())
+    assert from_onnx["preprocessing"]["image_size"] == 32
+    assert abs(from_onnx["knn"]["top1"] - from_keras["knn"]["top1"]) <= 1 / from_keras["num_test"]
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):

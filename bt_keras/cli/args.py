@@ -111,3 +111,48 @@ def fraction(text: str) -> float:
     0.875
     """
     return _checked(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def add_encoder_arguments(parser) -> None:
+    """The flags that choose a frozen encoder and its preprocessing (``bt-eval``, ``bt-embed``).
+
+    One of ``--run``, ``--encoder``, ``--saved-model``, ``--onnx`` (required), and the
+    contract's ``--image-size``/``--mean``/``--std``/``--crop-fraction`` for an encoder
+    without a recorded ``preprocessing.json``. :func:`load_encoder_from_args` loads it.
+
+    Args:
+        parser: an ``argparse.ArgumentParser``.
+
+    Examples:
+
+    >>> p = argparse.ArgumentParser()
+    >>> add_encoder_arguments(p)
+    >>> args = p.parse_args(["--onnx", "m.onnx", "--image-size", "32"])
+    >>> args.onnx, args.run, args.image_size
+    ('m.onnx', None, 32)
+    """
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="run directory of bt-train (encoder.keras + preprocessing.json)")
+    which.add_argument("--encoder", help="a .keras encoder (preprocessing.json next to it, or --image-size)")
+    which.add_argument("--saved-model", help="a SavedModel from bt-export (its serve_float signature)")
+    which.add_argument("--onnx", help="an ONNX model from bt-export (contract in its metadata), run in ONNX Runtime")
+    parser.add_argument("--image-size", type=positive_int, help="needed when no preprocessing contract is recorded")
+    parser.add_argument("--mean", type=floats, help="R,G,B (must match a recorded contract)")
+    parser.add_argument("--std", type=floats, help="R,G,B (must match a recorded contract)")
+    parser.add_argument("--crop-fraction", type=fraction, help="(must match a recorded contract)")
+
+
+def load_encoder_from_args(args):
+    """The :class:`~bt_keras.saving.FrozenEncoder` that :func:`add_encoder_arguments`' flags name."""
+    from bt_keras.saving import load_frozen_encoder
+
+    return load_frozen_encoder(
+        args.run,
+        args.encoder,
+        args.saved_model,
+        onnx=args.onnx,
+        image_size=args.image_size,
+        mean=args.mean,
+        std=args.std,
+        crop_fraction=args.crop_fraction,
+    )

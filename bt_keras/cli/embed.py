@@ -19,7 +19,7 @@ import sys
 import time
 
 from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
-from bt_keras.cli.args import floats, fraction, positive_int
+from bt_keras.cli.args import add_encoder_arguments, load_encoder_from_args, positive_int
 from bt_keras.errors import UserError
 
 PROG = "bt-embed"
@@ -53,19 +53,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "source", help="folder:PATH, tfrecord:GLOB, tfds:NAME[:SPLIT] or demo[:SPLIT] (labels are optional)"
     )
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", help="run directory of bt-train (encoder.keras + preprocessing.json)")
-    which.add_argument("--encoder", help="a .keras encoder (preprocessing.json next to it, or --image-size)")
-    which.add_argument("--saved-model", help="a SavedModel from bt-export (its serve_float signature)")
-    which.add_argument("--onnx", help="an ONNX model from bt-export (contract in its metadata), run in ONNX Runtime")
+    add_encoder_arguments(parser)
     parser.add_argument("--out", required=True, help="output directory (embeddings.npy, index.tsv, ...)")
     parser.add_argument("--overwrite", action="store_true", help="replace embeddings already in --out")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default 256)")
     parser.add_argument("--data-dir", help="TFDS data_dir")
-    parser.add_argument("--image-size", type=positive_int, help="needed when no preprocessing contract is recorded")
-    parser.add_argument("--mean", type=floats, help="R,G,B (must match a recorded contract)")
-    parser.add_argument("--std", type=floats, help="R,G,B (must match a recorded contract)")
-    parser.add_argument("--crop-fraction", type=fraction, help="(must match a recorded contract)")
     parser.add_argument(
         "--neighbors", type=positive_int, metavar="K", help="write neighbors.png: queries and their K nearest"
     )
@@ -141,18 +133,8 @@ def _main(argv) -> int:
     _check_args(args)
     load_tensorflow()
     from bt_keras.embed import embed_source
-    from bt_keras.saving import load_frozen_encoder
 
-    encoder = load_frozen_encoder(
-        args.run,
-        args.encoder,
-        args.saved_model,
-        onnx=args.onnx,
-        image_size=args.image_size,
-        mean=args.mean,
-        std=args.std,
-        crop_fraction=args.crop_fraction,
-    )
+    encoder = load_encoder_from_args(args)
     progress = Progress()
     try:
         result = embed_source(

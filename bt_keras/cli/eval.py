@@ -16,7 +16,7 @@ import os
 import sys
 
 from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
-from bt_keras.cli.args import floats, fraction, positive_float, positive_int
+from bt_keras.cli.args import add_encoder_arguments, load_encoder_from_args, positive_float, positive_int
 from bt_keras.errors import UserError
 from bt_keras.evaluation import LINEAR_MODES, PROTOCOLS
 from bt_keras.io import atomic_write
@@ -27,10 +27,7 @@ PROG = "bt-eval"
 def build_parser() -> ArgumentParser:
     """The ``bt-eval`` argument parser."""
     parser = ArgumentParser(prog=PROG, description="Evaluate a frozen encoder: kNN and/or linear probe.")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", help="run directory of bt-train (encoder.keras + preprocessing.json)")
-    which.add_argument("--encoder", help="a .keras encoder (preprocessing.json next to it, or --image-size)")
-    which.add_argument("--saved-model", help="a SavedModel from bt-export (its serve_float signature)")
+    add_encoder_arguments(parser)
     parser.add_argument(
         "--train-data",
         help="labelled source for the kNN bank / probe training "
@@ -57,10 +54,6 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--C", type=positive_float, default=1.0, help="inverse L2 strength of the fast probe")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="feature-extraction batch")
     parser.add_argument("--data-dir", help="TFDS data_dir")
-    parser.add_argument("--image-size", type=positive_int, help="needed when no preprocessing.json is recorded")
-    parser.add_argument("--mean", type=floats, help="R,G,B (must match a recorded contract)")
-    parser.add_argument("--std", type=floats, help="R,G,B (must match a recorded contract)")
-    parser.add_argument("--crop-fraction", type=fraction, help="(must match a recorded contract)")
     parser.add_argument(
         "--report",
         help="JSON report path (default: eval_report.json beside the model: in RUN, in the --encoder file's "
@@ -114,6 +107,10 @@ def report_path(args) -> str:
         base = args.run.rstrip("/")
     elif args.encoder:
         base = os.path.dirname(args.encoder) or "."
+    elif getattr(args, "onnx", None):  # an export's onnx/<name>.onnx reports beside its export_report.json
+        base = os.path.dirname(args.onnx) or "."
+        if os.path.basename(base) == "onnx":
+            base = os.path.dirname(base) or "."
     else:
         base = args.saved_model.rstrip("/") or "/"
         if tf.io.gfile.exists(base + "/saved_model.pb"):
@@ -136,18 +133,9 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     load_tensorflow()
     from bt_keras.evaluation import evaluate, format_table
-    from bt_keras.saving import load_frozen_encoder
 
     train_data, test_data, data_dir = _data_sources(args)
-    encoder = load_frozen_encoder(
-        args.run,
-        args.encoder,
-        args.saved_model,
-        image_size=args.image_size,
-        mean=args.mean,
-        std=args.std,
-        crop_fraction=args.crop_fraction,
-    )
+    encoder = load_encoder_from_args(args)
     path = report_path(args)
     _check_writable(path)
     report = evaluate(
