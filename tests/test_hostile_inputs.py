@@ -509,3 +509,23 @@ def test_bt_eval_on_broken_models_is_one_line(exported, tmp_path, capsys):
         assert main([*map(str, flags), *data_flags]) == 2
         err = capsys.readouterr().err
         assert err.startswith("bt-eval: error: ") and expected in err and err.count("\n") == 1
+
+
+def test_the_serving_pixel_limit_is_an_export_setting(tmp_path):
+    """``bt-export --max-image-pixels`` / ``export_encoder(max_image_pixels=)``: the limit serving enforces."""
+    from bt_keras import encoders, export
+    from bt_keras.cli import export as export_cli
+
+    result = export.export_encoder(
+        encoders.small_cnn(widths=(4,)), tmp_path / "ex", SIZE, formats=("saved_model",), max_image_pixels=2000
+    )
+    serve = tf.saved_model.load(str(result.saved_model_dir)).signatures["serving_default"]
+    small = tf.io.encode_png(np.full([40, 40, 3], 9, np.uint8))  # 1,600 pixels
+    large = tf.io.encode_png(np.full([50, 50, 3], 9, np.uint8))  # 2,500 pixels
+    assert serve(image_bytes=tf.stack([small]))["embedding"].shape == (1, 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
+        serve(image_bytes=tf.stack([large]))
+    recorded = json.loads((result.saved_model_dir / "assets.extra" / "preprocessing.json").read_text())
+    assert recorded["max_image_pixels"] == 2000
+    argv = ["--encoder", "x.keras", "--out", str(tmp_path / "o"), "--max-image-pixels", "0"]
+    assert export_cli.main(argv) == 2

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, tensorflow_fault
 from bt_keras.cli.args import floats, fraction, model_version, positive_int
-from bt_keras.contract import read_contract, resolve_contract
+from bt_keras.contract import MAX_IMAGE_PIXELS, read_contract, resolve_contract
 from bt_keras.errors import ExportArgumentError, ExportFailed, one_line
 from bt_keras.export.layout import (
     DEFAULT_FORMATS,
@@ -54,6 +54,12 @@ def build_parser() -> ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace this --name/--version (and its ONNX/LiteRT files) in DIR; other versions stay",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=MAX_IMAGE_PIXELS,
+        help="serving_default refuses a request image whose header announces more pixels (default 100,000,000)",
     )
     p.add_argument(
         "--image-size",
@@ -167,6 +173,7 @@ def _body(argv) -> int:
             overwrite=args.overwrite,
             tolerance=args.tolerance,
             source=source,
+            max_image_pixels=args.max_image_pixels,
         )
     except (ExportFailed, OSError) as e:
         # Not the user's arguments (exit 2) but the export itself; nothing was written.

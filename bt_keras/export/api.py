@@ -93,6 +93,7 @@ def export_encoder(
     overwrite: bool = False,
     tolerance: float = layout.DEFAULT_TOLERANCE,
     source: dict | None = None,
+    max_image_pixels: int = contract_lib.MAX_IMAGE_PIXELS,
 ) -> ExportResult:
     """Exports an encoder as a TF Serving SavedModel, an ONNX and/or a LiteRT model, behind a parity gate.
 
@@ -109,6 +110,8 @@ def export_encoder(
         mean/std, crop 0.875 from 64 px up and 1.0 below).
       tolerance: largest relative embedding difference the gate accepts.
       source: extra provenance recorded in the report (e.g. the run directory).
+      max_image_pixels: the SavedModel's ``serving_default`` refuses a request
+        image whose header announces more pixels, before decoding it.
 
     Returns:
       :class:`ExportResult`; ``report`` is also written to ``out_dir/export_report.json``.
@@ -131,6 +134,8 @@ def export_encoder(
         litert_export.require_interpreter()  # before any work: a one-line error naming the extra
     layout.check_name(name)
     checks.check_version_and_tolerance(version, tolerance)
+    if int(max_image_pixels) < 1:
+        raise ExportArgumentError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
     contract = make_contract(image_size, mean, std, crop_fraction)
     out_dir = Path(out_dir).absolute()
     check_destination(out_dir, overwrite)
@@ -140,7 +145,7 @@ def export_encoder(
     dim = checks.embedding_dim(model, contract.image_size)
     with staging_directory(out_dir) as tmp:
         sm_dir, onnx_path, litert_path, artifacts = _write_formats(
-            model, contract, tmp, formats, name, int(version), dim, source
+            model, contract, tmp, formats, name, int(version), dim, source, int(max_image_pixels)
         )
         gate = parity.measure_parity(
             model, contract, sm_dir, onnx_path, tolerance, source_model=encoder, litert_path=litert_path
@@ -193,7 +198,9 @@ def _float32(encoder, source: dict):
     return model
 
 
-def _write_formats(model, contract, tmp: Path, formats, name: str, version: int, dim: int, source: dict):
+def _write_formats(
+    model, contract, tmp: Path, formats, name: str, version: int, dim: int, source: dict, max_pixels: int
+):
     """Writes each requested format under ``tmp``; ``(sm_dir, onnx_path, litert_path, artifacts)``."""
     sm_dir = onnx_path = litert_path = None
     artifacts = {}
@@ -206,10 +213,11 @@ def _write_formats(model, contract, tmp: Path, formats, name: str, version: int,
             "bt_keras_version": __version__,
             "tensorflow_version": tf.__version__,
             "source_weights_sha256": source["weights_sha256"],
+            "max_image_pixels": max_pixels,
         }
         sm_dir = tmp / "saved_model" / name / str(version)
         sm_dir.parent.mkdir(parents=True)
-        write_saved_model(model, contract, sm_dir, provenance, parity.warmup_example(contract))
+        write_saved_model(model, contract, sm_dir, provenance, parity.warmup_example(contract), max_pixels=max_pixels)
         artifacts["saved_model"] = saved_model_artifact(sm_dir, tmp)
     if "onnx" in formats:
         onnx_path = tmp / "onnx" / f"{name}.onnx"

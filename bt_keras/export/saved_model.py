@@ -106,7 +106,7 @@ def serving_functions(model, contract, max_pixels: int = MAX_IMAGE_PIXELS):
     return serve_float, float_spec, serve_bytes, bytes_spec
 
 
-def write_saved_model(model, contract, path: Path, provenance: dict, warmup) -> None:
+def write_saved_model(model, contract, path: Path, provenance: dict, warmup, max_pixels: int = MAX_IMAGE_PIXELS):
     """Writes the SavedModel, its ``assets.extra/preprocessing.json`` and its warm-up requests to ``path``.
 
     Args:
@@ -117,8 +117,9 @@ def write_saved_model(model, contract, path: Path, provenance: dict, warmup) -> 
             is the model name in the warm-up requests.
         warmup: ``(encoded image bytes, its preprocessed pixels)`` for the warm-up requests
             (:func:`bt_keras.export.parity.warmup_example`).
+        max_pixels: ``serving_default`` refuses request images with more pixels.
     """
-    serve_float, float_spec, serve_bytes, bytes_spec = serving_functions(model, contract)
+    serve_float, float_spec, serve_bytes, bytes_spec = serving_functions(model, contract, max_pixels)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve_bytes, input_signature=[bytes_spec])
