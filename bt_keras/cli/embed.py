@@ -154,7 +154,7 @@ def _main(argv) -> int:
         extras.append(f"neighbours of {len(queries)} queries in {path}")
     if args.duplicates is not None:
         path, count = result.write_duplicates(args.duplicates)
-        extras.append(f"{count:,} pairs >= {args.duplicates:g} in {path}")
+        extras.append(f"{count:,} pair{'' if count == 1 else 's'} >= {args.duplicates:g} in {path}")
     if args.projector:
         path, points = result.write_projector(args.projector_max, args.seed)
         extras.append(f"projector ({points:,} points) in {path}")
