@@ -27,7 +27,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from bt_keras.augment.config import AugmentConfig, resolve_augment
-from bt_keras.augment.crop import MATRIX_METHODS, crop_resize, crop_resize_batch, decode_crop_resize
+from bt_keras.augment.crop import MATRIX_METHODS, crop_resize, crop_resize_batch, decode_crop_resize_pair
 from bt_keras.augment.params import sample_params
 from bt_keras.augment.pixel import apply_batch
 from bt_keras.augment.rng import example_keys
@@ -148,8 +148,7 @@ class TwoViews:
                 shape = tf.identity(shape)
             pa = sample_params(key, shape[0], shape[1], self.config, 0)
             pb = sample_params(key, shape[0], shape[1], self.config, 1)
-            va = decode_crop_resize(data, pa, self.image_size, self.config)
-            vb = decode_crop_resize(data, pb, self.image_size, self.config)
+            va, vb = decode_crop_resize_pair(data, pa, pb, self.image_size, self.config)
             return (va, pa), (vb, pb)
 
         return tf.cond(tf.io.is_jpeg(data), jpeg, lambda: self.crops_from_image(decode_rgb(data, max_pixels), key))
