@@ -124,69 +124,16 @@ def _resize(crop, image_size: int, config: AugmentConfig):
     if config.crop.antialias and method != "nearest":
         shape = tf.shape(crop)
         # Antialiasing only changes downscaling; upscaling takes the faster kernel.
-        if method in MATRIX_METHODS:
-            downscale = lambda: _banded_resize(crop, image_size, method)  # noqa: E731
-        else:
-            downscale = lambda: tf.image.resize(crop, [image_size, image_size], method=method, antialias=True)  # noqa: E731
-        out = tf.cond(tf.reduce_any(shape[:2] > image_size), downscale, plain)
+        out = tf.cond(
+            tf.reduce_any(shape[:2] > image_size),
+            lambda: tf.image.resize(crop, [image_size, image_size], method=method, antialias=True),
+            plain,
+        )
     else:
         out = plain()
     out = tf.saturate_cast(tf.round(out), tf.uint8)
     out.set_shape([image_size, image_size, 3])
     return out
-
-
-_BAND = 32  # output rows per block of the banded resize (measured: 16 and 32 alike, 64 slower)
-
-
-def _band_weights(valid: int, start, extent, out_size: int, method: str):
-    """Block-banded resampling weights along one axis: ``([nb, _BAND, L] weights, [nb, L] source rows)``.
-
-    Output pixel o samples the input at ``start + (o + 0.5) · extent / out_size − 0.5``
-    with the kernel widened by the scale when it is above 1, taps outside
-    ``[0, valid)`` dropped and the rest renormalised: the rules of the
-    antialiased ``tf.image.resize`` (``ScaleAndTranslate``) and of PIL. Block
-    k of ``_BAND`` consecutive outputs reads one run of L source rows from
-    ``first[k]``, so the resize is one gather and one batched matrix product
-    of ``_BAND × L`` blocks: about ``_BAND`` times fewer multiply-adds than a
-    dense matrix, in two ops instead of one per tap.
-    """
-    kernel, radius = (_keys_cubic, 2.0) if method == "bicubic" else (_triangle, 1.0)
-    scale = tf.cast(extent, tf.float32) / out_size
-    widen = tf.maximum(scale, 1.0)
-    blocks = -(-out_size // _BAND)
-    centre = start + (tf.range(blocks * _BAND, dtype=tf.float32) + 0.5) * scale - 0.5
-    first = tf.cast(tf.math.ceil(centre[::_BAND] - radius * widen), tf.int32)  # [nb]
-    span = tf.cast(tf.math.floor((_BAND - 1) * scale + 2.0 * radius * widen), tf.int32) + 2
-    rows = first[:, None] + tf.range(span)[None, :]  # [nb, L]
-    w = kernel((tf.cast(rows, tf.float32)[:, None, :] - tf.reshape(centre, [blocks, _BAND, 1])) / widen)
-    w = tf.where(((rows >= 0) & (rows < valid))[:, None, :], w, 0.0)
-    w = w / tf.reduce_sum(w, axis=-1, keepdims=True)
-    return w, tf.clip_by_value(rows, 0, valid - 1)
-
-
-def _banded_resize(image, image_size: int, method: str, start=(0.0, 0.0), extent=None):
-    """Antialiased bicubic/bilinear resize of uint8 [H, W, 3] to float32 [S, S, 3] on 0..255.
-
-    The same weights as ``tf.image.resize(..., antialias=True)`` (equal within
-    float32 rounding, so ±1 level after rounding at most), computed as two
-    block-banded passes on channel planes: measured 1.6× cheaper than
-    ``ScaleAndTranslate``, whose loops are not vectorised
-    (``docs/performance.md``). ``start``/``extent`` (y, x) place the output on
-    a sub-pixel window of the input (the DCT-scaled path); by default it
-    covers the whole input.
-    """
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    extent = (height, width) if extent is None else extent
-    size = image_size
-    planes = tf.transpose(image, [2, 0, 1])  # uint8 [3, H, W]: each pass then reads whole rows
-    wy, ry = _band_weights(height, start[0], extent[0], size, method)
-    y = tf.matmul(wy[None], tf.cast(tf.gather(planes, ry, axis=1), tf.float32))  # [3, nb, BAND, W]
-    y = tf.transpose(tf.reshape(y, [3, -1, width])[:, :size], [0, 2, 1])  # [3, W, S]
-    wx, rx = _band_weights(width, start[1], extent[1], size, method)
-    z = tf.matmul(wx[None], tf.gather(y, rx, axis=1))  # [3, nb, BAND, S]: [3, S(x), S(y)]
-    return tf.transpose(tf.reshape(z, [3, -1, size])[:, :size], [2, 1, 0])
 
 
 def crop_resize(image, params: dict, image_size: int, config: AugmentConfig):
@@ -206,6 +153,8 @@ def crop_resize(image, params: dict, image_size: int, config: AugmentConfig):
     return _resize(crop, image_size, config)
 
 
+# ScaleAndTranslate kernels of the antialiased tf.image.resize methods the DCT-scaled path serves.
+_ANTIALIAS_KERNELS = {"bicubic": "keyscubic", "bilinear": "triangle"}
 DCT_RATIOS = (2, 4, 8)  # the downscaling factors libjpeg's DCT scaling offers (DecodeAndCropJpeg's ``ratio``)
 
 
@@ -229,7 +178,7 @@ def dct_ratio(box, image_size: int, config: AugmentConfig):
 
 
 def _dct_scalable(config: AugmentConfig) -> bool:
-    return bool(config.crop.antialias) and config.crop.method in MATRIX_METHODS
+    return bool(config.crop.antialias) and config.crop.method in _ANTIALIAS_KERNELS
 
 
 def _ratio_index(box, image_size: int):
@@ -284,16 +233,24 @@ def decode_crop(jpeg_bytes, box, image_size: int, config: AugmentConfig):
 def _dct_scaled(jpeg_bytes, box, ratio: int, image_size: int, config: AugmentConfig):
     """Decodes the crop at 1/``ratio`` scale (libjpeg's scaled IDCT), then the remaining antialiased resize.
 
-    The banded resize maps the output exactly onto the box's sub-pixel
-    position in the decoded window (the full-resolution path is the same
-    resize with the window being the box), so only the filter differs from
+    ``ScaleAndTranslate`` maps the output exactly onto the box's sub-pixel
+    position in the decoded window (the antialiased ``tf.image.resize`` is
+    the same op without the translation), so only the filter differs from
     the full-resolution path: libjpeg's scaled IDCT, then the kernel widened
     by the remaining factor, instead of the kernel widened by the whole one.
     """
     window, start = _scaled_window(box, ratio)
     crop = tf.raw_ops.DecodeAndCropJpeg(contents=jpeg_bytes, crop_window=window, channels=3, ratio=ratio)
-    extent = (tf.cast(box[2], tf.float32) / ratio, tf.cast(box[3], tf.float32) / ratio)
-    out = _banded_resize(crop, image_size, config.crop.method, start=(start[0], start[1]), extent=extent)
+    f = lambda v: tf.cast(v, tf.float32)  # noqa: E731
+    scale = tf.stack([image_size * ratio / f(box[2]), image_size * ratio / f(box[3])])
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=crop[None],
+        size=[image_size, image_size],
+        scale=scale,
+        translation=-start * scale,
+        kernel_type=_ANTIALIAS_KERNELS[config.crop.method],
+        antialias=True,
+    )[0]
     out = tf.saturate_cast(tf.round(out), tf.uint8)
     out.set_shape([image_size, image_size, 3])
     return out
@@ -339,8 +296,8 @@ def decode_crop_resize_pair(jpeg_bytes, params_a: dict, params_b: dict, image_si
     When neither crop is DCT-scaled, the window covering both is decoded once
     and each crop is cut from it: the entropy decoding, which libjpeg does
     for every row down to a window's bottom whatever its width, is paid once
-    instead of twice (measured 1.8× cheaper decoding at 500×375 and 224×224,
-    ``docs/performance.md``). Pixels equal a full decode's, except near a
+    instead of twice (decoding measured 1.6× cheaper at 500×375 and 1.7× at
+    224×224 in the streamed pipeline, ``docs/performance.md``). Pixels equal a full decode's, except near a
     window's edge where libjpeg's chroma upsampling lacks its neighbours
     (the same holds for one window per crop).
 
