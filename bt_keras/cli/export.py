@@ -28,6 +28,7 @@ from bt_keras.export.layout import (
     check_name,
     require_litert,
 )
+from bt_keras.export.publish import STOP_REQUESTED
 from bt_keras.saving import keras_file_image_size
 
 PROG = "bt-export"
@@ -186,6 +187,7 @@ def _body(argv) -> int:
 
 
 def _interrupt(signum, frame):
+    STOP_REQUESTED.set()  # holds even where the exception below is swallowed (see publish.py)
     raise KeyboardInterrupt
 
 

@@ -41,6 +41,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from bt_keras.errors import ExportArgumentError, one_line
@@ -123,6 +124,14 @@ def staging_directory(out_dir: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Set by bt-export's SIGTERM handler. The handler also raises KeyboardInterrupt, but Python
+# runs it at whatever bytecode comes next, which may be inside a ``__del__`` or a library's bare
+# ``except:`` (TensorFlow dismantles function graphs in one while it saves) that swallows it;
+# the export would then finish and publish although it was told to stop. Checked at the only
+# point that matters: before anything is renamed into place.
+STOP_REQUESTED = threading.Event()
+
+
 def publish(tmp: Path, out_dir: Path, overwrite: bool, entries=None) -> None:
     """Moves the finished ``tmp`` to ``out_dir``; into an existing export (``overwrite``), only ``entries``.
 
@@ -134,6 +143,8 @@ def publish(tmp: Path, out_dir: Path, overwrite: bool, entries=None) -> None:
             existing export (default: every top-level entry of ``tmp``), in this
             order; put ``export_report.json`` last.
     """
+    if STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt  # the staging directory is removed on the way out; nothing is published
     check_destination(out_dir, overwrite)
     if not (out_dir.is_dir() and any(out_dir.iterdir())):
         os.rename(tmp, out_dir)  # replaces an empty directory; fails if one appeared meanwhile
