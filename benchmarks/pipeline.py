@@ -299,13 +299,12 @@ def stream_breakdown(paths, cfg, batch, size=224):
 
     def decode_now(d, k):  # as decode_crop_resize_pair: once, unless a crop is DCT-scaled
         a, b = boxes(d, k)
-        top_left = tf.minimum(a[:2], b[:2])
-        window = tf.concat([top_left, tf.maximum(a[:2] + a[2:], b[:2] + b[2:]) - top_left], 0)
+        window = bt_crop.covering_window(a, b)
         once = lambda: tf.reduce_sum(tf.cast(tf.io.decode_and_crop_jpeg(d, window, channels=3)[:1, :1], tf.int32))  # noqa: E731
         scaled = (bt_crop.dct_ratio(a, size, cfg) > 1) | (bt_crop.dct_ratio(b, size, cfg) > 1)
         return tf.cond(scaled, lambda: tf.reduce_sum(decode_each(d, k)), once)
 
-    stage1 = per_batch_ms(lambda d, k: views.crops_from_bytes(d, k), (data, keys))
+    stage1 = per_batch_ms(views.crops_from_bytes, (data, keys))
     (va, pa), (vb, pb) = next(
         iter(tf.data.Dataset.from_tensor_slices((data, keys)).map(views.crops_from_bytes).batch(batch))
     )
@@ -317,9 +316,29 @@ def stream_breakdown(paths, cfg, batch, size=224):
     }
 
 
-def _param_sig(cfg):
-    keys = bt_augment.example_keys(0, 0, tf.constant(0, tf.int64))
-    return {k: tf.TensorSpec(v.shape, v.dtype) for k, v in bt_augment.sample_params(keys, 8, 8, cfg, 0).items()}
+def resize_kernels_ms(size=224, side=(300, 280), repeats=200):
+    """CPU ms of one crop's resize to ``size``: TensorFlow's antialiased bicubic against plain bicubic.
+
+    The antialiased one is ``ScaleAndTranslate`` (what the recipe's downscales
+    take), the other ``ResizeBicubic`` (what upscales, the baselines and
+    ``crop.antialias: false`` take); each op called ``repeats`` times in one graph.
+    """
+    crop = tf.cast(tf.random.stateless_uniform([*side, 3], [0, 0], 0, 256, tf.int32), tf.uint8)
+
+    def per_call(antialias):
+        @tf.function
+        def loop(x):
+            acc = tf.constant(0.0)
+            for _ in tf.range(repeats):
+                acc += tf.image.resize(x, [size, size], method="bicubic", antialias=antialias)[0, 0, 0]
+            return acc
+
+        loop(crop)
+        start = time.process_time()
+        loop(crop)
+        return (time.process_time() - start) / repeats * 1000
+
+    return per_call(True), per_call(False)
 
 
 def measure(ds, batch, seconds, warmup=2):
@@ -478,6 +497,7 @@ def main(argv=None):
                 print(f"{size} photos: {folder} ({time.perf_counter() - t:.0f} s to build or find)")
                 folders.append((f"Imagenette {w}×{h}", folder))
         splits["224×224 sources (Imagenette)"] = stream_breakdown(image_paths(imagenette), cfg, batch)
+        aliased_stage1 = {"224×224 sources (Imagenette)": stream_breakdown(image_paths(imagenette), aliased, batch)}
         for name, folder in folders:
             paths = image_paths(folder)
             if len(paths) < batch:
@@ -508,6 +528,7 @@ def main(argv=None):
             warmup = 1 if args.quick else 2
             results.append((label, batch, run_workload(name, rows, batch, args.seconds, args.rounds, warmup)))
             splits[f"{name} sources"] = stream_breakdown(paths, cfg, batch)
+            aliased_stage1[f"{name} sources"] = stream_breakdown(paths, aliased, batch)
         print(
             f"\nStreamed bt_keras, CPU ms per batch of {batch} pairs (all threads; tf.data maps as the pipeline runs):"
         )
@@ -526,6 +547,18 @@ def main(argv=None):
                 f"| {name} | {split['stage 1']:.0f} | {split['pixel program']:.0f} | {split['stage 1'] / ref:.2f}× | "
                 f"{split['decode, each window']:.0f} → {split['decode, once']:.0f} |"
             )
+        ref = next(iter(aliased_stage1.values()))
+        for name, split in aliased_stage1.items():
+            if split is not None and ref is not None:
+                print(
+                    f"| {name}, crop.antialias false | {split['stage 1']:.0f} | {split['pixel program']:.0f} | "
+                    f"{split['stage 1'] / ref['stage 1']:.2f}× | |"
+                )
+        aa, plain = resize_kernels_ms()
+        print(
+            f"\nOne 300×280 crop resized to 224 px, CPU ms: antialiased bicubic (ScaleAndTranslate) {aa:.2f}, "
+            f"bicubic without antialiasing (ResizeBicubic) {plain:.2f}"
+        )
 
     print(f"\nload average at end {os.getloadavg()[0]:.1f}; best of {args.rounds} rounds of {args.seconds:.0f} s\n")
     print("| workload | batch | pipeline | view pairs/s | vs faster baseline | pairs per CPU-s | vs baseline |")
