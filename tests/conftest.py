@@ -1,7 +1,8 @@
 """Shared test fixtures: the offline CIFAR-10 and Imagenette JPEG sets.
 
 The archives live outside the repository (``../shared/data`` next to it, or
-``$BT_KERAS_DATA``). They are extracted once per machine into a cache
+``$BT_KERAS_DATA``); without them the tests that need them skip, unless
+``BT_KERAS_REQUIRE_DATA=1`` (set by ``.ci/run``) makes that a failure. They are extracted once per machine into a cache
 directory (``$BT_KERAS_TEST_CACHE``, default ``~/.cache/bt_keras/test-data``)
 under a file lock, so parallel test runs share one copy and nothing is ever
 written into the repository.
@@ -21,13 +22,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("BT_KERAS_DATA", REPO.parent / "shared" / "data"))
 CACHE_DIR = Path(os.environ.get("BT_KERAS_TEST_CACHE", Path.home() / ".cache" / "bt_keras" / "test-data"))
+# CI has the archives: there a missing archive fails the tests that need it instead of skipping them.
+REQUIRE_DATA = os.environ.get("BT_KERAS_REQUIRE_DATA") == "1"
 
 
 def _extract_once(archive_name: str, expect: tuple[str, ...]) -> Path:
     """Extracts ``archive_name`` into the cache (once) and returns the extraction root."""
     archive = DATA_DIR / archive_name
     if not archive.exists():
-        pytest.skip(f"{archive} not available (set BT_KERAS_DATA to the directory holding it)")
+        message = f"{archive} not available (set BT_KERAS_DATA to the directory holding it)"
+        if REQUIRE_DATA:
+            pytest.fail(f"BT_KERAS_REQUIRE_DATA=1 but {message}", pytrace=False)
+        pytest.skip(message)
     stamp = f"{archive.stat().st_size}-{int(archive.stat().st_mtime)}"
     root = CACHE_DIR / (archive_name.split(".")[0] + "-" + stamp)
     done = root / ".complete"

@@ -142,15 +142,17 @@ def test_time_budget_stops_training_and_drives_the_learning_rate():
     x = np.random.default_rng(0).random((64, 16, 16, 3)).astype("float32")
     pairs = tf.data.Dataset.from_tensor_slices((x, x[::-1])).batch(32, drop_remainder=True).repeat()
     seen = []
-    budget = cbs.TimeBudget(1.5, learning_rate=lambda f: 1e-3 * (1 - f))
+    ticks = iter(range(10**6))  # a simulated clock: every reading is 0.25 s after the previous one
+    budget = cbs.TimeBudget(1.5, learning_rate=lambda f: 1e-3 * (1 - f), clock=lambda: 0.25 * next(ticks))
 
     class Record(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             seen.append(float(model.optimizer.learning_rate))
 
     model.fit(pairs, epochs=1000, steps_per_epoch=5, verbose=0, callbacks=[budget, Record()])
-    assert 1.5 <= budget.elapsed < 30 and budget.steps == len(seen) < 5000
-    assert seen[0] == pytest.approx(1e-3) and seen[-1] < seen[0] and np.all(np.diff(seen) <= 0)
+    # Each step counts 0.25 s, except the first (tracing): 1 + 6 steps fill the 1.5-s budget.
+    assert budget.elapsed == 1.5 and budget.steps == len(seen) == 7 and budget.first_step_seconds == 0.25
+    assert seen == pytest.approx([1e-3 * (1 - 0.25 * k / 1.5) for k in (0, 0, 1, 2, 3, 4, 5)])
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ def photos(request, tmp_path_factory):
     try:
         cifar = request.getfixturevalue("cifar10_dir")
         data = {c: [p.read_bytes() for p in sorted((cifar / "test" / c).glob("*.jpg"))[:4]] for c in CLASSES}
-    except pytest.skip.Exception:  # no shared data here
+    except pytest.skip.Exception:  # no shared data here (under BT_KERAS_REQUIRE_DATA=1 this fails instead)
         jpegs = _synthetic_jpegs(4 * len(CLASSES))
         data = {c: jpegs[4 * i : 4 * i + 4] for i, c in enumerate(CLASSES)}
     for c, images in data.items():

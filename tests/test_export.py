@@ -451,10 +451,18 @@ def _start_export(run: Path, out: Path) -> subprocess.Popen:
     )
 
 
-def _wait_for_temporary(proc: subprocess.Popen, out: Path, timeout: float = 120.0) -> None:
+def _freeze_mid_export(proc: subprocess.Popen, out: Path, timeout: float = 120.0) -> None:
+    """Stops ``proc`` (SIGSTOP) once its temporary holds a SavedModel, and checks it had not published yet.
+
+    A stopped process cannot finish in the meantime, so whatever signal the test sends next lands
+    mid-export, whatever the machine's speed; the check after freezing says so, rather than a sleep
+    hoping the export stays busy.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if list(out.parent.glob(f".{out.name}.bt-export-tmp-{proc.pid}-*/saved_model")):
+            proc.send_signal(signal.SIGSTOP)
+            assert not out.exists(), "the export published before it could be frozen"
             return
         if proc.poll() is not None:
             pytest.fail(f"export ended before it could be interrupted: {proc.stderr.read()[-2000:]}")
@@ -465,14 +473,14 @@ def _wait_for_temporary(proc: subprocess.Popen, out: Path, timeout: float = 120.
 
 @pytest.mark.slow
 def test_interrupted_export_leaves_nothing(tmp_path):
-    # A ResNet-18 keeps the export busy long enough (seconds) to be interrupted mid-way.
     encoder = bt_keras.encoders.resnet(18, stem="cifar", width=8, input_shape=(None, None, 3))
     run = _write_run(tmp_path / "run", encoder, export.make_contract(SIZE))
     out = tmp_path / "exports" / "enc"
 
     proc = _start_export(run, out)
-    _wait_for_temporary(proc, out)
+    _freeze_mid_export(proc, out)
     proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "bt-export: interrupted"
@@ -480,7 +488,7 @@ def test_interrupted_export_leaves_nothing(tmp_path):
 
     # SIGKILL cannot be cleaned up after, but the next export removes the dead writer's temporary.
     proc = _start_export(run, out)
-    _wait_for_temporary(proc, out)
+    _freeze_mid_export(proc, out)
     proc.kill()
     proc.communicate(timeout=60)
     assert not out.exists() and len(_leftovers(out)) == 1

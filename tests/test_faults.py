@@ -118,8 +118,9 @@ def _assert_same_course_as(reference, run):
 
 def test_kill_9_mid_epoch_then_resume(tmp_path, reference):
     run = tmp_path / "run"
-    proc = _start_and_wait_for_checkpoints(run, saves=2)  # at least step 8, inside epoch 1
-    time.sleep(0.5)
+    # The kill follows the second checkpoint (step 8, inside epoch 1) while the run is alive and training
+    # on: _wait_for_checkpoints checks both, so no sleep decides where it lands.
+    proc = _start_and_wait_for_checkpoints(run, saves=2)
     proc.kill()
     proc.wait()
     out = _run(run)
@@ -131,8 +132,7 @@ def test_kill_9_mid_epoch_then_resume(tmp_path, reference):
 
 def test_sigterm_writes_a_checkpoint_at_the_signal_and_resumes(tmp_path, reference):
     run = tmp_path / "run"
-    proc = _start_and_wait_for_checkpoints(run, saves=1)
-    time.sleep(1.0)
+    proc = _start_and_wait_for_checkpoints(run, saves=1)  # alive, past step 4: the signal lands mid-epoch
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]

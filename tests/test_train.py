@@ -105,18 +105,30 @@ def test_too_little_data_is_a_clear_error(tmp_path):
     assert not (tmp_path / "run").exists(), "a run that failed before training left a directory"
 
 
-def test_help_and_config_errors_answer_before_tensorflow_loads(tmp_path):
-    """--help and a config typo: answered at once (TensorFlow takes seconds to import)."""
-    import time
+NO_TENSORFLOW_CHECK = """
+import sys
+from bt_keras.cli import train
+try:
+    train.main(sys.argv[1:])
+except SystemExit as e:
+    print("exit", e.code)
+print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
 
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bt_keras.cli.train", "--help"], capture_output=True, text=True, timeout=120
-    )
-    help_s = time.perf_counter() - started
-    assert proc.returncode == 0 and "docs/training.md" in proc.stdout and "--verbose" in proc.stdout
-    started = time.perf_counter()
-    proc = _bt_train(tmp_path / "run", "--set", "train.epochz=1")
-    typo_s = time.perf_counter() - started
-    assert proc.returncode == 2 and "unknown key 'train.epochz'" in proc.stderr
-    assert help_s < 2 and typo_s < 2, (help_s, typo_s)  # importing TensorFlow alone takes ~3 s here
+
+def test_help_and_config_errors_answer_before_tensorflow_loads():
+    """--help and a config typo are answered without importing TensorFlow (which takes seconds).
+
+    How long that takes is a benchmark figure (``benchmarks/cli_startup.py``), not a test.
+    """
+    demo = os.path.join(ROOT, "configs", "demo.yaml")
+    for args, code, expected in (
+        (["--help"], "0", "docs/training.md"),
+        (["--config", demo, "--set", "train.epochz=1"], "2", "unknown key 'train.epochz'"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-c", NO_TENSORFLOW_CHECK, *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+        )
+        lines = proc.stdout.splitlines()
+        assert lines[-2:] == [f"exit {code}", "tensorflow imported: False"], proc.stdout + proc.stderr
+        assert expected in proc.stdout + proc.stderr

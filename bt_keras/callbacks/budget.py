@@ -33,7 +33,8 @@ class TimeBudget(keras.callbacks.Callback):
             the budget, set before every step (the optimizer needs a float
             learning rate).
         clock: ``"wall"`` (``time.perf_counter``) or ``"process"``
-            (``time.process_time``, CPU seconds of the whole process).
+            (``time.process_time``, CPU seconds of the whole process), or any
+            ``() -> seconds`` callable (a simulated clock, for tests).
 
     Examples:
 
@@ -42,15 +43,20 @@ class TimeBudget(keras.callbacks.Callback):
     0.0
     """
 
-    def __init__(self, seconds: float, learning_rate: Callable[[float], float] | None = None, clock: str = "wall"):
+    def __init__(
+        self,
+        seconds: float,
+        learning_rate: Callable[[float], float] | None = None,
+        clock: str | Callable[[], float] = "wall",
+    ):
         super().__init__()
         if seconds <= 0:
             raise ValueError(f"seconds must be > 0, got {seconds}")
-        if clock not in _CLOCKS:
-            raise ValueError(f"clock must be one of {', '.join(_CLOCKS)}, got {clock!r}")
+        if not callable(clock) and clock not in _CLOCKS:
+            raise ValueError(f"clock must be one of {', '.join(_CLOCKS)} or a callable, got {clock!r}")
         self.seconds = float(seconds)
-        self.clock = clock
-        self._now = _CLOCKS[clock]
+        self.clock = clock if isinstance(clock, str) else "custom"
+        self._now = clock if callable(clock) else _CLOCKS[clock]
         self.learning_rate = learning_rate
         self.elapsed = 0.0
         self.steps = 0
