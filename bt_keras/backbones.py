@@ -240,10 +240,12 @@ def load_initial_weights(encoder, path: str, name: str = "the encoder") -> None:
 
     Examples:
 
+    >>> import os, tempfile
     >>> from bt_keras import encoders
     >>> a, b = encoders.small_cnn(widths=(4,)), encoders.small_cnn(widths=(4,))
-    >>> a.save_weights("/tmp/doc_init.weights.h5")
-    >>> load_initial_weights(b, "/tmp/doc_init.weights.h5")
+    >>> path = os.path.join(tempfile.mkdtemp(), "init.weights.h5")
+    >>> a.save_weights(path)
+    >>> load_initial_weights(b, path)
     >>> all((x == y).all() for x, y in zip(a.get_weights(), b.get_weights()))
     True
     """

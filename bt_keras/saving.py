@@ -189,10 +189,10 @@ def save_portable_encoder(encoder, path) -> str:
 
     Examples:
 
-    >>> import keras
+    >>> import keras, os, tempfile
     >>> from bt_keras import encoders
     >>> enc = encoders.resnet(18, stem="cifar", width=4, input_shape=(32, 32, 3))
-    >>> path = save_portable_encoder(enc, "/tmp/doc_portable.keras")
+    >>> path = save_portable_encoder(enc, os.path.join(tempfile.mkdtemp(), "encoder.keras"))
     >>> type(keras.saving.load_model(path).get_layer("stem_bn")).__name__
     'BatchNormalization'
     """
@@ -277,9 +277,10 @@ def keras_file_image_size(path) -> int | None:
 
     Examples:
 
-    >>> import keras
-    >>> keras.Sequential([keras.Input((24, 24, 3)), keras.layers.Flatten()]).save("/tmp/doc_size.keras")
-    >>> keras_file_image_size("/tmp/doc_size.keras")
+    >>> import keras, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "encoder.keras")
+    >>> keras.Sequential([keras.Input((24, 24, 3)), keras.layers.Flatten()]).save(path)
+    >>> keras_file_image_size(path)
     24
     """
     import zipfile
@@ -319,9 +320,11 @@ def load_encoder(path):
 
     Examples:
 
+    >>> import os, tempfile
     >>> from bt_keras import encoders
-    >>> enc = encoders.small_cnn(widths=(8,)); enc.save("/tmp/doc_enc.keras")
-    >>> load_encoder("/tmp/doc_enc.keras").output_shape
+    >>> path = os.path.join(tempfile.mkdtemp(), "encoder.keras")
+    >>> encoders.small_cnn(widths=(8,)).save(path)
+    >>> load_encoder(path).output_shape
     (None, 8)
     """
     import keras

@@ -71,18 +71,27 @@ def test_schedule_values():
     assert float(s(35)) == pytest.approx(0.8 * q + 0.0008 * (1 - q), rel=1e-6)
 
 
-def test_lars_and_schedule_run_under_xla():
+def test_lars_and_schedule_under_xla_equal_the_plain_graph():
     import tensorflow as tf
 
-    w = keras.Variable(np.ones((3, 3), np.float32))
-    opt = LARS(learning_rate=WarmupCosine(0.1, 2, 10))
-    opt.build([w])
+    rng = np.random.default_rng(0)
+    init, grads = rng.normal(size=(3, 3)).astype(np.float32), rng.normal(size=(3, 3, 3)).astype(np.float32)
 
-    @tf.function(jit_compile=True)
-    def step(g):
-        opt.apply_gradients([(g, w)])
-        return opt.iterations
+    def train(jit_compile):
+        w, b = keras.Variable(init), keras.Variable(init[0])  # b: rank 1, no weight decay or adaptation
+        opt = LARS(learning_rate=WarmupCosine(0.1, 2, 10), weight_decay=1e-2)
+        opt.build([w, b])
 
-    for _ in range(3):
-        step(tf.ones((3, 3)))
-    assert int(opt.iterations) == 3 and np.abs(w.numpy() - 1).max() > 0
+        @tf.function(jit_compile=jit_compile)
+        def step(g):
+            opt.apply_gradients([(g, w), (g[0], b)])
+            return opt.iterations
+
+        for g in grads:
+            step(tf.constant(g))
+        return int(opt.iterations), w.numpy(), b.numpy()
+
+    (steps, w_xla, b_xla), (_, w_plain, b_plain) = train(True), train(False)
+    assert steps == 3 and np.abs(w_xla - init).max() > 1e-5 and np.abs(b_xla - init[0]).max() > 1e-5
+    np.testing.assert_allclose(w_xla, w_plain, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(b_xla, b_plain, rtol=1e-6, atol=1e-7)

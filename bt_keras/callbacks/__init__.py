@@ -30,6 +30,7 @@ Modules: :mod:`~bt_keras.callbacks.health` (the indicators, pure NumPy),
 
 Examples:
 
+>>> import tempfile
 >>> import numpy as np, tensorflow as tf, bt_keras
 >>> from bt_keras import callbacks
 >>> enc = bt_keras.small_cnn(widths=(8, 16), input_shape=(16, 16, 3))
@@ -37,7 +38,7 @@ Examples:
 >>> model.compile(optimizer="adam")
 >>> x = np.random.rand(32, 16, 16, 3).astype("float32")
 >>> pairs = tf.data.Dataset.from_tensor_slices((x, x[::-1])).batch(16, drop_remainder=True)
->>> health = callbacks.RepresentationHealth((x, x[::-1]), log_dir="/tmp/bt_doc_logs")
+>>> health = callbacks.RepresentationHealth((x, x[::-1]), log_dir=tempfile.mkdtemp())
 >>> _ = model.fit(pairs, epochs=1, verbose=0, callbacks=[health])
 >>> sorted(health.last)[:2]
 ['dead_fraction', 'effective_rank']

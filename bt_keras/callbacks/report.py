@@ -6,9 +6,11 @@ random initialisation.
 
 Examples:
 
+>>> import os, tempfile
 >>> from bt_keras.callbacks.report import plot_report
->>> plot_report({"epoch": [0, 1], "loss": [900.0, 700.0]}, {}, "/tmp/bt_doc_report2.png")
-'/tmp/bt_doc_report2.png'
+>>> path = plot_report({"epoch": [0, 1], "loss": [900.0, 700.0]}, {}, os.path.join(tempfile.mkdtemp(), "r.png"))
+>>> os.path.basename(path)
+'r.png'
 """
 
 from __future__ import annotations
@@ -118,8 +120,10 @@ def plot_report(
 
     Examples:
 
-    >>> plot_report({"epoch": [0, 1], "loss": [900.0, 700.0]}, {}, "/tmp/bt_doc_report.png")
-    '/tmp/bt_doc_report.png'
+    >>> import os, tempfile
+    >>> path = plot_report({"epoch": [0, 1], "loss": [900.0, 700.0]}, {}, os.path.join(tempfile.mkdtemp(), "r.png"))
+    >>> os.path.isfile(path)
+    True
     """
     import matplotlib
 

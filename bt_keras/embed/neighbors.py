@@ -78,9 +78,10 @@ def neighbor_grid(path: str, query_views, neighbor_views, similarities, query_ti
 
     Examples:
 
+    >>> import os, tempfile
     >>> import numpy as np
     >>> v = np.zeros([1, 8, 8, 3], np.uint8)
-    >>> neighbor_grid("/tmp/doc_grid.png", v, v[:, None], [[0.5]]).endswith(".png")
+    >>> neighbor_grid(os.path.join(tempfile.mkdtemp(), "grid.png"), v, v[:, None], [[0.5]]).endswith(".png")
     True
     """
     import matplotlib

@@ -28,10 +28,11 @@ Layout of ``out_dir``::
 
 Examples:
 
+>>> import os, tempfile
 >>> from bt_keras import encoders
 >>> from bt_keras.export import export_encoder
 >>> enc = encoders.small_cnn(widths=(8, 16), input_shape=(32, 32, 3))
->>> result = export_encoder(enc, "/tmp/bt_export_doc", image_size=32, overwrite=True)
+>>> result = export_encoder(enc, os.path.join(tempfile.mkdtemp(), "enc"), image_size=32)
 >>> result.report["parity"]["passed"]
 True
 

@@ -1,13 +1,6 @@
 """``export_encoder``: check, rebuild in float32, write each format, gate on parity, publish.
 
-Examples:
-
->>> from bt_keras import encoders
->>> from bt_keras.export import export_encoder
->>> enc = encoders.small_cnn(widths=(8, 16), input_shape=(32, 32, 3))
->>> result = export_encoder(enc, "/tmp/bt_export_doc", image_size=32, overwrite=True)
->>> result.report["parity"]["passed"]
-True
+The example of every format at once is :mod:`bt_keras.export`'s; :func:`export_encoder`'s own writes ONNX only.
 """
 
 from __future__ import annotations
@@ -122,9 +115,10 @@ def export_encoder(
 
     Examples:
 
+    >>> import os, tempfile
     >>> from bt_keras import encoders
     >>> enc = encoders.small_cnn(widths=(8, 16), input_shape=(32, 32, 3))
-    >>> r = export_encoder(enc, "/tmp/bt_doc_export", 32, formats=("onnx",), overwrite=True)
+    >>> r = export_encoder(enc, os.path.join(tempfile.mkdtemp(), "enc"), 32, formats=("onnx",))
     >>> r.onnx_path.name, r.report["parity"]["passed"]
     ('encoder.onnx', True)
     """
