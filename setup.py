@@ -38,9 +38,15 @@ setup(
             "pytest-xdist>=3.5",
             "pillow>=10",
             "ruff>=0.6",
-            "mkdocs>=1.6",
-            "mkdocs-material>=9.5",
-            "mkdocstrings[python]>=0.26",
+            # The official client's protos: tests read the SavedModel's warm-up records as PredictionLogs.
+            "tensorflow-serving-api>=2.20,<2.22",
+            # The docs toolchain, pinned: CI and users build the same site (mkdocs.yml has strict: true).
+            "mkdocs==1.6.1",
+            "mkdocs-material==9.8.2",
+            "mkdocs-autorefs==1.4.5",
+            "mkdocstrings==1.0.8",
+            "mkdocstrings-python==2.0.11",
+            "griffelib==2.4.1",
         ],
     },
     entry_points={

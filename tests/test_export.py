@@ -322,10 +322,8 @@ def test_warmup_requests_parse_and_run(ex):
         out = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})["embedding"]
         assert out.shape == (1, 16)
         seen.add(signature)
-        try:  # the official message definitions, when tensorflow-serving-api is installed
-            from tensorflow_serving.apis import prediction_log_pb2
-        except ImportError:
-            continue
+        from tensorflow_serving.apis import prediction_log_pb2  # the official definitions (the dev extra)
+
         log = prediction_log_pb2.PredictionLog.FromString(record)
         assert log.WhichOneof("log_type") == "predict_log"
         assert log.predict_log.request.model_spec.signature_name == signature
