@@ -62,6 +62,25 @@ def _views(data):
     return data
 
 
+def check_encoder_output(shape) -> None:
+    """Raises a one-line ``ValueError`` unless the encoder's output ``shape`` is ``[batch, dim]``.
+
+    An encoder that ends in a feature map would otherwise fail deep inside the loss with a raw
+    shape error; ``bt-train`` pools such backbones itself (``bt_keras.backbones``).
+
+    >>> check_encoder_output((None, 4, 4, 64))
+    Traceback (most recent call last):
+    ...
+    ValueError: BarlowTwins needs an encoder whose output is [batch, dim]; this one outputs (None, 4, 4, 64): ...
+    """
+    shape = tuple(shape)
+    if len(shape) != 2:
+        raise ValueError(
+            f"BarlowTwins needs an encoder whose output is [batch, dim]; this one outputs {shape}: "
+            "end it with keras.layers.GlobalAveragePooling2D() (or Flatten())"
+        )
+
+
 def _embedding_std(z):
     """Mean over dimensions of the batch std of the L2-normalised rows, × √D (as ``tf.math.l2_normalize``)."""
     z = ops.cast(z, "float32")
@@ -209,8 +228,11 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
     unchanged). The model trains on the ``tensorflow`` and ``jax`` backends.
 
     Args:
-      encoder: backbone; ``model.encoder`` is what gets evaluated and exported.
-      projector_dims: widths of the projector's Dense layers.
+      encoder: backbone, any ``keras.Model`` whose output is ``[batch, dim]``
+        (end a convolutional one with ``GlobalAveragePooling2D``);
+        ``model.encoder`` is what gets evaluated and exported.
+      projector_dims: widths of the projector's Dense layers; the paper's
+        ImageNet recipe uses ``(8192, 8192, 8192)``.
       lambd: off-diagonal weight λ.
       loss_method: ``"auto" | "dense" | "gram"`` (see ``barlow_twins_terms``).
       sync_batchnorm: synchronise the projector's BN over TF replicas (on JAX
@@ -230,7 +252,7 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
     def __init__(
         self,
         encoder: keras.Model,
-        projector_dims=(8192, 8192, 8192),
+        projector_dims=(2048, 2048, 2048),
         lambd: float = 0.0051,
         loss_method: str = "auto",
         sync_batchnorm: bool = True,
@@ -241,6 +263,12 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
         if BACKEND not in _STEPS:
             raise NotImplementedError(f"BarlowTwins trains on the tensorflow or jax Keras backend, not {BACKEND!r}")
         super().__init__(**kwargs)
+        try:  # a functional or Sequential encoder knows its output already; a subclass, when called
+            outputs = encoder.outputs
+        except (AttributeError, ValueError):
+            outputs = None
+        if outputs and len(outputs) == 1:
+            check_encoder_output(outputs[0].shape)
         self.encoder = encoder
         self.projector_dims = tuple(int(d) for d in projector_dims)
         self.lambd = float(lambd)
@@ -261,11 +289,18 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
     def build(self, input_shape):
         if not self.encoder.built:
             self.encoder.build(input_shape)
-        self.projector.build(self.encoder.compute_output_shape(input_shape))
+        try:
+            encoded = self.encoder.compute_output_shape(input_shape)
+        except NotImplementedError:  # a subclassed encoder without it: trace its call symbolically
+            encoded = self.encoder.compute_output_spec(keras.KerasTensor(input_shape)).shape
+        check_encoder_output(encoded)
+        self.projector.build(encoded)
         super().build(input_shape)
 
     def call(self, images, training=False):
-        return self.projector(self.encoder(images, training=training), training=training)
+        encoded = self.encoder(images, training=training)
+        check_encoder_output(encoded.shape)
+        return self.projector(encoded, training=training)
 
     def _terms(self, data, training):
         view_a, view_b = _views(data)

@@ -79,7 +79,7 @@ class LARS(keras.optimizers.Optimizer):
     def __init__(
         self,
         learning_rate=0.2,
-        weight_decay=1e-6,
+        weight_decay=1.5e-6,
         momentum=0.9,
         eta=0.001,
         rank1_lr_multiplier=0.024,

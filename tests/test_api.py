@@ -71,6 +71,29 @@ def test_package_root_exports_everything_it_lists():
         bt_keras.nonexistent  # noqa: B018
 
 
+# What the README and docs/api.md call the public API: each reachable from the package root.
+ROOT_NAMES = (
+    "BarlowTwins LARS WarmupCosine two_view_dataset eval_dataset resnet small_cnn build_encoder build_backbone "
+    "save_portable_encoder load_frozen_encoder export_encoder evaluate knn_accuracy linear_probe JaxDataParallel "
+    "EmbeddingSet embed_source nearest_neighbors duplicate_pairs write_projector shuffle_pixels pixel_permutation"
+)
+
+
+def test_the_documented_names_are_importable_from_the_root():
+    missing = [name for name in ROOT_NAMES.split() if name not in bt_keras.__all__ or not hasattr(bt_keras, name)]
+    assert not missing
+
+
+@pytest.mark.parametrize("package", ["bt_keras", *sorted(PUBLIC)])
+def test_no_private_names_in_public_namespaces(package):
+    mod = importlib.import_module(package)
+    names = set(getattr(mod, "__all__", ()))
+    if "__getattr__" in vars(mod):  # a lazy namespace lists its names in __dir__ (bt_keras._lazy)
+        names |= set(dir(mod))
+    private = sorted(n for n in names if n.startswith("_") and not n.startswith("__"))
+    assert not private, f"{package} exports {private}"
+
+
 def test_error_classes_are_one_hierarchy():
     from bt_keras import errors
     from bt_keras.augment import AugmentConfigError

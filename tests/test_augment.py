@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from bt_keras import augment
-from bt_keras.augment import AugmentConfig, get_preset
+from bt_keras.augment import AugmentConfig, get_preset, pixel
 from bt_keras.cli import UserError
 from bt_keras.preprocess import CIFAR10_MEAN, IMAGENET_MEAN, IMAGENET_STD
 
@@ -256,16 +256,16 @@ def test_color_jitter_ops_match_torchvision_formulas():
     x = rng.uniform(0.05, 0.95, (4, 8, 8, 3)).astype(np.float32)
     f = np.array([0.7, 1.3, 0.9, 1.1], np.float32)
     fb = f[:, None, None, None]
-    np.testing.assert_allclose(_cf(augment._brightness, x, f), np.clip(x * fb, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(_cf(pixel._brightness, x, f), np.clip(x * fb, 0, 1), atol=1e-6)
     m = _gray_np(x).mean(axis=(1, 2))[:, None, None, None]
-    np.testing.assert_allclose(_cf(augment._contrast, x, f), np.clip(fb * x + (1 - fb) * m, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(_cf(pixel._contrast, x, f), np.clip(fb * x + (1 - fb) * m, 0, 1), atol=1e-6)
     g = _gray_np(x)[..., None]
-    np.testing.assert_allclose(_cf(augment._saturation, x, f), np.clip(fb * x + (1 - fb) * g, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(_cf(pixel._saturation, x, f), np.clip(fb * x + (1 - fb) * g, 0, 1), atol=1e-6)
     hues = np.array([-0.1, 0.05, 0.0, 0.5], np.float32)
     ref = np.stack([tf.image.adjust_hue(x[i], hues[i]).numpy() for i in range(4)])
-    np.testing.assert_allclose(_cf(augment._hue, x, hues), ref, atol=1e-5)
+    np.testing.assert_allclose(_cf(pixel._hue, x, hues), ref, atol=1e-5)
     gray_pixels = np.full((1, 2, 2, 3), 0.4, np.float32)  # no chroma: hue is undefined and must not move
-    np.testing.assert_allclose(_cf(augment._hue, gray_pixels, np.array([0.3], np.float32)), gray_pixels)
+    np.testing.assert_allclose(_cf(pixel._hue, gray_pixels, np.array([0.3], np.float32)), gray_pixels)
 
 
 @pytest.mark.parametrize("xla", [False, True])
@@ -274,12 +274,12 @@ def test_jitter_runs_each_examples_own_order(xla):
     x[..., 0] = 0.9
     factors = np.array([[1.5, 0.5, 1.0, 0.0], [1.5, 0.5, 1.0, 0.0]], np.float32)
     order = np.array([[0, 1, 2, 3], [1, 0, 2, 3]], np.int32)  # brightness then contrast, and the reverse
-    jitter = tf.function(augment._color_jitter, jit_compile=True) if xla else augment._color_jitter
+    jitter = tf.function(pixel._color_jitter, jit_compile=True) if xla else pixel._color_jitter
     out = np.concatenate(
         [_cf(lambda a, f, o: jitter(a, tf.constant(True), f, o), x[i : i + 1], factors[i], order[i]) for i in range(2)]
     )
-    b_then_c = _cf(augment._contrast, _cf(augment._brightness, x[:1], factors[:1, 0]), factors[:1, 1])
-    c_then_b = _cf(augment._brightness, _cf(augment._contrast, x[1:], factors[1:, 1]), factors[1:, 0])
+    b_then_c = _cf(pixel._contrast, _cf(pixel._brightness, x[:1], factors[:1, 0]), factors[:1, 1])
+    c_then_b = _cf(pixel._brightness, _cf(pixel._contrast, x[1:], factors[1:, 1]), factors[1:, 0])
     np.testing.assert_allclose(out[:1], b_then_c, atol=1e-6)
     np.testing.assert_allclose(out[1:], c_then_b, atol=1e-6)
     assert np.abs(b_then_c - c_then_b).max() > 0.05  # the order matters for these inputs
@@ -294,7 +294,7 @@ def test_blur_uses_each_examples_sigma_with_reflect_padding():
     x = rng.uniform(0, 1, (3, 20, 20, 3)).astype(np.float32)
     sigma = np.array([0.5, 1.0, 2.0], np.float32)
     k = 7
-    out = _cf(lambda a, s: augment._gaussian_blur(a, s, k), x, sigma)
+    out = _cf(lambda a, s: pixel._gaussian_blur(a, s, k), x, sigma)
     for i in range(3):
         # scipy's "mirror" is TF's REFLECT; truncate so the radius is k // 2.
         ref = x[i]
@@ -410,11 +410,11 @@ def test_apply_batch_equals_the_recipe_composed_op_by_op(view):
             x = x[..., ::-1]
         if p["jitter"][i]:
             for k in p["jitter_order"][i]:
-                x = augment._JITTER_OPS[k](x, tf.constant(p["jitter_factors"][i, k : k + 1]))
+                x = pixel._JITTER_OPS[k](x, tf.constant(p["jitter_factors"][i, k : k + 1]))
         if p["grayscale"][i]:
-            x = tf.tile(augment._gray(x), [1, 3, 1, 1])
+            x = tf.tile(pixel._gray(x), [1, 3, 1, 1])
         if p["blur"][i]:
-            x = augment._gaussian_blur(x, tf.constant(p["blur_sigma"][i : i + 1]), kernel)
+            x = pixel._gaussian_blur(x, tf.constant(p["blur_sigma"][i : i + 1]), kernel)
         if p["solarize"][i]:
             x = tf.where(x >= 0.5, 1.0 - x, x)
         ref = (tf.transpose(x, [0, 2, 3, 1]).numpy()[0] - mean) / std

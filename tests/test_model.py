@@ -120,3 +120,34 @@ def test_mixed_precision_keeps_the_loss_in_float32():
         assert math.isfinite(history["loss"][0])
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
+
+
+class _OwnEncoder(keras.Model):
+    """A user's subclassed encoder with no ``compute_output_shape``: BarlowTwins traces it."""
+
+    def __init__(self, pool=True):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(8, 3)
+        self.pool = pool
+
+    def call(self, x):
+        x = self.conv(x)
+        return keras.ops.mean(x, axis=(1, 2)) if self.pool else x
+
+
+def test_an_encoder_must_output_batch_by_dim_said_in_one_line():
+    feature_map = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3)])
+    with pytest.raises(ValueError, match=r"outputs \(None, 14, 14, 8\): end it with .*GlobalAveragePooling2D"):
+        bt_keras.BarlowTwins(feature_map, projector_dims=(16,))
+    model = bt_keras.BarlowTwins(_OwnEncoder(pool=False), projector_dims=(16,))
+    with pytest.raises(ValueError, match=r"needs an encoder whose output is \[batch, dim\]"):
+        model.build((None, 16, 16, 3))
+
+
+def test_a_subclassed_encoder_without_compute_output_shape_trains():
+    x = np.random.default_rng(0).random((8, 16, 16, 3)).astype("float32")
+    model = bt_keras.BarlowTwins(_OwnEncoder(), projector_dims=(16,))
+    model.compile(optimizer="adam")
+    pairs = tf.data.Dataset.from_tensor_slices((x, x[::-1])).batch(4, drop_remainder=True)
+    history = model.fit(pairs, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0]) and model.encoder.conv.kernel.shape == (3, 3, 3, 8)

@@ -38,18 +38,7 @@ from bt_keras._lazy import lazy_namespace
 from bt_keras.augment.config import __all__ as _config_names
 
 _CONFIG = tuple(_config_names)  # config.py is TensorFlow-free: importing it here costs nothing
-_PIXEL = (
-    "apply_batch",
-    "blur_kernel_size",
-    "_JITTER_OPS",
-    "_brightness",
-    "_color_jitter",
-    "_contrast",
-    "_gaussian_blur",
-    "_gray",
-    "_hue",
-    "_saturation",
-)
+_PIXEL = ("apply_batch", "blur_kernel_size")
 # Name -> the submodule that defines it.
 _EXPORTS = {
     **{name: "bt_keras.augment.config" for name in _CONFIG},
@@ -60,10 +49,13 @@ _EXPORTS = {
     **{name: "bt_keras.augment.shuffle" for name in ("maybe_shuffle_pixels", "pixel_permutation", "shuffle_pixels")},
     **{name: "bt_keras.augment.views" for name in ("TwoViews", "VECTORISED_MAX_SIDE", "augment_pair", "augment_views")},
 }
-_ALIASES = {"_resolved": ("bt_keras.augment.config", "resolve_augment")}  # the old private name
 
-__all__ = sorted(name for name in _EXPORTS if not name.startswith("_"))
+__all__ = sorted(_EXPORTS)
 
 
 _SUBMODULES = ("config", "crop", "params", "pixel", "rng", "shuffle", "views")
-__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES, aliases=_ALIASES)
+__getattr__, __dir__ = lazy_namespace(
+    __name__,
+    _EXPORTS,
+    submodules=_SUBMODULES,
+)

@@ -47,10 +47,10 @@ _EXPORTS = {
     **{name: "bt_keras.evaluation.linear" for name in ("linear_probe", "linear_probe_sgd")},
     **{name: "bt_keras.evaluation.protocol" for name in ("evaluate", "format_table")},
     **{name: "bt_keras.saving" for name in ("FrozenEncoder", "find_saved_model", "load_frozen_encoder")},
-    # The command line moved to bt_keras.cli.eval; these stay reachable here.
-    **{name: "bt_keras.cli.eval" for name in ("main", "_main")},
+    # The command line moved to bt_keras.cli.eval; its entry point stays reachable here.
+    "main": "bt_keras.cli.eval",
 }
 _SUBMODULES = ("features", "knn", "linear", "protocol")
 
-__all__ = sorted(["LINEAR_MODES", "PROTOCOLS", *(n for n in _EXPORTS if n not in ("main", "_main"))])
+__all__ = sorted(["LINEAR_MODES", "PROTOCOLS", *(n for n in _EXPORTS if n != "main")])
 __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES)
