@@ -502,7 +502,7 @@ def check_sources(cfg: Config) -> None:
     >>> check_sources(config_from_dict({"data": {"source": "folder:/no/such/photos"}}))
     Traceback (most recent call last):
     ...
-    bt_keras.errors.DataError: data.source: folder:/no/such/photos: no such directory
+    bt_keras.errors.DataError: data.source: folder:/no/such/photos: no such directory (looked for /no/such/photos)
     """
     from bt_keras.data.prepare import open_source
 

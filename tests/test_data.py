@@ -508,3 +508,20 @@ def test_quality_benchmark_runs_on_a_small_labelled_folder(tmp_path):
     for row in results["rows"].values():
         assert 0.0 <= row["top1"] <= row["top5"] <= 1.0
     assert (out / "run" / "encoder.keras").exists() and (out / "table.md").exists()
+
+
+def test_a_folder_under_home_is_expanded_and_a_missing_one_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """``folder:~/photos`` (the shell leaves ``~`` after ``folder:`` alone) works in every command."""
+    home = tmp_path / "home"
+    (home / "photos").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full([8, 8, 3], 40 * i, np.uint8)).save(home / "photos" / f"{i}.png")
+    monkeypatch.setenv("HOME", str(home))
+    assert data.count_examples("folder:~/photos") == 3
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        data.count_examples("folder:missing")
+    assert str(e.value) == (
+        f"folder:missing: no such directory (looked for {tmp_path / 'missing'}, "
+        f"relative to the working directory {tmp_path})"
+    )

@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 import sys
 
 from bt_keras.cli import ArgumentParser, UserError, load_tensorflow, run_command
@@ -49,8 +48,6 @@ def _body(argv) -> int:
     source = args.source
     if not source.startswith(("folder:", "tfds:", "tfrecord:", "demo")):
         source = "folder:" + source  # a bare path (local or gs://) is a folder
-    if source.startswith("folder:"):
-        source = "folder:" + os.path.expanduser(source[len("folder:") :])
     if args.shards < 1:
         raise UserError(f"--shards: must be >= 1, got {args.shards}")
 

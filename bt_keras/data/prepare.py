@@ -183,7 +183,7 @@ def open_source(source, data_dir=None, *, key: str | None = None, labelled: bool
     >>> open_source("folder:/no/such/dir", key="eval.train_source")
     Traceback (most recent call last):
     ...
-    bt_keras.errors.DataError: eval.train_source: folder:/no/such/dir: no such directory
+    bt_keras.errors.DataError: eval.train_source: folder:/no/such/dir: no such directory (looked for /no/such/dir)
     """
     try:
         src = parse_source(source, data_dir)

@@ -192,6 +192,26 @@ def as_memory(images, labels=None, name="arrays") -> MemorySource:
     return MemorySource(name, images=images, labels=labels)
 
 
+def user_path(path: str) -> str:
+    """``path`` with a leading ``~`` expanded (local paths only: ``gs://...`` is left as it is).
+
+    Shells expand ``~`` only at the start of a word, so ``folder:~/photos`` reaches us unexpanded.
+
+    >>> user_path("gs://bucket/x"), user_path("~/x") == os.path.expanduser("~/x")
+    ('gs://bucket/x', True)
+    """
+    return path if "://" in path else os.path.expanduser(path)
+
+
+def where_looked(path: str) -> str:
+    """How a missing local path was resolved, for messages: the absolute path, and the working
+    directory a relative path was taken against."""
+    if "://" in path:
+        return path
+    looked = os.path.abspath(path)
+    return looked if os.path.isabs(path) else f"{looked}, relative to the working directory {os.getcwd()}"
+
+
 class FolderSource(Source):
     """Image files under a directory (local or gs://), sorted, labels from sub-folders."""
 
@@ -199,9 +219,10 @@ class FolderSource(Source):
 
     def __init__(self, root: str):
         self.name = f"folder:{root}"
-        root = root.rstrip("/") or "/"
+        given = root
+        root = user_path(root).rstrip("/") or "/"
         if not tf.io.gfile.isdir(root):
-            raise DataError(f"folder:{root}: no such directory")
+            raise DataError(f"folder:{given}: no such directory (looked for {where_looked(root)})")
         self.root = root
         files, ignored = _walk_remote(root) if "://" in root else _walk_local(root)
         files.sort()
@@ -358,7 +379,7 @@ class TFRecordSource(Source):
 
     def __init__(self, pattern: str):
         self.name = f"tfrecord:{pattern}"
-        files = sorted(tf.io.gfile.glob(pattern))
+        files = sorted(tf.io.gfile.glob(user_path(pattern)))
         if not files:
             raise DataError(f"tfrecord:{pattern}: no file matches")
         _check_one_output(pattern, files)
