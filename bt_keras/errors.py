@@ -85,11 +85,33 @@ def short_repr(value, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
+def _without_graph_traceback(msg: str) -> str:
+    """The reason in a ``Graph execution error``: TensorFlow puts it after the Python stack where the
+    failing op was defined ("Detected at node ... (most recent call last): File ..."), so a cut
+    message would show only the stack."""
+    if not msg.startswith("Graph execution error") or "Detected at node" not in msg:
+        return msg
+    lines = msg.splitlines()
+    frames = [i for i, line in enumerate(lines) if re.match(r'\s+File "', line)]
+    rest = lines[frames[-1] + 1 :] if frames else lines[1:]
+    # After the last frame: its source line (indented, when Python could read it), then the reason.
+    while rest and (not rest[0].strip() or rest[0].startswith("    ")):
+        rest = rest[1:]
+    return "\n".join(rest) or msg
+
+
 def one_line(e: BaseException, limit: int = 200) -> str:
-    """A library exception's message on one line, without TensorFlow's node and op decorations."""
+    r"""A library exception's message on one line, without TensorFlow's node and op decorations.
+
+    >>> stack = 'Detected at node cond/ExtractJpegShape defined at (most recent call last):\n  File "x.py", line 7\n'
+    >>> one_line(ValueError("Graph execution error:\n\n" + stack + "\nBogus marker\n\t [[{{node cond/E}}]] [Op:f]"))
+    'Bogus marker'
+    """
     msg = getattr(e, "message", None) or str(e)
+    msg = _without_graph_traceback(msg[: 50 * limit])
     msg = msg[: 20 * limit]  # a message can quote a whole input: cut before the regular expressions
     msg = " ".join(msg.split())
+    msg = re.sub(r"\s*\[\[(\{\{[^}]*\}\})+\]\]", "", msg)  # TF's node list after the message
     msg = re.sub(r"\{\{[^}]*\}\}\s*", "", msg)  # TF's function-node prefix
     msg = re.sub(r"\s*\[Op:\w+\].*$", "", msg)
     return msg[:limit].replace("\t", " ")

@@ -109,7 +109,12 @@ def write_tfrecords(
     tf.io.gfile.makedirs(staging)
     try:
         info = _build(prep, records, staging, name, num_shards, source)
-        report_skipped(prep.skipped, prep.num_examples, skipped_path or f"{staging}/{name}.skipped.tsv")
+        report_skipped(
+            prep.skipped,
+            prep.num_examples,
+            skipped_path or f"{staging}/{name}.skipped.tsv",
+            shown_path=skipped_path or f"{out}/{name}.skipped.tsv",  # where it is once published
+        )
         _publish(staging, out, name, _previous_output(out, name))
     finally:
         if tf.io.gfile.exists(staging):
