@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import warnings
 
 import keras
@@ -197,12 +198,65 @@ def _check_fingerprint(model, local: str, path: str, settings: dict | None) -> N
         )
 
 
+SECOND_INTERRUPT_MESSAGE = "second Ctrl-C: stopped at once, without a checkpoint; the previous one is intact"
+
+
+class InterruptWatcher:
+    """Sees each SIGINT the moment it arrives, even while a training step runs in TensorFlow's C++.
+
+    Python runs a signal handler only between bytecodes of the main thread, so during a step (which
+    can take minutes for a large model on a CPU) neither Ctrl-C reaches Python. The C-level handler
+    does write the signal's number to the wakeup file descriptor (:func:`signal.set_wakeup_fd`) at
+    once; a thread reading it announces the first Ctrl-C and ends the process on the second, as
+    ``kill -9`` would: checkpoints are written to a temporary name and renamed, so the previous one
+    is intact. Install it from the main thread, while a Python handler for SIGINT is in place.
+    """
+
+    def __init__(self, first_message: str, stream=None):
+        self.first_message = first_message
+        self.stream = stream or sys.stderr
+        self.count = 0
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name="bt-keras-interrupts", daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        while True:
+            try:
+                received = os.read(self._read, 64)
+            except OSError:
+                return
+            if not received:
+                return
+            for signum in received:
+                if signum != signal.SIGINT:
+                    continue
+                self.count += 1
+                if self.count == 1:
+                    self.stream.write(self.first_message + "\n")
+                    self.stream.flush()
+                else:
+                    self.stream.write(SECOND_INTERRUPT_MESSAGE + "\n")
+                    self.stream.flush()
+                    os._exit(130)
+
+    def close(self):
+        """Restores the previous wakeup descriptor; the thread ends."""
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._write)  # the reader sees end of file
+        self._thread.join(timeout=5)
+        os.close(self._read)
+
+
 class TrainingGuard(keras.callbacks.Callback):
     """Checkpoints every N steps and each epoch; on SIGTERM or SIGINT (Ctrl-C) saves and stops;
     stops on a non-finite loss *without* saving, so the last checkpoint stays good.
 
-    A second SIGINT while the first is being handled stops at once
-    (``KeyboardInterrupt``), without a checkpoint: the previous one is intact.
+    A second SIGINT while the first is being handled stops at once, without a
+    checkpoint, even in the middle of a step (:class:`InterruptWatcher`): the
+    previous checkpoint is intact.
     A checkpoint that cannot be written (full disk) stops training with
     :class:`~bt_keras.errors.TrainingStopped`; the previous checkpoint is intact.
 
@@ -227,6 +281,7 @@ class TrainingGuard(keras.callbacks.Callback):
         self.preempted = False
         self.signal_name = None
         self._previous_handlers = {}
+        self._watcher = None
 
     def _on_signal(self, signum, frame):
         if self.preempted and signum == signal.SIGINT:
@@ -242,8 +297,15 @@ class TrainingGuard(keras.callbacks.Callback):
                     self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
                 except ValueError:  # Not the main thread: leave signals alone.
                     break
+            if self._previous_handlers:
+                self._watcher = InterruptWatcher(
+                    "Ctrl-C: stopping after this step with a checkpoint; Ctrl-C again stops at once without one"
+                )
 
     def on_train_end(self, logs=None):
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers = {}

@@ -11,10 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from cluster import free_port, tf_config
+
+from bt_keras.checkpointing import SECOND_INTERRUPT_MESSAGE
 
 pytestmark = pytest.mark.slow  # kill, SIGTERM and lost-worker runs of bt-train
 
@@ -189,3 +192,44 @@ def test_lost_worker_stops_the_other_with_a_message_then_both_resume(tmp_path):
         assert 0 < step < epochs * STEPS_PER_EPOCH
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == epochs * STEPS_PER_EPOCH
+
+
+BLOCKED_STEP = """
+import sys
+import tensorflow as tf
+from bt_keras.checkpointing import TrainingGuard
+
+guard = TrainingGuard(sys.argv[1])
+guard.on_train_begin()
+queue = tf.queue.FIFOQueue(1, tf.float32)
+print("step running", flush=True)
+queue.dequeue()  # blocks in C++ for good: what a minutes-long training step looks like to Python
+"""
+
+
+def test_a_second_ctrl_c_stops_at_once_even_inside_a_step(tmp_path):
+    """Python runs signal handlers only between bytecodes; a heavy step would hold both Ctrl-Cs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BLOCKED_STEP, str(tmp_path / "ckpt.weights.h5")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )
+    watchdog = threading.Timer(120, proc.kill)  # a hang fails the test instead of blocking the suite
+    watchdog.start()
+    try:
+        assert proc.stdout.readline().strip() == "step running", proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        lines = iter(proc.stderr.readline, "")  # TensorFlow's start-up lines may come first
+        first = next((line for line in lines if line.startswith("Ctrl-C")), "")  # at once: the step still runs
+        assert first.startswith("Ctrl-C: stopping after this step with a checkpoint"), first
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)  # without the watcher: blocked for good, and this times out
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == SECOND_INTERRUPT_MESSAGE
