@@ -26,6 +26,7 @@ import tensorflow as tf
 from bt_keras import contract as contract_lib
 from bt_keras.errors import ExportArgumentError, UserError
 from bt_keras.export import checks, layout, litert_export, onnx_export, parity
+from bt_keras.export import quantize as quantize_lib
 from bt_keras.export.layout import REPORT_FILE
 from bt_keras.export.publish import check_destination, publish, staging_directory
 from bt_keras.export.saved_model import saved_model_artifact, write_saved_model
@@ -44,6 +45,8 @@ class ExportResult:
         onnx_path: ``out_dir/onnx/<name>.onnx``, or ``None``.
         report: the content of ``out_dir/export_report.json``.
         litert_path: ``out_dir/litert/<name>.tflite``, or ``None``.
+        int8_onnx_path, int8_litert_path: ``<name>.int8.onnx`` / ``<name>.int8.tflite``
+            when ``quantize="int8"`` and the retrieval gate passed them, else ``None``.
 
     Examples:
 
@@ -56,6 +59,8 @@ class ExportResult:
     onnx_path: Path | None
     report: dict
     litert_path: Path | None = None
+    int8_onnx_path: Path | None = None
+    int8_litert_path: Path | None = None
 
 
 def make_contract(image_size, mean=None, std=None, crop_fraction=None) -> contract_lib.PreprocessingContract:
@@ -94,6 +99,8 @@ def export_encoder(
     tolerance: float = layout.DEFAULT_TOLERANCE,
     source: dict | None = None,
     max_image_pixels: int = contract_lib.MAX_IMAGE_PIXELS,
+    quantize: str | None = None,
+    int8: quantize_lib.Int8Settings | None = None,
 ) -> ExportResult:
     """Exports an encoder as a TF Serving SavedModel, an ONNX and/or a LiteRT model, behind a parity gate.
 
@@ -112,6 +119,12 @@ def export_encoder(
       source: extra provenance recorded in the report (e.g. the run directory).
       max_image_pixels: the SavedModel's ``serving_default`` refuses a request
         image whose header announces more pixels, before decoding it.
+      quantize: ``"int8"`` also writes ``onnx/<name>.int8.onnx`` (with ``"onnx"``)
+        and ``litert/<name>.int8.tflite`` (with ``"litert"``), each published only if
+        the retrieval gate passes it (:mod:`bt_keras.export.quantize`); the float32
+        files are written as without it. ``None``: float32 only.
+      int8: :class:`~bt_keras.export.quantize.Int8Settings` (calibration and held-out
+        images, thresholds); required with ``quantize``.
 
     Returns:
       :class:`ExportResult`; ``report`` is also written to ``out_dir/export_report.json``.
@@ -137,12 +150,15 @@ def export_encoder(
     if int(max_image_pixels) < 1:
         raise ExportArgumentError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
     contract = make_contract(image_size, mean, std, crop_fraction)
+    _check_quantize(quantize, int8, formats)
     out_dir = Path(out_dir).absolute()
     check_destination(out_dir, overwrite)
     encoder, source = _load(encoder, dict(source or {}))
     checks.check_encoder(encoder, contract.image_size)
     model = _float32(encoder, source)
     dim = checks.embedding_dim(model, contract.image_size)
+    # Read before anything is written: a bad calibration source is a one-line argument error.
+    int8_images = None if quantize is None else quantize_lib.quantization_images(int8, contract)
     with staging_directory(out_dir) as tmp:
         sm_dir, onnx_path, litert_path, artifacts = _write_formats(
             model, contract, tmp, formats, name, int(version), dim, source, int(max_image_pixels)
@@ -151,6 +167,11 @@ def export_encoder(
             model, contract, sm_dir, onnx_path, tolerance, source_model=encoder, litert_path=litert_path
         )
         parity.require_parity(gate)
+        int8_report, int8_files = (None, [])
+        if int8_images is not None:
+            int8_report, int8_files = _write_int8(
+                model, contract, tmp, onnx_path, litert_path, dim, source, int8, int8_images
+            )
         report = {
             "bt_keras_version": __version__,
             "created_utc": started.isoformat(timespec="seconds"),
@@ -163,19 +184,74 @@ def export_encoder(
             "source": source,
             "artifacts": artifacts,
             "parity": gate,
+            "int8": int8_report,
             "versions": _versions(onnx="onnx" in formats, litert="litert" in formats),
         }
         atomic_write(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
         files = (sm_dir, onnx_path, litert_path, litert_path and litert_path.with_suffix(".preprocessing.json"))
         written = [p.relative_to(tmp) for p in files if p is not None]
-        publish(tmp, out_dir, overwrite, entries=[*written, REPORT_FILE])
+        publish(tmp, out_dir, overwrite, entries=[*written, *int8_files, REPORT_FILE])
+    int8_paths = {f.suffix: out_dir / f for f in int8_files}
     return ExportResult(
         out_dir=out_dir,
         saved_model_dir=None if sm_dir is None else out_dir / sm_dir.relative_to(tmp),
         onnx_path=None if onnx_path is None else out_dir / onnx_path.relative_to(tmp),
         report=report,
         litert_path=None if litert_path is None else out_dir / litert_path.relative_to(tmp),
+        int8_onnx_path=int8_paths.get(".onnx"),
+        int8_litert_path=int8_paths.get(".tflite"),
     )
+
+
+def _check_quantize(quantize, int8, formats) -> None:
+    """Refuses a bad ``quantize`` / ``int8`` pair before any work (one line)."""
+    if quantize is None:
+        return
+    if quantize not in layout.QUANTIZE_MODES:
+        raise ExportArgumentError(f"--quantize must be one of {', '.join(layout.QUANTIZE_MODES)}, got {quantize!r}")
+    if not ({"onnx", "litert"} & set(formats)):
+        raise ExportArgumentError("--quantize int8 writes int8 ONNX/LiteRT models: add onnx or litert to --formats")
+    if not isinstance(int8, quantize_lib.Int8Settings):
+        raise ExportArgumentError("quantize='int8' needs int8=Int8Settings(calibration_source, ...)")
+    int8.check()
+
+
+def _write_int8(model, contract, tmp: Path, onnx_path, litert_path, dim: int, source: dict, settings, images):
+    """Writes the int8 models next to the float32 ones and gates them; ``(report entry, files to publish)``.
+
+    A file the gate refuses is deleted from ``tmp`` at once: a new output
+    directory is ``tmp`` renamed, so whatever stays there is published.
+    """
+    calibration, gate_pixels, gate_labels = images
+    extra = {"precision": "int8", "quantization": quantize_lib.QUANTIZATION_NOTE}
+    runners, files = {}, {}
+    if onnx_path is not None:
+        path = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+        quantize_lib.write_int8_onnx(onnx_path, path, calibration, extra)
+        runners["onnxruntime"], files["onnxruntime"] = quantize_lib.onnx_runner(path), [path]
+    if litert_path is not None:
+        path = litert_path.with_name(litert_path.stem + ".int8.tflite")
+        metadata = {**litert_export.litert_metadata(contract, dim, source["weights_sha256"]), **extra}
+        sidecar = quantize_lib.write_int8_litert(model, contract, path, metadata, calibration)
+        runners["litert"], files["litert"] = litert_export.litert_runner(path, "int8 encoder"), [path, sidecar]
+    thresholds = settings.gate_thresholds()
+    report = quantize_lib.measure_int8(model, gate_pixels, gate_labels, runners, thresholds, len(calibration))
+    published = []
+    for target, paths in files.items():
+        entry = report["targets"][target]
+        float_path = onnx_path if target == "onnxruntime" else litert_path
+        entry.update(
+            path=str(paths[0].relative_to(tmp)),
+            bytes=paths[0].stat().st_size,
+            float32_bytes=float_path.stat().st_size,
+            published=entry["passed"],
+        )
+        for path in paths:
+            if entry["passed"]:
+                published.append(path.relative_to(tmp))
+            else:
+                path.unlink()
+    return report, published
 
 
 def _load(encoder, source: dict):
