@@ -171,13 +171,18 @@ def test_litert_int8_runs_in_the_interpreter(q):
 
 
 def test_constant_calibration_is_refused_and_the_float32_files_stay(q, capsys):
+    import shutil
+
     # Constant images: every activation range collapses to a point, so the int8 model saturates.
     calib = q.root / "constant"
     (calib / "grey").mkdir(parents=True)
     for i in range(8):
         (calib / "grey" / f"{i}.png").write_bytes(tf.io.encode_png(np.full((40, 40, 3), 128, np.uint8)).numpy())
+    # Into a copy of the accepted export (--overwrite): the earlier int8 files must go too, as they
+    # belong to the float32 files this export replaces.
     out = q.root / "refused"
-    argv = ["--run", str(q.run), "--out", str(out), *COMMON, "--calibration-source", f"folder:{calib}"]
+    shutil.copytree(q.out, out)
+    argv = ["--run", str(q.run), "--out", str(out), *COMMON, "--calibration-source", f"folder:{calib}", "--overwrite"]
     assert export_cli.main([*argv, "--gate-source", "demo:test"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2, err  # one line per refused file

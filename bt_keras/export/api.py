@@ -29,7 +29,7 @@ from bt_keras.export import checks, layout, litert_export, onnx_export, parity
 from bt_keras.export import quantize as quantize_lib
 from bt_keras.export.layout import REPORT_FILE
 from bt_keras.export.publish import check_destination, publish, staging_directory
-from bt_keras.export.saved_model import saved_model_artifact, write_saved_model
+from bt_keras.export.saved_model import saved_model_artifact, write_batching_parameters, write_saved_model
 from bt_keras.io import atomic_write
 from bt_keras.saving import load_encoder
 from bt_keras.version import __version__
@@ -188,9 +188,16 @@ def export_encoder(
             "versions": _versions(onnx="onnx" in formats, litert="litert" in formats),
         }
         atomic_write(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-        files = (sm_dir, onnx_path, litert_path, litert_path and litert_path.with_suffix(".preprocessing.json"))
+        files = (
+            sm_dir,
+            sm_dir and sm_dir.parent / layout.BATCHING_FILE,
+            onnx_path,
+            litert_path,
+            litert_path and litert_path.with_suffix(".preprocessing.json"),
+        )
         written = [p.relative_to(tmp) for p in files if p is not None]
         publish(tmp, out_dir, overwrite, entries=[*written, *int8_files, REPORT_FILE])
+        _remove_stale_int8(out_dir, [p for p in written if p.suffix in (".onnx", ".tflite")], int8_files)
     int8_paths = {f.suffix: out_dir / f for f in int8_files}
     return ExportResult(
         out_dir=out_dir,
@@ -201,6 +208,20 @@ def export_encoder(
         int8_onnx_path=int8_paths.get(".onnx"),
         int8_litert_path=int8_paths.get(".tflite"),
     )
+
+
+def _remove_stale_int8(out_dir: Path, float_files, int8_files) -> None:
+    """Deletes ``<name>.int8.*`` files an earlier export left beside float32 models this export replaced.
+
+    They were quantised from the replaced weights: served beside the new
+    float32 model they would answer for another encoder. The report says what
+    this export published.
+    """
+    for float_file in float_files:
+        int8 = float_file.with_name(f"{float_file.stem}.int8{float_file.suffix}")
+        for stale in (int8, int8.with_suffix(".preprocessing.json")):
+            if stale not in int8_files and (out_dir / stale).is_file():
+                (out_dir / stale).unlink()
 
 
 def _check_quantize(quantize, int8, formats) -> None:
@@ -295,6 +316,8 @@ def _write_formats(
         sm_dir.parent.mkdir(parents=True)
         write_saved_model(model, contract, sm_dir, provenance, parity.warmup_example(contract), max_pixels=max_pixels)
         artifacts["saved_model"] = saved_model_artifact(sm_dir, tmp)
+        batching = write_batching_parameters(sm_dir.parent, name)
+        artifacts["saved_model"]["batching_parameters"] = str(batching.relative_to(tmp))
     if "onnx" in formats:
         onnx_path = tmp / "onnx" / f"{name}.onnx"
         onnx_path.parent.mkdir()

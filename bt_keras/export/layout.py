@@ -18,6 +18,7 @@ INPUT_FLOAT_KEY = "images"
 OUTPUT_KEY = "embedding"
 REPORT_FILE = "export_report.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
+BATCHING_FILE = "batching_parameters.txt"  # saved_model/<name>/, beside the versions: TF Serving's --enable_batching
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # the whole name: fullmatch ("$" lets "x\n" in)
 MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
