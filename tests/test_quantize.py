@@ -226,3 +226,44 @@ def test_encoder_without_a_run_needs_a_calibration_source(q, capsys):
     argv = ["--encoder", str(q.run / "encoder.keras"), "--out", str(q.root / "enc"), "--quantize", "int8"]
     assert export_cli.main(argv) == 2
     assert "pass --calibration-source" in capsys.readouterr().err
+
+
+def _batching_parameters_class():
+    """TF Serving's ``BatchingParameters`` (session_bundle_config.proto), the fields bt-export writes.
+
+    tensorflow-serving-api does not ship this message; it is rebuilt with the same
+    field names and types so that the text-format parser checks the file as the server would.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(
+        descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb).SerializeToString()
+    )
+    f = descriptor_pb2.FileDescriptorProto(name="batching.proto", package="tensorflow.serving")
+    f.dependency.append("google/protobuf/wrappers.proto")
+    m = f.message_type.add(name="BatchingParameters")
+    label, int64_value = descriptor_pb2.FieldDescriptorProto, ".google.protobuf.Int64Value"
+    for number, name in enumerate(
+        ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"), 1
+    ):
+        m.field.add(
+            name=name, number=number, type=label.TYPE_MESSAGE, type_name=int64_value, label=label.LABEL_OPTIONAL
+        )
+    m.field.add(name="pad_variable_length_inputs", number=7, type=label.TYPE_BOOL, label=label.LABEL_OPTIONAL)
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+def test_batching_parameters_parse_as_tf_serving_reads_them(tmp_path):
+    from google.protobuf import text_format
+
+    from bt_keras.export.saved_model import write_batching_parameters
+
+    path = write_batching_parameters(tmp_path, "encoder")
+    text = path.read_text()
+    params = text_format.Parse(text, _batching_parameters_class()())
+    assert params.max_batch_size.value == 32 and params.batch_timeout_micros.value == 2000
+    assert params.num_batch_threads.value == params.max_enqueued_batches.value == 2
+    assert not params.pad_variable_length_inputs
+    assert "--batching_parameters_file=/models/encoder/batching_parameters.txt" in text
