@@ -152,6 +152,12 @@ def _sizes(result) -> dict:
     return {k: round(v / 1e6, 2) for k, v in sizes.items()}
 
 
+def _ort_session(path):
+    import onnxruntime
+
+    return None if path is None else onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 def bench_model(key: str, width: int, batches, seconds: float, workdir: Path, photos: Path | None = None) -> list:
     spec = MODELS[key]
     size = spec["size"]
@@ -164,12 +170,7 @@ def bench_model(key: str, width: int, batches, seconds: float, workdir: Path, ph
     loaded = tf.saved_model.load(str(result.saved_model_dir))
     serve_float = loaded.signatures["serve_float"]
     serve_bytes = loaded.signatures["serving_default"]
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
-    int8_session = None
-    if result.int8_onnx_path is not None:
-        int8_session = onnxruntime.InferenceSession(str(result.int8_onnx_path), providers=["CPUExecutionProvider"])
+    session, int8_session = (_ort_session(p) for p in (result.onnx_path, result.int8_onnx_path))
     try:
         client = _kit_onnx_client().OnnxEncoder(str(result.onnx_path))
     except ImportError:

@@ -142,15 +142,8 @@ def export_encoder(
     ('encoder.onnx', True)
     """
     started = datetime.datetime.now(datetime.timezone.utc)
-    formats = layout.check_formats(formats)
-    if "litert" in formats:
-        litert_export.require_interpreter()  # before any work: a one-line error naming the extra
-    layout.check_name(name)
-    checks.check_version_and_tolerance(version, tolerance)
-    if int(max_image_pixels) < 1:
-        raise ExportArgumentError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
+    formats = _check_arguments(formats, name, version, tolerance, max_image_pixels, quantize, int8)
     contract = make_contract(image_size, mean, std, crop_fraction)
-    _check_quantize(quantize, int8, formats)
     out_dir = Path(out_dir).absolute()
     check_destination(out_dir, overwrite)
     encoder, source = _load(encoder, dict(source or {}))
@@ -176,15 +169,9 @@ def export_encoder(
             "bt_keras_version": __version__,
             "created_utc": started.isoformat(timespec="seconds"),
             "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 2),
-            "name": name,
-            "version": int(version),
-            "formats": list(formats),
-            "embedding_dim": dim,
+            **{"name": name, "version": int(version), "formats": list(formats), "embedding_dim": dim},
             "preprocessing": json.loads(contract.to_json()),
-            "source": source,
-            "artifacts": artifacts,
-            "parity": gate,
-            "int8": int8_report,
+            **{"source": source, "artifacts": artifacts, "parity": gate, "int8": int8_report},
             "versions": _versions(onnx="onnx" in formats, litert="litert" in formats),
         }
         atomic_write(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
@@ -222,6 +209,19 @@ def _remove_stale_int8(out_dir: Path, float_files, int8_files) -> None:
         for stale in (int8, int8.with_suffix(".preprocessing.json")):
             if stale not in int8_files and (out_dir / stale).is_file():
                 (out_dir / stale).unlink()
+
+
+def _check_arguments(formats, name, version, tolerance, max_image_pixels, quantize, int8) -> tuple:
+    """The checked formats; a one-line :class:`ExportArgumentError` for any bad argument, before any work."""
+    formats = layout.check_formats(formats)
+    if "litert" in formats:
+        litert_export.require_interpreter()  # a one-line error naming the extra
+    layout.check_name(name)
+    checks.check_version_and_tolerance(version, tolerance)
+    if int(max_image_pixels) < 1:
+        raise ExportArgumentError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
+    _check_quantize(quantize, int8, formats)
+    return formats
 
 
 def _check_quantize(quantize, int8, formats) -> None:
