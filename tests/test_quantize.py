@@ -267,3 +267,22 @@ def test_batching_parameters_parse_as_tf_serving_reads_them(tmp_path):
     assert params.num_batch_threads.value == params.max_enqueued_batches.value == 2
     assert not params.pad_variable_length_inputs
     assert "--batching_parameters_file=/models/encoder/batching_parameters.txt" in text
+
+
+def test_held_out_images_are_never_calibration_images():
+    from bt_keras.export.quantize import Int8Settings, quantization_images
+
+    # Every image a different flat grey: an image's mean names it after preprocessing.
+    images = np.repeat(np.arange(0, 240, 4, dtype=np.uint8), 8 * 8 * 3).reshape(60, 8, 8, 3)
+    labels = np.arange(60) % 3
+    contract = preprocess.PreprocessingContract(8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0)
+    settings = Int8Settings((images, labels), calibration_images=20, gate_images=30)
+    calibration, gate, gate_labels = quantization_images(settings, contract)
+    assert len(calibration) == 20 and len(gate) == 30
+    calibration_ids = set(np.round(calibration.mean(axis=(1, 2, 3)) * 255).astype(int))
+    gate_ids = np.round(gate.mean(axis=(1, 2, 3)) * 255).astype(int)
+    assert not calibration_ids & set(gate_ids) and len(set(gate_ids)) == 30
+    np.testing.assert_array_equal(gate_labels, (gate_ids // 4) % 3)  # each held-out image keeps its label
+    # A source smaller than both counts is split in half, not left without calibration images.
+    small = quantization_images(Int8Settings((images, labels), calibration_images=256, gate_images=256), contract)
+    assert (len(small[0]), len(small[1])) == (30, 30)

@@ -98,6 +98,7 @@ def _add_int8_arguments(p) -> None:
     )
     g.add_argument(
         "--calibration-images",
+        metavar="N",
         type=positive_int,
         default=DEFAULT_CALIBRATION_IMAGES,
         help=f"calibration images (default {DEFAULT_CALIBRATION_IMAGES})",
@@ -105,6 +106,7 @@ def _add_int8_arguments(p) -> None:
     g.add_argument("--gate-source", metavar="SRC", help="held-out images (default: others of --calibration-source)")
     g.add_argument(
         "--gate-images",
+        metavar="N",
         type=positive_int,
         default=DEFAULT_GATE_IMAGES,
         help=f"held-out images the gate embeds (default {DEFAULT_GATE_IMAGES}, at least {MIN_GATE_IMAGES})",
@@ -113,6 +115,7 @@ def _add_int8_arguments(p) -> None:
         g.add_argument(
             flag,
             dest=key,
+            metavar="X",
             type=unit_interval,
             default=INT8_THRESHOLDS[key],
             help=f"{key.replace('_', ' ')} (default {INT8_THRESHOLDS[key]:g})",

@@ -138,7 +138,8 @@ def quantization_images(settings: Int8Settings, contract) -> tuple:
             settings.calibration_source, calib_n + gate_n, contract, settings, "--calibration-source", settings.seed
         )
         order = np.random.default_rng(settings.seed).permutation(len(pixels))
-        gate_n = min(gate_n, len(pixels) - 1)
+        if len(pixels) < calib_n + gate_n:  # a small source: half for each rather than no calibration
+            gate_n = min(gate_n, len(pixels) // 2)
         held, calib = order[:gate_n], order[gate_n:]
         calibration, gate, gate_labels = pixels[calib], pixels[held], labels[held]
     else:
