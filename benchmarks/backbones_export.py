@@ -12,6 +12,11 @@ Usage:
 
     PYTHONPATH=. python benchmarks/backbones_export.py [--size 32] [--json out.json]
     PYTHONPATH=. python benchmarks/backbones_export.py --only keras.applications.ConvNeXtTiny --formats onnx
+    PYTHONPATH=. python benchmarks/backbones_export.py --quantize int8 --formats onnx,litert --precisions float32
+
+With ``--quantize int8`` each cell is the int8 retrieval gate instead (``bt-export --quantize int8``,
+calibrated on 128 digits of ``demo:train``, gated on 128 of ``demo:test``): median cosine / top-10
+neighbour overlap / kNN top-1 drop, and whether the default thresholds publish the int8 file.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import keras  # noqa: E402
 from bt_keras.config import config_from_dict  # noqa: E402
 from bt_keras.errors import ExportFailed, UserError  # noqa: E402
 from bt_keras.export import export_encoder  # noqa: E402
+from bt_keras.export.quantize import Int8Settings  # noqa: E402
 from bt_keras.training import build_model  # noqa: E402
 
 FORMATS = ("saved_model", "onnx", "litert")
@@ -70,7 +76,13 @@ def _user_file(tmp: Path, size: int) -> str:
     return f"file:{path}"
 
 
-def export_row(encoder_name: str, size: int, tmp: Path, precision: str, formats=FORMATS) -> dict:
+def _int8_cell(result, fmt: str) -> dict:
+    gate = result.report["int8"]["targets"]["onnxruntime" if fmt == "onnx" else "litert"]
+    keys = ("median_cosine", "p5_cosine", "neighbour_overlap", "knn_top1_drop", "bytes", "float32_bytes", "failures")
+    return {"passed": gate["published"], "worst": gate["median_cosine"], **{k: gate[k] for k in keys}}
+
+
+def export_row(encoder_name: str, size: int, tmp: Path, precision: str, formats=FORMATS, quantize=None) -> dict:
     keras.config.set_dtype_policy(precision)
     try:
         cfg = config_from_dict({"model": {"encoder": encoder_name, "width": 16, "projector_dims": [16, 16]}})
@@ -81,13 +93,31 @@ def export_row(encoder_name: str, size: int, tmp: Path, precision: str, formats=
     for fmt in formats:
         started = time.perf_counter()
         try:
-            result = export_encoder(encoder, tmp / f"out_{fmt}", size, formats=(fmt,), overwrite=True)
+            int8 = {}
+            if quantize:
+                settings = Int8Settings("demo:train", gate_source="demo:test", calibration_images=128, gate_images=128)
+                int8 = {"quantize": quantize, "int8": settings}
+            result = export_encoder(encoder, tmp / f"out_{fmt}", size, formats=(fmt,), overwrite=True, **int8)
             row[fmt] = {"passed": True, "worst": result.report["parity"]["worst"]["max_rel_diff"]}
+            if quantize:
+                row[fmt] = _int8_cell(result, fmt)
         except (ExportFailed, UserError) as e:
             row[fmt] = {"passed": False, "reason": str(e)}
         row[fmt]["seconds"] = round(time.perf_counter() - started, 1)
         print(json.dumps({"encoder": encoder_name, "precision": precision, fmt: row[fmt]}), flush=True)
     return row
+
+
+def _cell(cell: dict) -> str:
+    if "reason" in cell:
+        return f"refused: {cell['reason'][:90]}"
+    if "neighbour_overlap" in cell:
+        verdict = "published" if cell["passed"] else "refused"
+        return (
+            f"{cell['median_cosine']:.4f} / {cell['neighbour_overlap']:.3f} / {cell['knn_top1_drop']:+.3f}"
+            f" ({cell['bytes'] / cell['float32_bytes']:.2f}x size, {verdict})"
+        )
+    return f"ok {cell['worst']:.1e}"
 
 
 def main(argv=None) -> int:
@@ -97,6 +127,7 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--quantize", choices=["int8"], help="measure the int8 retrieval gate instead of parity")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,16 +141,14 @@ def main(argv=None) -> int:
                 name = _user_file(tmp, args.size)
                 shown = "file:<user model>.keras"
             for precision in args.precisions.split(","):
-                row = export_row(name, args.size, tmp, precision, args.formats.split(","))
+                row = export_row(name, args.size, tmp, precision, args.formats.split(","), args.quantize)
                 row["encoder"] = shown
                 rows.append(row)
     formats = args.formats.split(",")
     print(f"\n| encoder | precision | params | {' | '.join(formats)} |")
     print("| --- | --- | ---: |" + " --- |" * len(formats))
     for row in rows:
-        cells = [
-            f"ok {row[f]['worst']:.1e}" if row[f]["passed"] else f"refused: {row[f]['reason'][:90]}" for f in formats
-        ]
+        cells = [_cell(row[f]) for f in formats]
         print(f"| `{row['encoder']}` | {row['precision']} | {row['params']:,} | {' | '.join(cells)} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

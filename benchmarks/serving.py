@@ -12,15 +12,21 @@ call) this exports through ``bt_keras.export.export_encoder``
 - ``sm_bytes``: SavedModel ``serving_default`` (JPEG bytes; decode + crop + resize + normalise in the graph)
 - ``ort``: ONNX Runtime on the preprocessed float input
 - ``ort_bytes``: ONNX Runtime plus the serving kit's numpy/Pillow preprocessing of the same JPEG bytes
+- ``ort_int8`` (``--int8``): ONNX Runtime on the int8 model of ``bt-export --quantize int8``, calibrated on
+  256 Imagenette train photos; its retrieval gate runs on 256 Imagenette val photos (never calibrated on),
+  and the table adds the file sizes and the gate's measures
 
 Latency is the median wall time of one call, timed in interleaved rounds (a
 block of calls of every runtime per round, after a short pause) so that load
 from other processes affects all alike and one runtime's spinning thread pool
 does not slow the next; throughput is batch / median.
 Target (issue 4): ONNX Runtime ≤ 0.5 × SavedModel ``serve_float`` latency at batch 1.
+Targets (issue 25, ``--int8``): int8 ≤ 0.5 × float32 ONNX Runtime latency at batch 32, int8 file ≤ 0.3 × the
+float32 file, top-10 neighbour overlap ≥ 0.9.
 
     PYTHONPATH=. python benchmarks/serving.py                 # all three encoders, ≈ 2 minutes on 2 idle cores
     PYTHONPATH=. python benchmarks/serving.py --models cifar --seconds 1 --json out.json
+    PYTHONPATH=. python benchmarks/serving.py --models resnet18_224 --int8 --seconds 2   # needs ../shared/data
 """
 
 from __future__ import annotations
@@ -116,20 +122,55 @@ def _time_interleaved(
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def bench_model(key: str, width: int, batches, seconds: float, workdir: Path) -> list:
+def _imagenette(data: Path, cache: Path) -> Path:
+    """The Imagenette photos (``train/``, ``val/``), extracted once into ``cache`` with the embed benchmark's helper."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from embed import extracted
+
+    archive = data / "imagenette-224-mini.tar.gz"
+    if not archive.is_file():
+        raise SystemExit(f"--int8 needs {archive} (--data)")
+    root = extracted(archive, cache, "train")
+    return root if (root / "train").is_dir() else next(p for p in root.iterdir() if (p / "train").is_dir())
+
+
+def _int8_settings(photos: Path | None):
+    if photos is None:
+        return {}
+    from bt_keras.export.quantize import Int8Settings
+
+    settings = Int8Settings(f"folder:{photos / 'train'}", gate_source=f"folder:{photos / 'val'}")
+    return {"quantize": "int8", "int8": settings}
+
+
+def _sizes(result) -> dict:
+    """File sizes in MB of each exported model (SavedModel: its variables)."""
+    variables = sum(f.stat().st_size for f in (result.saved_model_dir / "variables").iterdir())
+    sizes = {"saved_model_variables": variables, "onnx": result.onnx_path.stat().st_size}
+    if result.int8_onnx_path is not None:
+        sizes["onnx_int8"] = result.int8_onnx_path.stat().st_size
+    return {k: round(v / 1e6, 2) for k, v in sizes.items()}
+
+
+def _ort_session(path):
+    import onnxruntime
+
+    return None if path is None else onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def bench_model(key: str, width: int, batches, seconds: float, workdir: Path, photos: Path | None = None) -> list:
     spec = MODELS[key]
     size = spec["size"]
     encoder = _build(spec, width)
     t = time.perf_counter()
-    result = export.export_encoder(encoder, workdir / key, size)
+    result = export.export_encoder(encoder, workdir / key, size, **_int8_settings(photos))
     export_seconds = time.perf_counter() - t
+    gate = (result.report["int8"] or {}).get("targets", {}).get("onnxruntime")
     contract = export.make_contract(size)
     loaded = tf.saved_model.load(str(result.saved_model_dir))
     serve_float = loaded.signatures["serve_float"]
     serve_bytes = loaded.signatures["serving_default"]
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
+    session, int8_session = (_ort_session(p) for p in (result.onnx_path, result.int8_onnx_path))
     try:
         client = _kit_onnx_client().OnnxEncoder(str(result.onnx_path))
     except ImportError:
@@ -153,6 +194,8 @@ def bench_model(key: str, width: int, batches, seconds: float, workdir: Path) ->
         }
         if client is not None:
             runs["ort_bytes"] = lambda: client.embed_bytes(encoded)
+        if int8_session is not None:
+            runs["ort_int8"] = lambda: int8_session.run(["embedding"], {"images": pixels})[0]
         medians = _time_interleaved(runs, seconds)
         for name, median in medians.items():
             rows.append(
@@ -166,6 +209,8 @@ def bench_model(key: str, width: int, batches, seconds: float, workdir: Path) ->
                     "images_per_s": batch / median,
                     "export_seconds": round(export_seconds, 1),
                     "parity_worst_rel": result.report["parity"]["worst"]["max_rel_diff"],
+                    "sizes_mb": _sizes(result),
+                    "int8_gate": gate,
                 }
             )
             print(
@@ -181,7 +226,42 @@ LABELS = {
     "sm_bytes": "SavedModel `serving_default` (JPEG bytes)",
     "ort": "ONNX Runtime",
     "ort_bytes": "ONNX Runtime + client preprocessing (JPEG bytes)",
+    "ort_int8": "ONNX Runtime, int8 (QDQ)",
 }
+
+
+def _median(sub, runtime: str, batch: int) -> float | None:
+    found = [r["median_ms"] for r in sub if r["runtime"] == runtime and r["batch"] == batch]
+    return found[0] if found else None
+
+
+def int8_lines(sub) -> list:
+    """The int8 rows' verdicts: latency and size against float32, and the retrieval gate's measures."""
+    gate, sizes = sub[0]["int8_gate"], sub[0]["sizes_mb"]
+    if gate is None:
+        return []
+    lines = []
+    for batch in sorted({r["batch"] for r in sub}):
+        int8, f32 = _median(sub, "ort_int8", batch), _median(sub, "ort", batch)
+        if int8 is not None and f32 is not None:
+            target = " (target ≤ 0.5×)" if batch == 32 else ""
+            lines.append(f"- int8 / float32 ONNX Runtime latency at batch {batch}: {int8 / f32:.2f}×{target}")
+    lines.append(
+        f"- files: ONNX float32 {sizes['onnx']} MB, int8 {sizes['onnx_int8']} MB"
+        f" ({sizes['onnx_int8'] / sizes['onnx']:.2f}×, target ≤ 0.3×); SavedModel variables"
+        f" {sizes['saved_model_variables']} MB"
+    )
+    knn = (
+        f", kNN top-1 {gate['knn_top1_float32']:.3f} (float32) vs {gate['knn_top1_int8']:.3f} (int8)"
+        if "knn_top1_int8" in gate
+        else ""
+    )
+    lines.append(
+        f"- gate on {gate['images']} held-out photos: median cosine {gate['median_cosine']:.4f}, 5th percentile"
+        f" {gate['p5_cosine']:.4f}, top-10 neighbour overlap {gate['neighbour_overlap']:.3f} (target ≥ 0.9){knn};"
+        f" {'published' if gate['published'] else 'refused'}"
+    )
+    return lines
 
 
 def table(rows) -> str:
@@ -210,6 +290,7 @@ def table(rows) -> str:
             lines.append(
                 f"\nONNX Runtime / SavedModel latency at batch 1: {ort / sm:.2f}× ({verdict} the ≤ 0.5× target)\n"
             )
+        lines += int8_lines(sub)
     return "\n".join(lines)
 
 
@@ -220,7 +301,11 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=64, help="ResNet first-stage width (64 = standard ResNet-18)")
     p.add_argument("--seconds", type=float, default=3.0, help="timing budget per cell")
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--int8", action="store_true", help="add the int8 ONNX model (bt-export --quantize int8)")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="directory with the .tar.gz archives")
+    p.add_argument("--cache", default=str(Path.home() / ".cache" / "bt_keras" / "bench-data"))
     args = p.parse_args(argv)
+    photos = _imagenette(Path(args.data), Path(args.cache)) if args.int8 else None
     batches = [int(b) for b in args.batches.split(",")]
     import keras
     import onnxruntime
@@ -233,7 +318,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
-            rows += bench_model(key, args.width, batches, args.seconds, Path(tmp))
+            rows += bench_model(key, args.width, batches, args.seconds, Path(tmp), photos)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}\n")
     print(table(rows))
     if args.json:

@@ -16,11 +16,16 @@ frame; only the first frame is decoded); a path that is not a regular file
 or infinite value gets a NaN row; an empty batch gives ``[0, dim]``. Errors
 are one line (``onnx_client: error: ...``, exit code 2).
 
+The int8 model of ``bt-export --quantize int8`` (``<name>.int8.onnx``) is
+served the same way: same input, output and contract metadata; its
+``metadata["precision"]`` is ``"int8"``.
+
 Needs: numpy, onnxruntime, Pillow.
 
 Usage::
 
     python export/onnx_client.py exports/cifar/onnx/encoder.onnx cat.jpg dog.png --out embeddings.npy
+    python export/onnx_client.py exports/cifar/onnx/encoder.int8.onnx cat.jpg dog.png --out embeddings.npy
 
 Python::
 

@@ -120,6 +120,7 @@ def test_layout_and_report(ex):
     assert (ex.sm / "assets.extra" / "tf_serving_warmup_requests").is_file()
     assert ex.onnx.is_file()
     assert sorted(p.name for p in ex.out.iterdir()) == ["export_report.json", "onnx", "saved_model"]
+    assert sorted(p.name for p in ex.sm.parent.iterdir()) == ["1", "batching_parameters.txt"]
     assert _leftovers(ex.out) == []
     report = json.loads((ex.out / "export_report.json").read_text())
     parity = report["parity"]
@@ -136,6 +137,7 @@ def test_layout_and_report(ex):
     assert report["preprocessing"]["mean"] == list(preprocess.CIFAR10_MEAN)
     assert report["source"]["weights_sha256"] == export.weights_sha256(ex.encoder)
     assert report["source"]["run_dir"] == str(ex.run.absolute())
+    assert report["artifacts"]["saved_model"]["batching_parameters"] == "saved_model/encoder/batching_parameters.txt"
     sig = report["artifacts"]["saved_model"]["signatures"]
     assert sig["serving_default"]["inputs"] == {"image_bytes": {"dtype": "string", "shape": [None]}}
     assert sig["serve_float"]["inputs"] == {"images": {"dtype": "float32", "shape": [None, SIZE, SIZE, 3]}}

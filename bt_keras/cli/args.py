@@ -113,6 +113,20 @@ def fraction(text: str) -> float:
     return _checked(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
+def unit_interval(text: str) -> float:
+    """A number in [0, 1], for the int8 gate's thresholds.
+
+    Args:
+        text: the flag's value.
+
+    Examples:
+
+    >>> unit_interval("0.98")
+    0.98
+    """
+    return _checked(text, float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
 def add_encoder_arguments(parser) -> None:
     """The flags that choose a frozen encoder and its preprocessing (``bt-eval``, ``bt-embed``).
 

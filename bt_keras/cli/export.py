@@ -2,11 +2,14 @@
 
     bt-export --run runs/cifar --out exports/cifar [--name encoder] [--version 1] [--formats saved_model,onnx]
     bt-export --encoder enc.keras --out exports/enc [--image-size 32]   (size: the encoder's static input)
+    bt-export --run runs/cifar --out exports/cifar --quantize int8 [--formats saved_model,onnx,litert]
 
 The preprocessing contract is the run's (or the one next to ``--encoder``)
 ``preprocessing.json``; ``--image-size/--mean/--std/--crop-fraction`` may
 repeat it but not contradict it. Bad arguments: one line, exit code 2; a
-failed export (conversion, parity): exit code 1; SIGTERM or Ctrl-C: exit
+failed export (conversion, parity), or an int8 file the retrieval gate
+refused (the float32 files are published; one line says which measure
+failed and by how much): exit code 1; SIGTERM or Ctrl-C: exit
 code 130. Nothing is left behind in any case. See :mod:`bt_keras.export`.
 """
 
@@ -17,13 +20,19 @@ import sys
 from pathlib import Path
 
 from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, tensorflow_fault
-from bt_keras.cli.args import floats, fraction, model_version, positive_int
+from bt_keras.cli.args import floats, fraction, model_version, positive_int, unit_interval
 from bt_keras.contract import MAX_IMAGE_PIXELS, read_contract, resolve_contract
 from bt_keras.errors import ExportArgumentError, ExportFailed, one_line
 from bt_keras.export.layout import (
+    DEFAULT_CALIBRATION_IMAGES,
     DEFAULT_FORMATS,
+    DEFAULT_GATE_IMAGES,
     DEFAULT_TOLERANCE,
+    INT8_THRESHOLD_FLAGS,
+    INT8_THRESHOLDS,
+    MIN_GATE_IMAGES,
     ONNX_OPSET,
+    QUANTIZE_MODES,
     check_formats,
     check_name,
     require_litert,
@@ -73,7 +82,67 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="parity gate relative tolerance (default: 1e-4)"
     )
+    _add_int8_arguments(p)
     return p
+
+
+def _add_int8_arguments(p) -> None:
+    """``--quantize int8`` and its calibration, held-out and threshold flags."""
+    g = p.add_argument_group("int8 (--quantize int8: ONNX Runtime QDQ and LiteRT full-integer, retrieval-gated)")
+    g.add_argument("--quantize", choices=QUANTIZE_MODES, help="also write int8 ONNX/LiteRT models, retrieval-gated")
+    g.add_argument(
+        "--calibration-source",
+        metavar="SRC",
+        help="images to calibrate on (demo:test, folder:PATH, tfrecord:GLOB, tfds:NAME[:SPLIT]); "
+        "default with --run: the run's data.source",
+    )
+    g.add_argument(
+        "--calibration-images",
+        metavar="N",
+        type=positive_int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help=f"calibration images (default {DEFAULT_CALIBRATION_IMAGES})",
+    )
+    g.add_argument("--gate-source", metavar="SRC", help="held-out images (default: others of --calibration-source)")
+    g.add_argument(
+        "--gate-images",
+        metavar="N",
+        type=positive_int,
+        default=DEFAULT_GATE_IMAGES,
+        help=f"held-out images the gate embeds (default {DEFAULT_GATE_IMAGES}, at least {MIN_GATE_IMAGES})",
+    )
+    for key, flag in INT8_THRESHOLD_FLAGS.items():
+        g.add_argument(
+            flag,
+            dest=key,
+            metavar="X",
+            type=unit_interval,
+            default=INT8_THRESHOLDS[key],
+            help=f"{key.replace('_', ' ')} (default {INT8_THRESHOLDS[key]:g})",
+        )
+
+
+def _int8_settings(args):
+    """The :class:`~bt_keras.export.quantize.Int8Settings` of the flags (the run's data.source by default)."""
+    from bt_keras.export.quantize import Int8Settings
+
+    source, data_dir = args.calibration_source, None
+    config_file = None if args.run is None else Path(args.run) / "config.yaml"
+    if config_file is not None and config_file.is_file():
+        from bt_keras.config import load_config
+
+        cfg = load_config(str(config_file))
+        source, data_dir = source or cfg.data.source, cfg.data.data_dir
+    settings = Int8Settings(
+        calibration_source=source,
+        gate_source=args.gate_source,
+        calibration_images=args.calibration_images,
+        gate_images=args.gate_images,
+        thresholds={key: getattr(args, key) for key in INT8_THRESHOLDS},
+        data_dir=data_dir,
+    )
+    settings.check()
+    return settings
 
 
 def _sources(args) -> tuple:
@@ -139,6 +208,23 @@ def _print_result(result) -> None:
         f" ({worst['target']}, batch {worst['batch']}),"
         f" tolerance {parity['tolerance']:g}"
     )
+    for gate in ((result.report.get("int8") or {}).get("targets") or {}).values():
+        if gate["published"]:
+            ratio = gate["bytes"] / gate["float32_bytes"]
+            print(
+                f"  int8        {result.out_dir / gate['path']}  ({ratio:.2f}x the float32 size;"
+                f" median cosine {gate['median_cosine']:.4f}, top-10 overlap {gate['neighbour_overlap']:.3f})"
+            )
+
+
+def _int8_refusals(result) -> int:
+    """Writes one line per int8 file the gate refused; 1 if any was, else 0."""
+    from bt_keras.export.quantize import refusal_message
+
+    refused = [(t, g) for t, g in ((result.report.get("int8") or {}).get("targets") or {}).items() if not g["passed"]]
+    for target, gate in refused:
+        sys.stderr.write(f"{PROG}: {refusal_message(target, gate)} (float32 files published)\n")
+    return 1 if refused else 0
 
 
 def _body(argv) -> int:
@@ -151,11 +237,14 @@ def _body(argv) -> int:
     from bt_keras.export import publish
 
     publish.check_destination(Path(args.out).absolute(), args.overwrite)
+    if args.quantize and not ({"onnx", "litert"} & set(formats)):
+        raise ExportArgumentError("--quantize int8 writes int8 ONNX/LiteRT models: add onnx or litert to --formats")
     load_tensorflow()
     import tensorflow as tf
 
     from bt_keras.export import export_encoder
 
+    int8 = _int8_settings(args) if args.quantize else None
     source = {
         "run_dir": None if args.run is None else str(Path(args.run).absolute()),
         "preprocessing_file": None if contract_file is None else str(contract_file.absolute()),
@@ -175,6 +264,8 @@ def _body(argv) -> int:
             tolerance=args.tolerance,
             source=source,
             max_image_pixels=args.max_image_pixels,
+            quantize=args.quantize,
+            int8=int8,
         )
     except (ExportFailed, OSError) as e:
         # Not the user's arguments (exit 2) but the export itself; nothing was written.
@@ -183,7 +274,7 @@ def _body(argv) -> int:
     except tf.errors.OpError as e:  # e.g. a full disk while TensorFlow writes the SavedModel; nothing was published
         return tensorflow_fault(PROG, e)
     _print_result(result)
-    return 0
+    return _int8_refusals(result)
 
 
 def _interrupt(signum, frame):

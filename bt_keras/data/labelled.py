@@ -180,7 +180,15 @@ class LabelledImages:
 
 
 def sample_labelled(
-    source, max_examples: int, contract, *, data_dir=None, seed: int = 0, batch_size: int = 256, max_mb: int = 512
+    source,
+    max_examples: int,
+    contract,
+    *,
+    data_dir=None,
+    seed: int = 0,
+    batch_size: int = 256,
+    max_mb: int = 512,
+    require_labels: bool = True,
 ):
     """A fixed random subset of a labelled source, preprocessed as for
     evaluation: ``(images float32, labels int)`` arrays, at most
@@ -195,6 +203,8 @@ def sample_labelled(
         seed: which subset.
         batch_size: the evaluation batch used while reading.
         max_mb: the subset's memory cap.
+        require_labels: ``False`` accepts an unlabelled source (labels -1), as
+            the int8 export's calibration images need.
 
     Examples:
 
@@ -213,9 +223,10 @@ def sample_labelled(
         batch_size=batch_size,
         **contract.eval_kwargs(),
         data_dir=data_dir,
+        with_ids=not require_labels,
     )
     xs, ys, seen = [], [], 0
-    for images, labels in ds:
+    for images, labels, *_ in ds:
         b = int(labels.shape[0])
         mask = keep[seen : seen + b]
         if len(mask) < b:

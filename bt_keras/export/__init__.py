@@ -12,6 +12,7 @@ One module per step: :mod:`~bt_keras.export.checks` (what is exportable, the
 float32 rebuild), :mod:`~bt_keras.export.saved_model`,
 :mod:`~bt_keras.export.warmup` (TF Serving warm-up requests),
 :mod:`~bt_keras.export.onnx_export`, :mod:`~bt_keras.export.litert_export`, :mod:`~bt_keras.export.parity`,
+:mod:`~bt_keras.export.quantize` (int8 models and their retrieval gate),
 :mod:`~bt_keras.export.publish` (the atomic output directory) and
 :mod:`~bt_keras.export.api` (:func:`export_encoder`, which runs them in order).
 The command line is :mod:`bt_keras.cli.export`.
@@ -22,9 +23,11 @@ Layout of ``out_dir``::
         saved_model.pb, variables/
         assets.extra/tf_serving_warmup_requests
         assets.extra/preprocessing.json
+    saved_model/<name>/batching_parameters.txt   TF Serving --enable_batching
     onnx/<name>.onnx
     litert/<name>.tflite, litert/<name>.preprocessing.json   (--formats ...,litert)
-    export_report.json                    parity measurements, versions, shapes
+    onnx/<name>.int8.onnx, litert/<name>.int8.tflite   (--quantize int8, if the retrieval gate passed them)
+    export_report.json                    parity and int8 gate measurements, versions, shapes
 
 Examples:
 
@@ -66,11 +69,23 @@ _EXPORTS = {
     **{name: "bt_keras.export.checks" for name in ("float32_encoder", "weights_sha256")},
     **{name: "bt_keras.export.parity" for name in ("parity_images", "relative_difference")},
     **{name: "bt_keras.export.warmup" for name in ("prediction_log", "write_warmup_requests")},
+    "Int8Settings": "bt_keras.export.quantize",
     "load_encoder": "bt_keras.saving",
     # The command line moved to bt_keras.cli.export; these stay reachable here.
     **{name: "bt_keras.cli.export" for name in ("build_parser", "main")},
 }
-_SUBMODULES = ("api", "checks", "layout", "litert_export", "onnx_export", "parity", "publish", "saved_model", "warmup")
+_SUBMODULES = (
+    "api",
+    "checks",
+    "layout",
+    "litert_export",
+    "onnx_export",
+    "parity",
+    "publish",
+    "quantize",
+    "saved_model",
+    "warmup",
+)
 
 __all__ = sorted(n for n in _EXPORTS if n not in ("build_parser", "main"))
 __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES)

@@ -19,9 +19,10 @@ import tensorflow as tf
 from bt_keras import contract as contract_lib
 from bt_keras.errors import ExportArgumentError, UserError
 from bt_keras.export import checks, layout, litert_export, onnx_export, parity
+from bt_keras.export import quantize as quantize_lib
 from bt_keras.export.layout import REPORT_FILE
 from bt_keras.export.publish import check_destination, publish, staging_directory
-from bt_keras.export.saved_model import saved_model_artifact, write_saved_model
+from bt_keras.export.saved_model import saved_model_artifact, write_batching_parameters, write_saved_model
 from bt_keras.io import atomic_write
 from bt_keras.saving import load_encoder
 from bt_keras.version import __version__
@@ -37,6 +38,8 @@ class ExportResult:
         onnx_path: ``out_dir/onnx/<name>.onnx``, or ``None``.
         report: the content of ``out_dir/export_report.json``.
         litert_path: ``out_dir/litert/<name>.tflite``, or ``None``.
+        int8_onnx_path, int8_litert_path: ``<name>.int8.onnx`` / ``<name>.int8.tflite``
+            when ``quantize="int8"`` and the retrieval gate passed them, else ``None``.
 
     Examples:
 
@@ -49,6 +52,8 @@ class ExportResult:
     onnx_path: Path | None
     report: dict
     litert_path: Path | None = None
+    int8_onnx_path: Path | None = None
+    int8_litert_path: Path | None = None
 
 
 def make_contract(image_size, mean=None, std=None, crop_fraction=None) -> contract_lib.PreprocessingContract:
@@ -87,6 +92,8 @@ def export_encoder(
     tolerance: float = layout.DEFAULT_TOLERANCE,
     source: dict | None = None,
     max_image_pixels: int = contract_lib.MAX_IMAGE_PIXELS,
+    quantize: str | None = None,
+    int8: quantize_lib.Int8Settings | None = None,
 ) -> ExportResult:
     """Exports an encoder as a TF Serving SavedModel, an ONNX and/or a LiteRT model, behind a parity gate.
 
@@ -105,6 +112,12 @@ def export_encoder(
       source: extra provenance recorded in the report (e.g. the run directory).
       max_image_pixels: the SavedModel's ``serving_default`` refuses a request
         image whose header announces more pixels, before decoding it.
+      quantize: ``"int8"`` also writes ``onnx/<name>.int8.onnx`` (with ``"onnx"``)
+        and ``litert/<name>.int8.tflite`` (with ``"litert"``), each published only if
+        the retrieval gate passes it (:mod:`bt_keras.export.quantize`); the float32
+        files are written as without it. ``None``: float32 only.
+      int8: :class:`~bt_keras.export.quantize.Int8Settings` (calibration and held-out
+        images, thresholds); required with ``quantize``.
 
     Returns:
       :class:`ExportResult`; ``report`` is also written to ``out_dir/export_report.json``.
@@ -123,13 +136,7 @@ def export_encoder(
     ('encoder.onnx', True)
     """
     started = datetime.datetime.now(datetime.timezone.utc)
-    formats = layout.check_formats(formats)
-    if "litert" in formats:
-        litert_export.require_interpreter()  # before any work: a one-line error naming the extra
-    layout.check_name(name)
-    checks.check_version_and_tolerance(version, tolerance)
-    if int(max_image_pixels) < 1:
-        raise ExportArgumentError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
+    formats = _check_arguments(formats, name, version, tolerance, max_image_pixels, quantize, int8)
     contract = make_contract(image_size, mean, std, crop_fraction)
     out_dir = Path(out_dir).absolute()
     check_destination(out_dir, overwrite)
@@ -137,6 +144,8 @@ def export_encoder(
     checks.check_encoder(encoder, contract.image_size)
     model = _float32(encoder, source)
     dim = checks.embedding_dim(model, contract.image_size)
+    # Read before anything is written: a bad calibration source is a one-line argument error.
+    int8_images = None if quantize is None else quantize_lib.quantization_images(int8, contract)
     with staging_directory(out_dir) as tmp:
         sm_dir, onnx_path, litert_path, artifacts = _write_formats(
             model, contract, tmp, formats, name, int(version), dim, source, int(max_image_pixels)
@@ -145,31 +154,119 @@ def export_encoder(
             model, contract, sm_dir, onnx_path, tolerance, source_model=encoder, litert_path=litert_path
         )
         parity.require_parity(gate)
+        int8_report, int8_files = (None, [])
+        if int8_images is not None:
+            int8_report, int8_files = _write_int8(
+                model, contract, tmp, onnx_path, litert_path, dim, source, int8, int8_images
+            )
         report = {
             "bt_keras_version": __version__,
             "created_utc": started.isoformat(timespec="seconds"),
             "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 2),
-            "name": name,
-            "version": int(version),
-            "formats": list(formats),
-            "embedding_dim": dim,
+            **{"name": name, "version": int(version), "formats": list(formats), "embedding_dim": dim},
             "preprocessing": json.loads(contract.to_json()),
-            "source": source,
-            "artifacts": artifacts,
-            "parity": gate,
+            **{"source": source, "artifacts": artifacts, "parity": gate, "int8": int8_report},
             "versions": _versions(onnx="onnx" in formats, litert="litert" in formats),
         }
         atomic_write(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-        files = (sm_dir, onnx_path, litert_path, litert_path and litert_path.with_suffix(".preprocessing.json"))
+        files = (
+            sm_dir,
+            sm_dir and sm_dir.parent / layout.BATCHING_FILE,
+            onnx_path,
+            litert_path,
+            litert_path and litert_path.with_suffix(".preprocessing.json"),
+        )
         written = [p.relative_to(tmp) for p in files if p is not None]
-        publish(tmp, out_dir, overwrite, entries=[*written, REPORT_FILE])
+        publish(tmp, out_dir, overwrite, entries=[*written, *int8_files, REPORT_FILE])
+        _remove_stale_int8(out_dir, [p for p in written if p.suffix in (".onnx", ".tflite")], int8_files)
+    int8_paths = {f.suffix: out_dir / f for f in int8_files}
     return ExportResult(
         out_dir=out_dir,
         saved_model_dir=None if sm_dir is None else out_dir / sm_dir.relative_to(tmp),
         onnx_path=None if onnx_path is None else out_dir / onnx_path.relative_to(tmp),
         report=report,
         litert_path=None if litert_path is None else out_dir / litert_path.relative_to(tmp),
+        int8_onnx_path=int8_paths.get(".onnx"),
+        int8_litert_path=int8_paths.get(".tflite"),
     )
+
+
+def _remove_stale_int8(out_dir: Path, float_files, int8_files) -> None:
+    """Deletes ``<name>.int8.*`` files an earlier export left beside float32 models this export replaced.
+
+    They were quantised from the replaced weights: served beside the new
+    float32 model they would answer for another encoder. The report says what
+    this export published.
+    """
+    for float_file in float_files:
+        int8 = float_file.with_name(f"{float_file.stem}.int8{float_file.suffix}")
+        for stale in (int8, int8.with_suffix(".preprocessing.json")):
+            if stale not in int8_files and (out_dir / stale).is_file():
+                (out_dir / stale).unlink()
+
+
+def _check_arguments(formats, name, version, tolerance, max_image_pixels, quantize, int8) -> tuple:
+    """The checked formats; a one-line :class:`ExportArgumentError` for any bad argument, before any work."""
+    formats = layout.check_formats(formats)
+    if "litert" in formats:
+        litert_export.require_interpreter()  # a one-line error naming the extra
+    layout.check_name(name)
+    checks.check_version_and_tolerance(version, tolerance)
+    if int(max_image_pixels) < 1:
+        raise ExportArgumentError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
+    _check_quantize(quantize, int8, formats)
+    return formats
+
+
+def _check_quantize(quantize, int8, formats) -> None:
+    """Refuses a bad ``quantize`` / ``int8`` pair before any work (one line)."""
+    if quantize is None:
+        return
+    if quantize not in layout.QUANTIZE_MODES:
+        raise ExportArgumentError(f"--quantize must be one of {', '.join(layout.QUANTIZE_MODES)}, got {quantize!r}")
+    if not ({"onnx", "litert"} & set(formats)):
+        raise ExportArgumentError("--quantize int8 writes int8 ONNX/LiteRT models: add onnx or litert to --formats")
+    if not isinstance(int8, quantize_lib.Int8Settings):
+        raise ExportArgumentError("quantize='int8' needs int8=Int8Settings(calibration_source, ...)")
+    int8.check()
+
+
+def _write_int8(model, contract, tmp: Path, onnx_path, litert_path, dim: int, source: dict, settings, images):
+    """Writes the int8 models next to the float32 ones and gates them; ``(report entry, files to publish)``.
+
+    A file the gate refuses is deleted from ``tmp`` at once: a new output
+    directory is ``tmp`` renamed, so whatever stays there is published.
+    """
+    calibration, gate_pixels, gate_labels = images
+    extra = {"precision": "int8", "quantization": quantize_lib.QUANTIZATION_NOTE}
+    runners, files = {}, {}
+    if onnx_path is not None:
+        path = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+        quantize_lib.write_int8_onnx(onnx_path, path, calibration, extra)
+        runners["onnxruntime"], files["onnxruntime"] = quantize_lib.onnx_runner(path), [path]
+    if litert_path is not None:
+        path = litert_path.with_name(litert_path.stem + ".int8.tflite")
+        metadata = {**litert_export.litert_metadata(contract, dim, source["weights_sha256"]), **extra}
+        sidecar = quantize_lib.write_int8_litert(model, contract, path, metadata, calibration)
+        runners["litert"], files["litert"] = litert_export.litert_runner(path, "int8 encoder"), [path, sidecar]
+    thresholds = settings.gate_thresholds()
+    report = quantize_lib.measure_int8(model, gate_pixels, gate_labels, runners, thresholds, len(calibration))
+    published = []
+    for target, paths in files.items():
+        entry = report["targets"][target]
+        float_path = onnx_path if target == "onnxruntime" else litert_path
+        entry.update(
+            path=str(paths[0].relative_to(tmp)),
+            bytes=paths[0].stat().st_size,
+            float32_bytes=float_path.stat().st_size,
+            published=entry["passed"],
+        )
+        for path in paths:
+            if entry["passed"]:
+                published.append(path.relative_to(tmp))
+            else:
+                path.unlink()
+    return report, published
 
 
 def _load(encoder, source: dict):
@@ -213,6 +310,8 @@ def _write_formats(
         sm_dir.parent.mkdir(parents=True)
         write_saved_model(model, contract, sm_dir, provenance, parity.warmup_example(contract), max_pixels=max_pixels)
         artifacts["saved_model"] = saved_model_artifact(sm_dir, tmp)
+        batching = write_batching_parameters(sm_dir.parent, name)
+        artifacts["saved_model"]["batching_parameters"] = str(batching.relative_to(tmp))
     if "onnx" in formats:
         onnx_path = tmp / "onnx" / f"{name}.onnx"
         onnx_path.parent.mkdir()

@@ -18,6 +18,7 @@ INPUT_FLOAT_KEY = "images"
 OUTPUT_KEY = "embedding"
 REPORT_FILE = "export_report.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
+BATCHING_FILE = "batching_parameters.txt"  # saved_model/<name>/, beside the versions: TF Serving's --enable_batching
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # the whole name: fullmatch ("$" lets "x\n" in)
 MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
@@ -80,3 +81,24 @@ def check_name(name, what: str = "model name") -> str:
     if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
         raise ExportArgumentError(f"{what} must match [A-Za-z0-9][A-Za-z0-9_.-]*, got {short_repr(name)}")
     return name
+
+
+# Int8 quantisation (``--quantize int8``): a retrieval gate, not a numeric one. The defaults are
+# justified by measurement in docs/export.md ("Int8 encoders").
+QUANTIZE_MODES = ("int8",)
+DEFAULT_CALIBRATION_IMAGES = 256  # ONNX Runtime's and LiteRT's guides: a few hundred representative images
+DEFAULT_GATE_IMAGES = 256  # held-out images the gate embeds in float32 and int8
+MIN_GATE_IMAGES = 22  # top-10 neighbours need more than 10 other images; kNN needs two halves
+INT8_NEIGHBOURS = 10
+INT8_THRESHOLDS = {
+    "min_median_cosine": 0.98,
+    "min_p5_cosine": 0.95,
+    "min_neighbour_overlap": 0.9,
+    "max_knn_top1_drop": 0.02,
+}
+INT8_THRESHOLD_FLAGS = {
+    "min_median_cosine": "--int8-min-cosine",
+    "min_p5_cosine": "--int8-min-p5-cosine",
+    "min_neighbour_overlap": "--int8-min-overlap",
+    "max_knn_top1_drop": "--int8-max-knn-drop",
+}

@@ -79,7 +79,7 @@ def litert_metadata(contract, dim: int, weights_sha256: str) -> dict:
     return meta
 
 
-def _convert(model, contract) -> bytes:
+def _convert(model, contract, configure=None) -> bytes:
     serve_float, float_spec, _, _ = serving_functions(model, contract)
     # Through a SavedModel, as Keras' own LiteRT export does: the converter then freezes the
     # variables (a concrete function of a Keras 3 model keeps them as resource reads).
@@ -90,6 +90,8 @@ def _convert(model, contract) -> bytes:
         archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if configure is not None:
+            configure(converter)  # int8: quantisation settings (bt_keras.export.quantize)
         try:
             return converter.convert()
         except Exception as e:  # noqa: BLE001  (the converter raises ConverterError and friends)
@@ -137,7 +139,7 @@ def read_metadata(path) -> dict:
     raise KeyError(f"{path}: no {METADATA_NAME} metadata")
 
 
-def write_litert(model, contract, path: Path, metadata: dict) -> Path:
+def write_litert(model, contract, path: Path, metadata: dict, configure=None) -> Path:
     """Converts the float32 encoder to ``path`` (``.tflite``) and writes ``<name>.preprocessing.json`` beside it.
 
     Args:
@@ -145,6 +147,7 @@ def write_litert(model, contract, path: Path, metadata: dict) -> Path:
         contract: its preprocessing contract.
         path: the ``.tflite`` file to write.
         metadata: :func:`litert_metadata`.
+        configure: called with the ``TFLiteConverter`` before converting (the int8 settings), or ``None``.
 
     Returns:
         The path of the ``.preprocessing.json`` file.
@@ -152,7 +155,7 @@ def write_litert(model, contract, path: Path, metadata: dict) -> Path:
     Raises:
         ExportFailed: the converter could not lower an op to LiteRT's built-ins.
     """
-    data = _with_metadata(_convert(model, contract), metadata)
+    data = _with_metadata(_convert(model, contract, configure), metadata)
     path.write_bytes(data)
     sidecar = path.with_suffix(".preprocessing.json")
     atomic_write(sidecar, json.dumps(metadata, indent=2) + "\n")
@@ -173,12 +176,12 @@ def litert_artifact(path: Path, sidecar: Path, root: Path, contract, dim: int) -
     }
 
 
-def litert_runner(path: Path):
+def litert_runner(path: Path, what: str = "converted encoder"):
     """``run(pixels) -> embeddings`` through the LiteRT interpreter, resizing the batch as needed."""
     interpreter_class = require_interpreter()
     try:
         interpreter = interpreter_class(model_path=str(path))
         runner = interpreter.get_signature_runner(SIGNATURE)
     except Exception as e:  # noqa: BLE001
-        raise ExportFailed(f"the LiteRT interpreter cannot load the converted encoder: {one_line(e)}") from e
+        raise ExportFailed(f"the LiteRT interpreter cannot load the {what}: {one_line(e)}") from e
     return lambda pixels: runner(**{INPUT_FLOAT_KEY: pixels})[OUTPUT_KEY]
