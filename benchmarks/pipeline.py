@@ -253,12 +253,12 @@ def streamed_baseline_dataset(paths, batch, size, fn, per_image=False):
     batch (baseline (b), as its in-memory version does).
     """
     ds = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths), seed=0).repeat()
-    read = lambda p: bt_data.decode_rgb(tf.io.read_file(p))  # noqa: E731
+    read = lambda p: bt_data.decode_rgb(tf.io.read_file(p))
     if per_image:
         ds = ds.map(lambda p: fn(tf.cast(read(p), tf.float32)), num_parallel_calls=AUTOTUNE, deterministic=False)
         ds = ds.batch(batch, drop_remainder=True)
     else:  # the in-memory baseline resizes the batch; files of any size need it per image first
-        resized = lambda p: tf.image.resize(read(p), [size, size])  # noqa: E731
+        resized = lambda p: tf.image.resize(read(p), [size, size])
         ds = ds.map(resized, num_parallel_calls=AUTOTUNE, deterministic=False).batch(batch, drop_remainder=True)
         ds = ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=False)
     opts = tf.data.Options()
@@ -300,7 +300,7 @@ def stream_breakdown(paths, cfg, batch, size=224):
     def decode_now(d, k):  # as decode_crop_resize_pair: once, unless a crop is DCT-scaled
         a, b = boxes(d, k)
         window = bt_crop.covering_window(a, b)
-        once = lambda: tf.reduce_sum(tf.cast(tf.io.decode_and_crop_jpeg(d, window, channels=3)[:1, :1], tf.int32))  # noqa: E731
+        once = lambda: tf.reduce_sum(tf.cast(tf.io.decode_and_crop_jpeg(d, window, channels=3)[:1, :1], tf.int32))
         scaled = (bt_crop.dct_ratio(a, size, cfg) > 1) | (bt_crop.dct_ratio(b, size, cfg) > 1)
         return tf.cond(scaled, lambda: tf.reduce_sum(decode_each(d, k)), once)
 

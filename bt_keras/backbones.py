@@ -107,7 +107,7 @@ def _application(name, target, image_size, args, init_weights) -> keras.Model:
         raise UserError(f"model.encoder_args: {one_line(e)}") from None
     except ValueError as e:
         raise UserError(f"model.encoder {name}: {one_line(e)} (data.image_size is {image_size})") from None
-    except Exception as e:  # noqa: BLE001  (a failed download raises a bare Exception)
+    except Exception as e:
         if weights != "imagenet":
             raise
         raise UserError(

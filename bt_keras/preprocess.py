@@ -19,7 +19,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 # The contract itself has no TensorFlow in it; it is re-exported here, where it always was.
-from bt_keras.contract import (  # noqa: E402, F401
+from bt_keras.contract import (  # noqa: F401
     CIFAR10_MEAN,
     CIFAR10_STD,
     IMAGENET_MEAN,

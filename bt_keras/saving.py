@@ -329,7 +329,7 @@ def load_encoder(path):
     """
     import keras
 
-    import bt_keras.layers  # noqa: F401  (registers FusedBatchNormalization)
+    import bt_keras.layers
     import bt_keras.model  # noqa: F401  (registers BarlowTwins)
 
     path = Path(path)

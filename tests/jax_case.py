@@ -18,7 +18,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 GLOBAL_BATCH = 16
 STEPS = 3
@@ -77,7 +77,7 @@ def run_loss(args):
     z_a, z_b = loss_inputs()
     out = {}
     for method in ("dense", "gram"):
-        fn = lambda a, b, m=method: barlow_twins_terms(a, b, method=m).loss  # noqa: E731
+        fn = lambda a, b, m=method: barlow_twins_terms(a, b, method=m).loss
         value, (g_a, g_b) = jax.value_and_grad(fn, argnums=(0, 1))(z_a, z_b)
         out.update({f"{method}_loss": np.asarray(value), f"{method}_ga": np.asarray(g_a), f"{method}_gb": g_b})
         out[f"{method}_dtype"] = np.array(str(value.dtype))

@@ -16,7 +16,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 N = 24  # global batch, 12 rows per replica
 # (standardize, method, D): D=96 gathers the rows (dense or gram); D=16 < 2N all-reduces C on TF.

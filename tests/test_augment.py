@@ -356,7 +356,7 @@ def test_same_seed_same_views_different_seed_different_views():
     a3, b3 = augment.augment_pair(img, seed=6, config=cfg)
     np.testing.assert_array_equal(a1.numpy(), a2.numpy())
     np.testing.assert_array_equal(b1.numpy(), b2.numpy())
-    per_example = lambda u, v: np.abs(u.numpy() - v.numpy()).max(axis=(1, 2, 3))  # noqa: E731
+    per_example = lambda u, v: np.abs(u.numpy() - v.numpy()).max(axis=(1, 2, 3))
     assert (per_example(a1, a3) > 0.1).all() and (per_example(b1, b3) > 0.1).all()
     assert (per_example(a1, b1) > 0.1).all()  # the two views of each image differ
     # An example's views do not depend on the rest of the batch.

@@ -269,7 +269,7 @@ def test_report_marks_the_final_knn_on_the_monitor_curve(tmp_path):
     a = tf.io.decode_png(tf.io.read_file(with_final)).numpy()
     b = tf.io.decode_png(tf.io.read_file(cbs.write_run_report(str(tmp_path), {}))).numpy()
     assert a.shape == b.shape and a.shape[1] > 1000  # the monitor keeps its panel either way
-    black = lambda png: np.all(png[..., :3] < 40, axis=-1)[:, png.shape[1] // 2 :].sum()  # noqa: E731
+    black = lambda png: np.all(png[..., :3] < 40, axis=-1)[:, png.shape[1] // 2 :].sum()
     assert black(a) > black(b) + 50  # the star of the final evaluation
 
 

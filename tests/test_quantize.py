@@ -17,17 +17,17 @@ from types import SimpleNamespace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import onnx
+import pytest
+import tensorflow as tf
 
-import bt_keras  # noqa: E402
-from bt_keras import export, preprocess  # noqa: E402
-from bt_keras.cli import export as export_cli  # noqa: E402
-from bt_keras.data.labelled import sample_labelled  # noqa: E402
-from bt_keras.export.litert_export import litert_runner  # noqa: E402
+import bt_keras
+from bt_keras import export, preprocess
+from bt_keras.cli import export as export_cli
+from bt_keras.data.labelled import sample_labelled
+from bt_keras.export.litert_export import litert_runner
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32

@@ -16,18 +16,18 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
-import bt_keras  # noqa: E402
-from bt_keras.cli import eval as eval_cli  # noqa: E402
-from bt_keras.cli import export as export_cli  # noqa: E402
-from bt_keras.cli import run_command  # noqa: E402
-from bt_keras.contract import PreprocessingContract  # noqa: E402
-from bt_keras.export.checks import float32_encoder  # noqa: E402
-from bt_keras.saving import load_encoder, non_keras_layers, portable_encoder, save_portable_encoder  # noqa: E402
-from bt_keras.training import save_encoder  # noqa: E402
+import bt_keras
+from bt_keras.cli import eval as eval_cli
+from bt_keras.cli import export as export_cli
+from bt_keras.cli import run_command
+from bt_keras.contract import PreprocessingContract
+from bt_keras.export.checks import float32_encoder
+from bt_keras.saving import load_encoder, non_keras_layers, portable_encoder, save_portable_encoder
+from bt_keras.training import save_encoder
 
 SIZE = 32
 CONTRACT = PreprocessingContract(image_size=SIZE, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_fraction=1.0)

@@ -198,7 +198,7 @@ def _scaled_window(box, ratio: int):
     y0, x0 = top // ratio, left // ratio
     y1 = (top + height + ratio - 1) // ratio
     x1 = (left + width + ratio - 1) // ratio
-    f = lambda v: tf.cast(v, tf.float32)  # noqa: E731
+    f = lambda v: tf.cast(v, tf.float32)
     start = tf.stack([f(top) / ratio - f(y0), f(left) / ratio - f(x0)])
     return tf.stack([y0, x0, y1 - y0, x1 - x0]), start
 
@@ -223,7 +223,7 @@ def decode_crop(jpeg_bytes, box, image_size: int, config: AugmentConfig):
             contents=jpeg_bytes, crop_window=_scaled_window(box, ratio)[0], channels=3, ratio=ratio
         )
 
-    full = lambda: tf.io.decode_and_crop_jpeg(jpeg_bytes, box, channels=3)  # noqa: E731
+    full = lambda: tf.io.decode_and_crop_jpeg(jpeg_bytes, box, channels=3)
     if not _dct_scalable(config):
         return full()
     out = tf.switch_case(_ratio_index(box, image_size), [full] + [scaled(r) for r in DCT_RATIOS])
@@ -242,7 +242,7 @@ def _dct_scaled(jpeg_bytes, box, ratio: int, image_size: int, config: AugmentCon
     """
     window, start = _scaled_window(box, ratio)
     crop = tf.raw_ops.DecodeAndCropJpeg(contents=jpeg_bytes, crop_window=window, channels=3, ratio=ratio)
-    f = lambda v: tf.cast(v, tf.float32)  # noqa: E731
+    f = lambda v: tf.cast(v, tf.float32)
     scale = tf.stack([image_size * ratio / f(box[2]), image_size * ratio / f(box[3])])
     out = tf.raw_ops.ScaleAndTranslate(
         images=crop[None],

@@ -152,7 +152,7 @@ def _gaussian_blur(x, sigma, kernel_size: int):
             shape[axis] = size
             return tf.slice(y, begin, shape)
 
-        weight = lambda i: w[:, i, None, None, None]  # noqa: E731
+        weight = lambda i: w[:, i, None, None, None]
         out = weight(r) * tap(r)
         for i in range(r):
             out += weight(i) * (tap(i) + tap(kernel_size - 1 - i))

@@ -42,7 +42,7 @@ _MIX2 = 0x94D049BB133111EB
 
 
 def _mix64(x):
-    u64 = lambda v: tf.constant(v, tf.uint64)  # noqa: E731
+    u64 = lambda v: tf.constant(v, tf.uint64)
     x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(30))) * u64(_MIX1)
     x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(27))) * u64(_MIX2)
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(31)))

@@ -116,7 +116,7 @@ def _scan_decode(records: tf.data.Dataset, keep: bool, max_pixels: int = MAX_IMA
         shapes.append(s.numpy())
         if keep:
             flats.append(f.flat_values.numpy())
-    cat = lambda a, dt, shape=(0,): np.concatenate(a) if a else np.zeros(shape, dt)  # noqa: E731
+    cat = lambda a, dt, shape=(0,): np.concatenate(a) if a else np.zeros(shape, dt)
     return (
         cat(uids, np.int64),
         cat(labels, np.int32),

@@ -72,7 +72,7 @@ class EmbeddingWriter:
         self._array = np.lib.format.open_memmap(
             self._npy_tmp, mode="w+", dtype=np.float32, shape=(max(self.capacity, 1), self.dim)
         )
-        self._index = open(self._tsv_tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
+        self._index = open(self._tsv_tmp, "w", encoding="utf-8", newline="")
         self._csv = tsv_writer(self._index)
         self._csv.writerow(INDEX_COLUMNS)
 

@@ -93,7 +93,7 @@ def _tf_inference_fn(encoder):
         try:
             ref = weakref.ref(encoder)  # the cached function must not keep its key alive
         except TypeError:
-            ref = lambda: encoder  # noqa: E731
+            ref = lambda: encoder
         fn = tf.function(lambda x: tf.cast(ref()(x, training=False), tf.float32), reduce_retracing=True)
         try:
             _INFERENCE_FNS[encoder] = fn

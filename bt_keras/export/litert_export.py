@@ -94,7 +94,7 @@ def _convert(model, contract, configure=None) -> bytes:
             configure(converter)  # int8: quantisation settings (bt_keras.export.quantize)
         try:
             return converter.convert()
-        except Exception as e:  # noqa: BLE001  (the converter raises ConverterError and friends)
+        except Exception as e:
             raise ExportFailed(f"LiteRT conversion failed: {_conversion_reason(e)}") from e
 
 
@@ -182,6 +182,6 @@ def litert_runner(path: Path, what: str = "converted encoder"):
     try:
         interpreter = interpreter_class(model_path=str(path))
         runner = interpreter.get_signature_runner(SIGNATURE)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ExportFailed(f"the LiteRT interpreter cannot load the {what}: {one_line(e)}") from e
     return lambda pixels: runner(**{INPUT_FLOAT_KEY: pixels})[OUTPUT_KEY]

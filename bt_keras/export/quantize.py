@@ -212,7 +212,7 @@ def write_int8_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray, 
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
             )
-        except Exception as e:  # noqa: BLE001  (onnxruntime raises its own types)
+        except Exception as e:
             raise ExportFailed(f"ONNX Runtime could not quantise the encoder to int8: {one_line(e)}") from e
     proto = onnx.load(str(int8_path))
     kept = {p.key: p.value for p in onnx.load(str(float_path)).metadata_props}
@@ -359,7 +359,7 @@ def measure_int8(model, gate_pixels, gate_labels, runners: dict, thresholds: dic
     for name, run in runners.items():
         try:
             embeddings = _embed(run, gate_pixels)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ExportFailed(f"int8 {name} failed on the held-out images: {one_line(e)}") from e
         measures = retrieval_measures(reference, embeddings, gate_labels)
         failures = gate_failures(measures, thresholds)
@@ -385,7 +385,7 @@ def onnx_runner(path: Path):
 
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ExportFailed(f"ONNX Runtime cannot load the int8 encoder: {one_line(e)}") from e
     return lambda pixels: session.run([OUTPUT_KEY], {INPUT_FLOAT_KEY: np.ascontiguousarray(pixels)})[0]
 
