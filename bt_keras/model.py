@@ -82,7 +82,8 @@ def check_encoder_output(shape) -> None:
 
 
 def _embedding_std(z):
-    """Mean over dimensions of the batch std of the L2-normalised rows, × √D (as ``tf.math.l2_normalize``)."""
+    """Mean over dimensions of the batch std of the L2-normalised rows, × √D: the ``embedding_std`` metric on
+    both backends (``callbacks.health`` computes the per-dimension values in NumPy for its reports)."""
     z = ops.cast(z, "float32")
     z = z * ops.rsqrt(ops.maximum(ops.sum(ops.square(z), axis=1, keepdims=True), 1e-12))
     return ops.mean(ops.std(z, axis=0)) * math.sqrt(z.shape[-1])
@@ -102,9 +103,7 @@ class _TensorFlowSteps:
                 self.optimizer.build(self.trainable_variables)
 
     def _update_metrics(self, z_a, terms):
-        z = tf.math.l2_normalize(tf.cast(z_a, tf.float32), axis=1)
-        dim = tf.cast(tf.shape(z)[1], tf.float32)
-        self.std_tracker.update_state(tf.reduce_mean(tf.math.reduce_std(z, axis=0)) * tf.sqrt(dim))
+        self.std_tracker.update_state(_embedding_std(z_a))
         self.loss_tracker.update_state(terms.loss)
         self.on_diag_tracker.update_state(terms.on_diag)
         self.off_diag_tracker.update_state(terms.off_diag)

@@ -464,7 +464,7 @@ def _onnx_encoder(path: str, flags: dict) -> FrozenEncoder:
             c = PreprocessingContract.from_json(meta["preprocessing"])
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"--onnx {path}: unreadable preprocessing metadata: {one_line(e)}") from None
-        recorded = make_contract(c.image_size, c.mean, c.std, c.crop_fraction)
+        recorded = make_contract(c.image_size, c.mean, c.std, c.crop_fraction, c.pixel_shuffle_seed)
     contract = resolve_contract(recorded, where=f"{path} metadata", **flags)
     input_name = meta.get("input_name", session.get_inputs()[0].name)
     output_name = meta.get("output_name", session.get_outputs()[0].name)

@@ -65,7 +65,8 @@ _EXPORTS = {
     **{name: "bt_keras.export.layout" for name in _LAYOUT},
     **{name: "bt_keras.contract" for name in ("VALUE_RANGE", "default_crop_fraction")},
     **{name: "bt_keras.errors" for name in ("ExportArgumentError", "ExportFailed")},
-    **{name: "bt_keras.export.api" for name in ("ExportResult", "export_encoder", "make_contract")},
+    **{name: "bt_keras.export.api" for name in ("ExportResult", "export_encoder")},
+    "make_contract": "bt_keras.contract",  # the one constructor of contracts, here for export callers
     **{name: "bt_keras.export.checks" for name in ("float32_encoder", "weights_sha256")},
     **{name: "bt_keras.export.parity" for name in ("parity_images", "relative_difference")},
     **{name: "bt_keras.export.warmup" for name in ("prediction_log", "write_warmup_requests")},

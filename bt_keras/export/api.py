@@ -56,27 +56,6 @@ class ExportResult:
     int8_litert_path: Path | None = None
 
 
-def make_contract(image_size, mean=None, std=None, crop_fraction=None) -> contract_lib.PreprocessingContract:
-    """:func:`bt_keras.contract.make_contract`, its errors as :class:`ExportArgumentError`.
-
-    Args:
-        image_size, mean, std, crop_fraction: as for :func:`bt_keras.contract.make_contract`.
-
-    Examples:
-
-    >>> make_contract(32).crop_fraction
-    1.0
-    >>> make_contract(0)
-    Traceback (most recent call last):
-    ...
-    bt_keras.errors.ExportArgumentError: image size must be a positive integer, got 0
-    """
-    try:
-        return contract_lib.make_contract(image_size, mean, std, crop_fraction)
-    except UserError as e:
-        raise ExportArgumentError(str(e)) from None
-
-
 def export_encoder(
     encoder,
     out_dir,
@@ -137,7 +116,10 @@ def export_encoder(
     """
     started = datetime.datetime.now(datetime.timezone.utc)
     formats = _check_arguments(formats, name, version, tolerance, max_image_pixels, quantize, int8)
-    contract = make_contract(image_size, mean, std, crop_fraction)
+    try:
+        contract = contract_lib.make_contract(image_size, mean, std, crop_fraction)
+    except UserError as e:
+        raise ExportArgumentError(str(e)) from None
     out_dir = Path(out_dir).absolute()
     check_destination(out_dir, overwrite)
     encoder, source = _load(encoder, dict(source or {}))
