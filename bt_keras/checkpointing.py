@@ -207,14 +207,18 @@ class InterruptWatcher:
     Python runs a signal handler only between bytecodes of the main thread, so during a step (which
     can take minutes for a large model on a CPU) neither Ctrl-C reaches Python. The C-level handler
     does write the signal's number to the wakeup file descriptor (:func:`signal.set_wakeup_fd`) at
-    once; a thread reading it announces the first Ctrl-C and ends the process on the second, as
-    ``kill -9`` would: checkpoints are written to a temporary name and renamed, so the previous one
-    is intact. Install it from the main thread, while a Python handler for SIGINT is in place.
+    once; a thread reading it announces the first Ctrl-C and, on the second, gives the Python
+    handler ``grace_seconds`` to take it (``handled_second`` set: the main thread was free, as
+    between steps) before ending the process as ``kill -9`` would: checkpoints are written to a
+    temporary name and renamed, so the previous one is intact. Install it from the main thread,
+    while a Python handler for SIGINT is in place.
     """
 
-    def __init__(self, first_message: str, stream=None):
+    def __init__(self, first_message: str, stream=None, grace_seconds: float = 1.0):
         self.first_message = first_message
         self.stream = stream or sys.stderr
+        self.grace_seconds = grace_seconds
+        self.handled_second = threading.Event()
         self.count = 0
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
@@ -237,7 +241,7 @@ class InterruptWatcher:
                 if self.count == 1:
                     self.stream.write(self.first_message + "\n")
                     self.stream.flush()
-                else:
+                elif not self.handled_second.wait(self.grace_seconds):  # the main thread is inside a step
                     self.stream.write(SECOND_INTERRUPT_MESSAGE + "\n")
                     self.stream.flush()
                     os._exit(130)
@@ -255,8 +259,11 @@ class TrainingGuard(keras.callbacks.Callback):
     stops on a non-finite loss *without* saving, so the last checkpoint stays good.
 
     A second SIGINT while the first is being handled stops at once, without a
-    checkpoint, even in the middle of a step (:class:`InterruptWatcher`): the
-    previous checkpoint is intact.
+    checkpoint (``KeyboardInterrupt``): the previous checkpoint is intact. With
+    ``exit_inside_step`` (``bt-train``), it also stops a process whose main
+    thread is inside a long step, where Python cannot run a handler
+    (:class:`InterruptWatcher`); a notebook keeps the default, which never
+    ends its kernel.
     A checkpoint that cannot be written (full disk) stops training with
     :class:`~bt_keras.errors.TrainingStopped`; the previous checkpoint is intact.
 
@@ -269,10 +276,19 @@ class TrainingGuard(keras.callbacks.Callback):
         every_steps: also checkpoint every N optimizer steps (0: at epoch ends only).
         write: whether this process writes (the chief).
         fingerprint: :func:`state_fingerprint` recorded in each checkpoint.
+        exit_inside_step: a second SIGINT also ends a process stuck inside a step (see above).
     """
 
-    def __init__(self, path: str, every_steps: int = 0, write: bool = True, fingerprint: dict | None = None):
+    def __init__(
+        self,
+        path: str,
+        every_steps: int = 0,
+        write: bool = True,
+        fingerprint: dict | None = None,
+        exit_inside_step: bool = False,
+    ):
         super().__init__()
+        self.exit_inside_step = exit_inside_step
         self.path = path
         self.every_steps = every_steps
         self.write = write
@@ -285,6 +301,8 @@ class TrainingGuard(keras.callbacks.Callback):
 
     def _on_signal(self, signum, frame):
         if self.preempted and signum == signal.SIGINT:
+            if self._watcher is not None:
+                self._watcher.handled_second.set()
             self.on_train_end()  # the handlers go back: fit will not call on_train_end after this
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.preempted = True
@@ -297,7 +315,7 @@ class TrainingGuard(keras.callbacks.Callback):
                     self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
                 except ValueError:  # Not the main thread: leave signals alone.
                     break
-            if self._previous_handlers:
+            if self._previous_handlers and self.exit_inside_step:
                 self._watcher = InterruptWatcher(
                     "Ctrl-C: stopping after this step with a checkpoint; Ctrl-C again stops at once without one"
                 )

@@ -528,7 +528,9 @@ def _train(plan: RunPlan, callbacks=()) -> dict:
         return done
     phases = _phases(plan, start_step)
     fingerprint = state_fingerprint(model, plan.state_settings())
-    guard = TrainingGuard(plan.checkpoint, t.checkpoint_every_steps, write=plan.chief, fingerprint=fingerprint)
+    guard = TrainingGuard(
+        plan.checkpoint, t.checkpoint_every_steps, write=plan.chief, fingerprint=fingerprint, exit_inside_step=True
+    )
     run_callbacks = _callbacks(plan, guard, phases[0][0] if phases else None) + list(callbacks)
     if plan.chief:  # the run really starts now: a rerun that failed above left the old record alone
         atomic_write(os.path.join(plan.run_dir, "config.yaml"), config_to_yaml(plan.cfg))

@@ -199,7 +199,7 @@ import sys
 import tensorflow as tf
 from bt_keras.checkpointing import TrainingGuard
 
-guard = TrainingGuard(sys.argv[1])
+guard = TrainingGuard(sys.argv[1], exit_inside_step=True)  # as bt-train makes it
 guard.on_train_begin()
 queue = tf.queue.FIFOQueue(1, tf.float32)
 print("step running", flush=True)
