@@ -26,6 +26,8 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 import keras
@@ -102,7 +104,10 @@ def _application(name, target, image_size, args, init_weights) -> keras.Model:
     weights = "imagenet" if init_weights == "imagenet" else init_weights if _legacy_h5(init_weights) else None
     images = keras.Input((image_size, image_size, 3), name="images")
     try:
-        model = constructor(include_top=False, weights=weights, input_tensor=images, pooling="avg", **args)
+        # Keras prints "Downloading data from URL" before it tries: offline, that line would come
+        # before our one-line error; a successful download is summarised by the run's start anyway.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = constructor(include_top=False, weights=weights, input_tensor=images, pooling="avg", **args)
     except TypeError as e:
         raise UserError(f"model.encoder_args: {one_line(e)}") from None
     except ValueError as e:
@@ -111,7 +116,7 @@ def _application(name, target, image_size, args, init_weights) -> keras.Model:
         if weights != "imagenet":
             raise
         raise UserError(
-            f"model.init_weights: imagenet: cannot get the ImageNet weights of {target} ({one_line(e)[:160]}); "
+            f"model.init_weights: imagenet: cannot get the ImageNet weights of {target} ({one_line(e, 160)}); "
             "offline, copy the file into ~/.keras/models/ or set model.init_weights to a local weights file"
         ) from None
     # Built on input_tensor, the model's inputs are a list of one: called with a tensor, Keras warns
@@ -132,7 +137,7 @@ def _keras_hub(name, target, image_size, args, init_weights) -> keras.Model:
         backbone = keras_hub.models.Backbone.from_preset(target, **args)
     except Exception as e:  # noqa: BLE001  (kagglehub/HF download and preset errors have no common base)
         where = "model.init_weights: imagenet" if args["load_weights"] else f"model.encoder {name}"
-        raise UserError(f"{where}: cannot load the KerasHub preset {target!r}: {one_line(e)[:200]}") from None
+        raise UserError(f"{where}: cannot load the KerasHub preset {target!r}: {one_line(e)}") from None
     return _pooled(backbone, name, image_size, getattr(backbone, "use_class_token", False))
 
 

@@ -113,5 +113,9 @@ def one_line(e: BaseException, limit: int = 200) -> str:
     msg = " ".join(msg.split())
     msg = re.sub(r"\s*\[\[(\{\{[^}]*\}\})+\]\]", "", msg)  # TF's node list after the message
     msg = re.sub(r"\{\{[^}]*\}\}\s*", "", msg)  # TF's function-node prefix
-    msg = re.sub(r"\s*\[Op:\w+\].*$", "", msg)
-    return msg[:limit].replace("\t", " ")
+    msg = re.sub(r"\s*\[Op:\w+\].*$", "", msg).replace("\t", " ")
+    if len(msg) <= limit:
+        return msg
+    cut = msg[: limit - 3]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut) + "..."  # at a word's end where there is one

@@ -231,7 +231,7 @@ def test_a_weights_file_of_another_architecture_is_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_imagenet_weights_offline_are_one_line(monkeypatch):
+def test_imagenet_weights_offline_are_one_line(monkeypatch, capsys):
     """A proxy that refuses every connection: the download fails as it does offline."""
     from keras.src.backend.config import keras_home  # where Keras caches downloads (read at import)
 
@@ -249,6 +249,7 @@ def test_imagenet_weights_offline_are_one_line(monkeypatch):
     message = str(e.value)
     assert message.startswith("model.init_weights: imagenet: cannot get the ImageNet weights of MobileNetV3Small")
     assert "model.init_weights to a local weights file" in message and "\n" not in message
+    assert "Downloading" not in capsys.readouterr().out  # Keras' own line would come before ours
 
 
 @pytest.mark.skipif(not HAS_KERAS_HUB, reason="KerasHub is not installed")
