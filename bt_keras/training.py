@@ -26,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -200,6 +201,8 @@ class RunPlan:
         per_replica_batch: the global batch divided over the replicas (checked).
         checkpoint: the checkpoint file.
         lock: the run directory's lock (chief, local run directory), released by :meth:`release`.
+        created_run_dir: this run created the directory (it did not exist): :meth:`release`
+            removes it again if nothing was written into it (a start that failed).
     """
 
     cfg: object
@@ -211,11 +214,17 @@ class RunPlan:
     per_replica_batch: int
     checkpoint: str
     lock: object = None
+    created_run_dir: bool = False
 
     def release(self) -> None:
-        """Releases the run directory's lock (a no-op without one)."""
+        """Releases the run directory's lock (a no-op without one); removes a directory this run
+        created and left empty, so a start that failed (a model that cannot be built, say) leaves
+        nothing behind."""
         if self.lock is not None:
             self.lock.release()
+        if self.created_run_dir:
+            with contextlib.suppress(OSError):  # not empty: the run wrote something, which stays
+                os.rmdir(self.run_dir)
 
     def state_settings(self) -> dict:
         """The config values that shape the checkpointed state (recorded in its fingerprint)."""
@@ -307,6 +316,7 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
             f"fewer than one global batch ({t.batch_size})"
         )
     lock = None
+    created = chief and not is_remote(t.run_dir) and not os.path.exists(t.run_dir)
     if chief and not is_remote(t.run_dir):
         lock = RunDirectoryLock(t.run_dir).acquire()  # creates the directory; one line if it cannot
         for directory in (t.run_dir, os.path.dirname(checkpoint_path(t.run_dir))):
@@ -326,6 +336,7 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
         per_replica,
         checkpoint_path(t.run_dir),
         lock,
+        created,
     )
 
 

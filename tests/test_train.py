@@ -132,3 +132,15 @@ def test_help_and_config_errors_answer_before_tensorflow_loads():
         lines = proc.stdout.splitlines()
         assert lines[-2:] == [f"exit {code}", "tensorflow imported: False"], proc.stdout + proc.stderr
         assert expected in proc.stdout + proc.stderr
+
+
+def test_a_start_that_fails_building_the_model_leaves_no_directory(tmp_path):
+    proc = _bt_train(
+        tmp_path / "run",
+        "--set",
+        "model.encoder=keras.applications.MobileNetV3Small",
+        "--set",
+        "model.encoder_args={bogus_argument: 1}",
+    )
+    assert proc.returncode == 2 and "model.encoder_args:" in proc.stderr and "bogus_argument" in proc.stderr
+    assert not (tmp_path / "run").exists(), "a run that failed before training left a directory"
