@@ -481,13 +481,25 @@ def _completed_summary(plan: RunPlan, start_step: int) -> dict | None:
     """The earlier summary when the run has nothing left to do; None otherwise.
 
     A run whose checkpoint is at the last step but that never wrote its
-    summary (stopped while evaluating) is finished again instead.
+    summary (stopped while evaluating) is finished again instead. A finished
+    run asked for with another ``data.source`` is an error, not the old
+    run's summary reported as if it were the new one's.
     """
     import tensorflow as tf
+    import yaml
 
     path = os.path.join(plan.run_dir, "summary.json")
     if start_step < plan.total_steps or not tf.io.gfile.exists(path):
         return None
+    recorded = os.path.join(plan.run_dir, "config.yaml")
+    if tf.io.gfile.exists(recorded):
+        with tf.io.gfile.GFile(recorded) as f:
+            trained_on = ((yaml.safe_load(f) or {}).get("data") or {}).get("source")
+        if trained_on is not None and trained_on != plan.cfg.data.source:
+            raise UserError(
+                f"{plan.run_dir} is a finished run trained on data.source {trained_on!r}, not "
+                f"{plan.cfg.data.source!r}: pass another --run-dir to train on it"
+            )
     with tf.io.gfile.GFile(path) as f:
         summary = json.load(f)
     summary["already_complete"] = True

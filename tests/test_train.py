@@ -97,6 +97,12 @@ def test_demo_runs_end_to_end_then_resumes(tmp_path):
     assert "already complete" in proc.stdout and "Epoch" not in proc.stdout
     assert json.loads((run / "summary.json").read_text())["steps"] == 2 * steps_per_epoch
 
+    # The same finished run asked for with other data: refused, not reported as if trained on it.
+    proc = _bt_train(run, "--set", "train.epochs=2", "--set", "data.source=demo:test")
+    assert proc.returncode == 2 and "is a finished run trained on data.source 'demo:train', not 'demo:test'" in (
+        proc.stderr
+    ), proc.stderr[-2000:]
+
 
 def test_too_little_data_is_a_clear_error(tmp_path):
     proc = _bt_train(tmp_path / "run", "--set", "train.batch_size=4096", "--set", "train.epochs=1")
