@@ -259,7 +259,7 @@ class RunPlan:
             start = f"resuming from step {start_step} (epoch {epoch}) of {self.checkpoint}"
         else:
             start = "starts from scratch"
-        return [
+        lines = [
             f"backend {keras.backend.backend()}, {describe(self.strategy)}",
             f"data {d.source}: {self.num_examples} usable images{skipped}; {d.image_size} px views",
             f"batch {t.batch_size} global, {self.per_replica_batch} per replica; {self.steps_per_epoch} steps/epoch "
@@ -267,6 +267,13 @@ class RunPlan:
             f"run directory {self.run_dir}; {start}",
             f"encoder {self.cfg.model.encoder}; initial weights: {_init_line(self.cfg.model)}",
         ]
+        warmup = self.cfg.optim.warmup_epochs
+        if warmup >= t.epochs:
+            lines.append(
+                f"note: optim.warmup_epochs ({warmup:g}) is not shorter than train.epochs ({t.epochs}): the learning "
+                "rate never reaches its peak; lower optim.warmup_epochs for a run this short"
+            )
+        return lines
 
 
 def _init_line(model_cfg) -> str:
@@ -409,20 +416,36 @@ def _callbacks(plan: RunPlan, guard, first_dataset) -> list:
 
 def _fit(plan: RunPlan, model, phases: list, callbacks: list, guard) -> None:
     """Runs ``fit`` per phase; a lost worker or a non-finite loss becomes ``TrainingStopped``."""
+    import keras
     import tensorflow as tf
+
+    class EndOfPhase(keras.callbacks.Callback):
+        """Ends a ``fit`` at ``end_epoch`` while Keras counts epochs out of the run's total (so a
+        resumed run's progress reads "Epoch 2/3", then "Epoch 3/3")."""
+
+        def __init__(self, end_epoch):
+            super().__init__()
+            self.end_epoch, self.ended = end_epoch, False
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 >= self.end_epoch and not self.model.stop_training:
+                self.model.stop_training = self.ended = True
 
     try:
         for data, first_epoch, end_epoch, steps in phases:
+            end_of_phase = EndOfPhase(end_epoch)
             model.fit(
                 data,
-                epochs=end_epoch,
+                epochs=plan.cfg.train.epochs,
                 initial_epoch=first_epoch,
                 steps_per_epoch=steps,
-                callbacks=callbacks,
+                callbacks=[*callbacks, end_of_phase],
                 verbose=_fit_verbosity(plan.cfg.train.verbose),
                 shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores True
             )
-            if model.stop_training or guard.preempted or guard.nan_step is not None:
+            if end_of_phase.ended:
+                model.stop_training = False
+            elif model.stop_training or guard.preempted or guard.nan_step is not None:
                 break
     except tf.errors.OpError as e:
         if type(e).__name__ not in _CLUSTER_ERRORS or plan.strategy.num_replicas_in_sync == 1:

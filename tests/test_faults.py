@@ -143,9 +143,15 @@ def test_sigterm_writes_a_checkpoint_at_the_signal_and_resumes(tmp_path, referen
     assert marker in stdout, stdout + stderr[-2000:]
     step = int(stdout.split(marker)[1].split(";")[0])
     assert 0 < step < EPOCHS * STEPS_PER_EPOCH
-    out = _run(run)
+    out = _run(run, "--set", "train.verbose=2")
     assert _resumed_step(out.stdout) == step
     _assert_same_course_as(reference, run)
+    # Progress counts epochs out of the run's total, the interrupted epoch's remaining steps first.
+    epochs = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("Epoch ")]
+    first = step // STEPS_PER_EPOCH + 1
+    assert epochs == [f"{e}/{EPOCHS}" for e in range(first, EPOCHS + 1)], out.stdout
+    remaining = STEPS_PER_EPOCH - step % STEPS_PER_EPOCH
+    assert f"{remaining}/{remaining} - " in out.stdout, out.stdout
 
 
 def _start_workers(run_dir, ports, epochs):

@@ -61,6 +61,7 @@ def test_demo_runs_end_to_end_then_resumes(tmp_path):
     assert len(lines) < 30, proc.stdout + proc.stderr
     # The start-of-run summary says what will happen before it happens.
     assert "1438 usable images" in proc.stdout and "batch 64 global, 64 per replica" in proc.stdout
+    assert "note: optim.warmup_epochs (2) is not shorter than train.epochs (1)" in proc.stdout  # the demo: 20
     assert f"{1438 // 64} steps/epoch x 1 epochs" in proc.stdout and "starts from scratch" in proc.stdout
     for name in (
         "config.yaml",
