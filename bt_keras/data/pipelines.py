@@ -199,6 +199,7 @@ def eval_dataset(
     max_image_pixels: int = MAX_IMAGE_PIXELS,
     with_ids: bool = False,
     pixel_shuffle_seed: int | None = None,
+    prepared=None,
 ) -> tf.data.Dataset:
     """Labelled single views for evaluation: ``(images, labels)`` batches.
 
@@ -221,6 +222,9 @@ def eval_dataset(
         with_ids: also give each example's uid, and accept unlabelled sources.
         pixel_shuffle_seed: the contract's pixel-shuffle ablation (None: off):
             the images' pixel positions permuted as the run's training views were.
+        prepared: the :func:`~bt_keras.data.prepare.prepare` result of ``source`` to read
+            (None: prepared here); a caller that maps uids to paths passes the one it uses,
+            so a file added meanwhile cannot shift them (a second listing would see it).
 
     Examples:
 
@@ -233,7 +237,7 @@ def eval_dataset(
     check_positive("batch_size", batch_size)
     check_positive("image_size", image_size)
     b = per_replica_batch(batch_size, input_context)
-    prep = prepare(
+    prep = prepared or prepare(
         source,
         data_dir=data_dir,
         shard=_shard_of(input_context),

@@ -62,6 +62,7 @@ def embed_source(
     cache: bool | None = None,
     validate: str = "auto",
     progress=None,
+    max_image_pixels: int | None = None,
 ):
     """Embeds every usable image of ``source`` into ``out_dir``; returns an :class:`EmbeddingSet`.
 
@@ -83,6 +84,8 @@ def embed_source(
         overwrite: replace embeddings already in ``out_dir``.
         cache, validate: as in :class:`~bt_keras.data.DataConfig`.
         progress: ``progress(done, total)`` after each batch, or None.
+        max_image_pixels: larger images are skipped (None: the default
+            :data:`~bt_keras.contract.MAX_IMAGE_PIXELS`; a run's ``data.max_image_pixels``).
     """
     import numpy as np
 
@@ -99,6 +102,10 @@ def embed_source(
     c = frozen.contract
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
+    limit = {} if max_image_pixels is None else {"max_image_pixels": int(max_image_pixels)}
+    # Listed once: the rows' uids, the paths written for them and the thumbnails all come
+    # from this one listing (a second one would see a file added meanwhile and shift every path).
+    prep = prepare(source, data_dir=data_dir, cache=cache, validate=validate, **limit)
     ds = eval_dataset(
         source,
         batch_size=batch_size,
@@ -108,9 +115,9 @@ def embed_source(
         cache=cache,
         validate=validate,
         with_ids=True,
+        prepared=prep,
+        **limit,
     )
-    # The same (cached) preparation eval_dataset used: paths, class names, counts.
-    prep = prepare(source, data_dir=data_dir, cache=cache, validate=validate)
     names = prep.class_names or []
     infer = inference_fn(frozen)
     writer = None
@@ -144,7 +151,8 @@ def embed_source(
         num_skipped + prep.num_examples - rows,
         seconds,
         data_dir,
-        {"cache": cache, "validate": validate},
+        {"cache": cache, "validate": validate, **limit},
+        prep,
     )
     summary = {
         "source": prep.source.name,

@@ -46,6 +46,7 @@ class EmbeddingSet:
         seconds: wall time of the embedding pass.
         data_dir: TFDS ``data_dir``.
         prepare_kwargs: ``cache``/``validate`` used to read the source.
+        prepared: the prepared source the rows' uids refer to (None: prepared again).
     """
 
     out_dir: str
@@ -58,6 +59,7 @@ class EmbeddingSet:
     seconds: float
     data_dir: str | None = None
     prepare_kwargs: dict = dataclasses.field(default_factory=dict)
+    prepared: object = None
 
     @property
     def embeddings_path(self) -> str:
@@ -73,7 +75,13 @@ class EmbeddingSet:
 
     def _views(self, uids, size):
         return thumbnails.encoder_views(
-            self.source, uids, self.contract, size, data_dir=self.data_dir, **self.prepare_kwargs
+            self.source,
+            uids,
+            self.contract,
+            size,
+            data_dir=self.data_dir,
+            prepared=self.prepared,
+            **self.prepare_kwargs,
         )
 
     def _resolve_queries(self, queries, rows) -> tuple:

@@ -1,0 +1,80 @@
+"""Hostile inputs and faults, round two: bt-embed, WebP, HDF5 weights, locks, the export clients.
+
+Each case is a real file or a real process built here; bombs run in one
+subprocess under an address-space limit (``RLIMIT_AS``) that decoding or
+reading them would exceed.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bt_keras.contract import make_contract
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _colour_folder(root: Path, n: int) -> dict:
+    """``n`` PNGs of distinct flat colours under ``root/c``; {path: colour}."""
+    (root / "c").mkdir(parents=True)
+    colours = {}
+    for i in range(n):
+        colour = np.array([10 + 20 * i, 200 - 10 * i, 7 * i], np.uint8)
+        path = root / "c" / f"{i:03d}.png"
+        path.write_bytes(tf.io.encode_png(np.broadcast_to(colour, [8, 8, 3])).numpy())
+        colours[str(path)] = colour
+    return colours
+
+
+def _mean_encoder():
+    """The mean colour of the (unnormalised, mean 0 std 1) image: rows say which file they came from."""
+    return keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()])
+
+
+def _rows(out: Path) -> list:
+    with open(out / "index.tsv", encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_bt_embed_lists_a_folder_once_and_carries_paths_with_rows(tmp_path):
+    from bt_keras.embed import embed_source
+
+    colours = _colour_folder(tmp_path / "src", 12)
+    contract = make_contract(8, mean=(0, 0, 0), std=(1 / 255, 1 / 255, 1 / 255), crop_fraction=1.0)
+    added = []
+
+    def progress(done, total):
+        # A file that sorts first appears while the folder is being embedded.
+        if not added:
+            late = tmp_path / "src" / "c" / "000-late.png"
+            late.write_bytes(tf.io.encode_png(np.full([8, 8, 3], 255, np.uint8)).numpy())
+            added.append(late)
+
+    out = tmp_path / "out"
+    result = embed_source(
+        f"folder:{tmp_path / 'src'}", _mean_encoder(), out, contract=contract, batch_size=4, progress=progress
+    )
+    assert added and result.num_images == 12
+    emb, rows = np.load(out / "embeddings.npy"), _rows(out)
+    assert len(rows) == 12
+    for r in rows:
+        np.testing.assert_allclose(emb[int(r["row"])], colours[r["path"]], atol=0.5)
+    # The thumbnails come from the same listing: row 0 is 000.png, not the late file.
+    view = result._views([int(rows[0]["uid"])], 8)[0]
+    np.testing.assert_array_equal(view[0, 0], colours[rows[0]["path"]])
+
+
+def test_a_carriage_return_in_a_file_name_cannot_add_a_row(tmp_path):
+    from bt_keras.embed import EmbeddingWriter, read_index
+
+    w = EmbeddingWriter(str(tmp_path), capacity=3, dim=2)
+    names = ["a\rb.jpg", "plain.jpg", "c\r\nd.jpg"]
+    w.add(np.zeros([3, 2]), [0, 1, 2], names, [-1, -1, -1], ["", "\r", ""])
+    assert w.close() == 3
+    assert [r["path"] for r in read_index(str(tmp_path))] == names
+    assert [r["class"] for r in read_index(str(tmp_path))] == ["", "\r", ""]
