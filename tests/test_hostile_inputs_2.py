@@ -8,11 +8,15 @@ reading them would exceed.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
+from PIL import Image
+from test_hostile_inputs import webp_bomb
 
 from bt_keras.contract import make_contract
 
@@ -78,3 +82,35 @@ def test_a_carriage_return_in_a_file_name_cannot_add_a_row(tmp_path):
     assert w.close() == 3
     assert [r["path"] for r in read_index(str(tmp_path))] == names
     assert [r["class"] for r in read_index(str(tmp_path))] == ["", "\r", ""]
+
+
+def _webp(height, width, channels=3, **kw) -> bytes:
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, [height, width, channels], dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, format="WEBP", **kw)
+    return buf.getvalue()
+
+
+def test_webp_sizes_are_read_from_every_chunk_kind_and_bombs_refused():
+    from bt_keras.data.validation import QUICK_REASONS, quick_check, sniff
+    from bt_keras.preprocess import decode_rgb, header_size
+
+    cases = {
+        b"VP8 ": _webp(37, 53, quality=80),
+        b"VP8L": _webp(37, 53, lossless=True),
+        b"VP8X": _webp(37, 53, channels=4, quality=80),  # with alpha (TensorFlow decodes it to RGBA only)
+    }
+    for chunk, data in cases.items():
+        assert data[12:16] == chunk and sniff(data) == "WebP"
+        assert header_size(tf.constant(data)).numpy().tolist() == [37, 53]
+        if chunk != b"VP8X":
+            assert decode_rgb(tf.constant(data)).shape == (37, 53, 3)
+    bomb = webp_bomb(16383, 16383)
+    assert len(bomb) == 28 and header_size(tf.constant(bomb)).numpy().tolist() == [16383, 16383]
+    assert QUICK_REASONS[int(quick_check(tf.constant(bomb)))].startswith("too large")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
+        decode_rgb(tf.constant(bomb))
+    assert decode_rgb(tf.constant(webp_bomb(5, 7))).shape == (5, 7, 3)  # the bomb's bitstream is real
+    # A header whose size cannot be read is refused, not decoded unbounded.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image size unreadable"):
+        decode_rgb(tf.constant(b"RIFF\x10\0\0\0WEBPVP8?" + b"\0" * 20))

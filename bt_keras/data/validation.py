@@ -51,10 +51,12 @@ _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8
 
 
 def sniff(data: bytes) -> str | None:
-    """The image format from the first bytes (JPEG, PNG, GIF, BMP), or None."""
+    """The image format from the first bytes (JPEG, PNG, GIF, BMP, WebP), or None."""
     for magic, fmt in _SIGNATURES:
         if data.startswith(magic):
             return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
     return None
 
 
@@ -130,6 +132,7 @@ def quick_check(data, max_pixels: int = MAX_IMAGE_PIXELS):
     is_png = head == b"\x89PNG\r\n\x1a\n"
     is_gif = tf.strings.substr(head, 0, 4) == b"GIF8"
     is_bmp = tf.strings.substr(head, 0, 2) == b"BM"
+    is_webp = (tf.strings.substr(data, 0, 4) == b"RIFF") & (tf.strings.substr(data, 8, 4) == b"WEBP")
     # Files often carry padding after the JPEG end marker: look for it near the end.
     tail = tf.strings.bytes_split(tf.strings.substr(data, tf.maximum(n - 256, 0), 256))
     jpeg_end = tf.reduce_any((tail[:-1] == b"\xff") & (tail[1:] == b"\xd9"))
@@ -139,7 +142,8 @@ def quick_check(data, max_pixels: int = MAX_IMAGE_PIXELS):
         [
             (size[0] * size[1] > max_pixels, lambda: 5),
             (n == 0, lambda: 1),
-            (~(is_jpeg | is_png | is_gif | is_bmp), lambda: 2),
+            (~(is_jpeg | is_png | is_gif | is_bmp | is_webp), lambda: 2),
+            (size[0] < 0, lambda: 2),  # a size the header check cannot read: refused when decoded
             (is_jpeg & ~jpeg_end, lambda: 3),
             (is_png & ~png_end, lambda: 4),
         ],
