@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 from pathlib import Path
 
 import keras
@@ -114,3 +116,27 @@ def test_webp_sizes_are_read_from_every_chunk_kind_and_bombs_refused():
     # A header whose size cannot be read is refused, not decoded unbounded.
     with pytest.raises(tf.errors.InvalidArgumentError, match="image size unreadable"):
         decode_rgb(tf.constant(b"RIFF\x10\0\0\0WEBPVP8?" + b"\0" * 20))
+
+
+def test_a_lock_naming_this_process_or_not_a_lock_is_stale(tmp_path, caplog):
+    import socket
+
+    from bt_keras.errors import RunLocked
+    from bt_keras.run_lock import RunDirectoryLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / ".lock"
+    # What a restarted container leaves: this host, this very PID, a lock nobody here holds.
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    with RunDirectoryLock(run) as held:
+        assert held.held
+        with pytest.raises(RunLocked, match=f"in use by process {os.getpid()}"):
+            RunDirectoryLock(run).acquire()  # but one this process does hold is still refused
+    for junk in ("", "[1]", '"abc"', "null", "1e300", '{"host": "h", "pid": 1e300}', "{", "\xff"):
+        lock.write_text(junk, encoding="latin-1")
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="bt_keras"), RunDirectoryLock(run) as held:
+            assert held.holder()["pid"] == os.getpid()
+        assert "is empty or not a lock" in caplog.text, junk
+        assert os.listdir(run) == []
