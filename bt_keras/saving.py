@@ -465,12 +465,36 @@ def _onnx_encoder(path: str, flags: dict) -> FrozenEncoder:
     contract = resolve_contract(recorded, where=f"{path} metadata", **flags)
     input_name = meta.get("input_name", session.get_inputs()[0].name)
     output_name = meta.get("output_name", session.get_outputs()[0].name)
+    _check_onnx_shapes(session, input_name, output_name, path)
 
     def run(images):
         batch = np.ascontiguousarray(np.asarray(images), dtype=np.float32)
         return np.asarray(session.run([output_name], {input_name: batch})[0], np.float32)
 
     return FrozenEncoder(run, contract, f"onnx:{path}", keep=session, numpy_fn=run)
+
+
+def _check_onnx_shapes(session, input_name: str, output_name: str, path: str) -> None:
+    """Refuses an ONNX model that does not map ``[batch, S, S, 3]`` (any batch) to ``[batch, dim]``.
+
+    Read from the graph's declared shapes, before anything runs: a 4-D output
+    or a batch fixed at 1 would otherwise fail later with ONNX Runtime's traceback.
+
+    Args:
+        session: the ``onnxruntime.InferenceSession``.
+        input_name, output_name: the names the metadata gives (or the first ones).
+        path: the model's path, for the message.
+    """
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    shape_in, shape_out = inputs.get(input_name), outputs.get(output_name)
+    if shape_in is None or shape_out is None:
+        raise UserError(f"--onnx {path}: no input {input_name!r} or output {output_name!r} in the model")
+    if len(shape_in) != 4 or len(shape_out) != 2 or isinstance(shape_in[0], int):
+        raise UserError(
+            f"--onnx {path}: expected images [batch, S, S, 3] (any batch) to embeddings [batch, dim], "
+            f"the model maps {shape_in} to {shape_out}"
+        )
 
 
 def _recorded_contract(path: str):

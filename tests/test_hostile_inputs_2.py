@@ -11,6 +11,8 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -140,3 +142,204 @@ def test_a_lock_naming_this_process_or_not_a_lock_is_stale(tmp_path, caplog):
             assert held.holder()["pid"] == os.getpid()
         assert "is empty or not a lock" in caplog.text, junk
         assert os.listdir(run) == []
+
+
+# ---- bt-embed publishes its outputs as bt-export does
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def embed_case(tmp_path):
+    """A folder of 6 images, a mean-colour encoder file with its contract, and ``run(out, *flags)`` of bt-embed."""
+    from bt_keras.cli.embed import main
+
+    _colour_folder(tmp_path / "src", 6)
+    encoder = tmp_path / "enc.keras"
+    _mean_encoder().save(encoder)
+
+    def run(out, *flags, capsys=None):
+        argv = [f"folder:{tmp_path / 'src'}", "--encoder", str(encoder), "--image-size", "8", "--out", str(out)]
+        try:
+            code = main([*argv, "--crop-fraction", "1", *map(str, flags)])
+        except SystemExit as e:
+            code = e.code
+        return code
+
+    return tmp_path, run
+
+
+def test_bt_embed_publishes_all_or_nothing(embed_case, capsys):
+    import signal
+
+    from bt_keras.embed.api import _out_lock
+
+    tmp_path, run = embed_case
+    out = tmp_path / "emb"
+    assert run(out, "--duplicates", "0.99", "--projector") == 0
+    assert sorted(os.listdir(tmp_path)) == ["emb", "enc.keras", "src"]
+    assert {"duplicates.tsv", "projector", "embeddings.npy", "index.tsv"} <= set(os.listdir(out))
+    before = (out / "embeddings.npy").read_bytes()
+    capsys.readouterr()
+
+    # A second run into the same --out while one writes it: refused in one line.
+    with _out_lock(out):
+        assert run(out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is being written by another bt-embed (process" in err, err
+
+    # SIGTERM half-way through an --overwrite: one line, 130, the earlier output untouched, no temporaries.
+    def stop(result):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    from bt_keras.embed import api
+
+    real = api._embed_into
+
+    def embed_then_stop(*args, **kwargs):
+        result = real(*args, **kwargs)
+        stop(result)
+        return result
+
+    api._embed_into = embed_then_stop
+    try:
+        assert run(out, "--overwrite") == 130
+    finally:
+        api._embed_into = real
+    assert capsys.readouterr().err == "bt-embed: interrupted\n"
+    assert (out / "embeddings.npy").read_bytes() == before and (out / "duplicates.tsv").exists()
+    assert sorted(os.listdir(tmp_path)) == ["emb", "enc.keras", "src"]
+
+    # --overwrite replaces every output: no duplicates.tsv or projector/ of the earlier run stays;
+    # temporaries a killed run left (its pid is gone) are removed.
+    dead = _dead_pid()
+    (tmp_path / f".emb.bt-embed-tmp-{dead}-x1").mkdir()
+    (tmp_path / f".emb.bt-embed-old-{dead}-x2").write_text("old")
+    assert run(out, "--overwrite") == 0
+    assert sorted(os.listdir(out)) == ["embeddings.json", "embeddings.npy", "index.tsv", "skipped.tsv"]
+    assert sorted(os.listdir(tmp_path)) == ["emb", "enc.keras", "src"]
+
+
+# ---- the ONNX client and --onnx encoders; bt-export --overwrite
+
+
+def _onnx_model(path: Path, in_shape, out_shape, op: str) -> Path:
+    """A tiny ONNX model with bt-export's metadata: Identity (4-D out) or ReduceMean over H, W."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Identity", ["images"], ["embedding"])]
+    if op == "mean":
+        nodes = [helper.make_node("ReduceMean", ["images"], ["embedding"], axes=[1, 2], keepdims=0)]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, out_shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    contract = make_contract(8, crop_fraction=1.0)
+    meta = {
+        "preprocessing": contract.to_json(),
+        "image_size": "8",
+        "mean": json.dumps(list(contract.mean)),
+        "std": json.dumps(list(contract.std)),
+        "crop_fraction": "1.0",
+        "layout": "NHWC",
+    }
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def _onnx_client():
+    sys.path.insert(0, str(REPO / "export"))
+    try:
+        import onnx_client
+    finally:
+        sys.path.pop(0)
+    return onnx_client
+
+
+def _one_line_exit_2(main, argv, capsys, prog: str) -> str:
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"{prog}: error: ") and err.count("\n") == 1, (code, err)
+    assert "Traceback" not in err
+    return err
+
+
+def test_onnx_models_of_the_wrong_shape_are_one_line(tmp_path, capsys):
+    from bt_keras.cli.embed import main as embed_main
+    from bt_keras.cli.eval import main as eval_main
+
+    four_d = _onnx_model(tmp_path / "4d.onnx", ["batch", 8, 8, 3], ["batch", 8, 8, 3], "identity")
+    batch_one = _onnx_model(tmp_path / "b1.onnx", [1, 8, 8, 3], [1, 3], "mean")
+    good = _onnx_model(tmp_path / "ok.onnx", ["batch", 8, 8, 3], ["batch", 3], "mean")
+    _colour_folder(tmp_path / "src", 2)
+    png = tmp_path / "ok.png"
+    png.write_bytes(tf.io.encode_png(np.zeros([8, 8, 3], np.uint8)).numpy())
+    client = _onnx_client()
+    for model in (four_d, batch_one):
+        err = _one_line_exit_2(
+            embed_main,
+            [f"folder:{tmp_path / 'src'}", "--onnx", str(model), "--out", str(tmp_path / "e")],
+            capsys,
+            "bt-embed",
+        )
+        assert "expected images [batch, S, S, 3] (any batch) to embeddings [batch, dim]" in err
+        argv = [
+            "--onnx",
+            str(model),
+            "--train-data",
+            f"folder:{tmp_path / 'src'}",
+            "--test-data",
+            f"folder:{tmp_path / 'src'}",
+        ]
+        assert "(any batch)" in _one_line_exit_2(eval_main, argv, capsys, "bt-eval")
+        assert "(any batch)" in _one_line_exit_2(client.main, [str(model), str(png)], capsys, "onnx_client")
+    # The ONNX client: --batch, --out in a missing folder, TIFF (the SavedModel refuses it too).
+    assert "--batch" in _one_line_exit_2(client.main, [str(good), str(png), "--batch", "-1"], capsys, "onnx_client")
+    err = _one_line_exit_2(
+        client.main, [str(good), str(png), "--out", str(tmp_path / "no/x.npy")], capsys, "onnx_client"
+    )
+    assert "does not exist" in err
+    tiff = tmp_path / "a.tif"
+    Image.fromarray(np.zeros([8, 8, 3], np.uint8)).save(tiff)
+    assert "not a JPEG, PNG, GIF, BMP or WebP" in _one_line_exit_2(
+        client.main, [str(good), str(tiff)], capsys, "onnx_client"
+    )
+    assert client.main([str(good), str(png), "--out", str(tmp_path / "x.npy")]) == 0
+    assert np.load(tmp_path / "x.npy").shape == (1, 3)
+
+
+@pytest.mark.slow  # two small exports (ONNX conversion)
+def test_export_limits_reach_the_onnx_client_and_overwrite_leaves_no_old_format(tmp_path, capsys):
+    from bt_keras import encoders
+    from bt_keras.export import export_encoder
+
+    out = tmp_path / "ex"
+    enc = encoders.small_cnn(widths=(4,))
+    result = export_encoder(enc, out, 16, crop_fraction=1.0, max_image_pixels=5000)
+    client = _onnx_client().OnnxEncoder(str(result.onnx_path))
+    assert client.max_pixels == 5000 and client.metadata["max_image_pixels"] == "5000"
+    big = tf.io.encode_png(np.zeros([80, 80, 3], np.uint8)).numpy()  # 6400 pixels: the SavedModel refuses it
+    with pytest.raises(ValueError, match="image too large"):
+        client.embed_bytes([big])
+    assert client.embed_bytes([tf.io.encode_png(np.zeros([70, 70, 3], np.uint8)).numpy()]).shape == (1, 4)
+    assert (out / "onnx" / "encoder.onnx").exists()
+    # Fewer formats with --overwrite: the previous model's ONNX file goes, the report names the new one.
+    export_encoder(enc, out, 16, formats=("saved_model",), crop_fraction=1.0, overwrite=True)
+    assert not (out / "onnx" / "encoder.onnx").exists()
+    assert json.loads((out / "export_report.json").read_text())["formats"] == ["saved_model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex"]

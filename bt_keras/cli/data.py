@@ -21,6 +21,7 @@ import os
 import sys
 
 from bt_keras.cli import ArgumentParser, UserError, load_tensorflow, run_command
+from bt_keras.cli.args import seed
 
 PROG = "bt-data"
 
@@ -35,7 +36,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--name", default="train", help="shard file prefix (default: train)")
     p.add_argument("--shards", type=int, default=8, help="number of shard files (default: 8)")
     p.add_argument("--data-dir", default=None, help="TFDS data directory for tfds: sources")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fixed shuffle across shards")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the fixed shuffle across shards")
     p.add_argument(
         "--overwrite",
         action="store_true",

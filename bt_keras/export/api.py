@@ -166,9 +166,14 @@ def export_encoder(
             "versions": _versions(onnx="onnx" in formats, litert="litert" in formats),
         }
         atomic_write(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-        files = (sm_dir, onnx_path, litert_path, litert_path and litert_path.with_suffix(".preprocessing.json"))
-        written = [p.relative_to(tmp) for p in files if p is not None]
-        publish(tmp, out_dir, overwrite, entries=[*written, REPORT_FILE])
+        # The ONNX and LiteRT files of this name, written or not: one this export lacks (fewer --formats
+        # than the export it replaces) is removed, so no file of the previous model stays beside the
+        # report. SavedModel versions are kept side by side (TF Serving serves each), as before.
+        litert = Path("litert") / f"{name}.tflite"
+        entries = [Path("onnx") / f"{name}.onnx", litert, litert.with_suffix(".preprocessing.json")]
+        if sm_dir is not None:
+            entries.insert(0, sm_dir.relative_to(tmp))
+        publish(tmp, out_dir, overwrite, entries=[*entries, REPORT_FILE])
     return ExportResult(
         out_dir=out_dir,
         saved_model_dir=None if sm_dir is None else out_dir / sm_dir.relative_to(tmp),
@@ -223,6 +228,7 @@ def _write_formats(
         onnx_path = tmp / "onnx" / f"{name}.onnx"
         onnx_path.parent.mkdir()
         metadata = onnx_export.onnx_metadata(contract, dim, source["weights_sha256"])
+        metadata["max_image_pixels"] = str(max_pixels)  # the ONNX client's limit, as the SavedModel's
         onnx_export.write_onnx(model, contract, onnx_path, metadata)
         artifacts["onnx"] = onnx_export.onnx_artifact(onnx_path, tmp, contract, dim, metadata)
     if "litert" in formats:
