@@ -343,3 +343,30 @@ def test_export_limits_reach_the_onnx_client_and_overwrite_leaves_no_old_format(
     assert not (out / "onnx" / "encoder.onnx").exists()
     assert json.loads((out / "export_report.json").read_text())["formats"] == ["saved_model"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ex"]
+
+
+def test_bt_embed_and_bt_eval_apply_the_runs_pixel_limit(tmp_path, capsys):
+    from bt_keras.cli.embed import main as embed_main
+    from bt_keras.cli.eval import main as eval_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _mean_encoder().save(run / "encoder.keras")
+    (run / "preprocessing.json").write_text(make_contract(8, crop_fraction=1.0).to_json())
+    (run / "config.yaml").write_text("data:\n  max_image_pixels: 100\n")
+    for c in ("a", "b"):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        for i, side in enumerate((8, 8, 11)):  # 121 pixels: above the run's limit
+            png = tf.io.encode_png(np.full([side, side, 3], 40 * i, np.uint8)).numpy()
+            (tmp_path / "src" / c / f"{i}.png").write_bytes(png)
+    src = f"folder:{tmp_path / 'src'}"
+    assert embed_main([src, "--run", str(run), "--out", str(tmp_path / "e")]) == 0
+    with open(tmp_path / "e" / "skipped.tsv", encoding="utf-8") as f:
+        reasons = [line.split("\t")[1] for line in f.read().splitlines()]
+    assert len(reasons) == 2 and all("more than data.max_image_pixels (100)" in r for r in reasons), reasons
+    assert eval_main(["--run", str(run), "--train-data", src, "--test-data", src, "--k", "1"]) == 0
+    assert json.loads((run / "eval_report.json").read_text())["num_train"] == 4
+    err = _one_line_exit_2(
+        embed_main, [src, "--run", str(run), "--out", str(tmp_path / "f"), "--seed", "-1"], capsys, "bt-embed"
+    )
+    assert "expected an integer from 0 to 2**32-1" in err

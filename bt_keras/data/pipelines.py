@@ -200,6 +200,7 @@ def eval_dataset(
     with_ids: bool = False,
     pixel_shuffle_seed: int | None = None,
     prepared=None,
+    skipped_shown_as: str | None = None,
 ) -> tf.data.Dataset:
     """Labelled single views for evaluation: ``(images, labels)`` batches.
 
@@ -225,6 +226,7 @@ def eval_dataset(
         prepared: the :func:`~bt_keras.data.prepare.prepare` result of ``source`` to read
             (None: prepared here); a caller that maps uids to paths passes the one it uses,
             so a file added meanwhile cannot shift them (a second listing would see it).
+        skipped_shown_as: the path the skipped-files summary names (default ``skipped_path``).
 
     Examples:
 
@@ -251,7 +253,7 @@ def eval_dataset(
             f"{source_name(source)}: no labels (folders need one sub-folder per class; TFRecords need "
             "image/class/label; arrays need (images, labels))"
         )
-    report_skipped(prep.skipped, prep.num_examples, skipped_path)
+    report_skipped(prep.skipped, prep.num_examples, skipped_path, skipped_shown_as)
     mean, std = tuple(mean), tuple(std)
 
     def prep_fn(x):

@@ -238,7 +238,7 @@ def parse_tsv_field(field: str) -> str:
     return "".join(out)
 
 
-def report_skipped(skipped: list, num_examples: int, skipped_path: str | None) -> None:
+def report_skipped(skipped: list, num_examples: int, skipped_path: str | None, shown_as: str | None = None) -> None:
     """Writes ``skipped`` as TSV to ``skipped_path`` (if given) and logs a one-line summary.
 
     One row per item: ``path<TAB>reason``, both escaped by :func:`tsv_field`.
@@ -250,6 +250,8 @@ def report_skipped(skipped: list, num_examples: int, skipped_path: str | None) -
         skipped: ``(path, reason)`` pairs.
         num_examples: usable images, for the "N of M" summary.
         skipped_path: TSV destination (local or ``gs://``), or None.
+        shown_as: the path the summary names (default ``skipped_path``): where the
+            file will be once published, when it is written into a staging directory.
     """
     if skipped_path is not None:
         parent = os.path.dirname(skipped_path)
@@ -264,6 +266,8 @@ def report_skipped(skipped: list, num_examples: int, skipped_path: str | None) -
         return
     total = num_examples + len(bad)
     where = (
-        f"see {skipped_path}" if skipped_path else "first: " + "; ".join(f"{tsv_field(p)} ({r})" for p, r in bad[:3])
+        f"see {shown_as or skipped_path}"
+        if skipped_path
+        else "first: " + "; ".join(f"{tsv_field(p)} ({r})" for p, r in bad[:3])
     )
     log.warning("skipped %s of %s files: %s", f"{len(bad):,}", f"{total:,}", where)

@@ -116,7 +116,7 @@ def embed_source(
     check = lambda o, ow: check_out_dir(str(o), ow)  # noqa: E731 - again at publishing: another run may have won
     with _out_lock(out), staging_directory(out, mark=_MARK) as stage:
         result = _embed_into(
-            str(stage), source, frozen, batch_size, data_dir, cache, validate, progress, max_image_pixels
+            str(stage), str(out_dir), source, frozen, batch_size, data_dir, cache, validate, progress, max_image_pixels
         )
         if finish is not None:
             finish(result)
@@ -147,11 +147,12 @@ def _out_lock(out: Path):
         lock.release()
 
 
-def _embed_into(stage, source, frozen, batch_size, data_dir, cache, validate, progress, max_image_pixels):
+def _embed_into(stage, out_dir, source, frozen, batch_size, data_dir, cache, validate, progress, max_image_pixels):
     """The embedding pass into the staging directory ``stage``; returns the :class:`EmbeddingSet`.
 
     Args:
         stage: the staging directory (published by :func:`embed_source`).
+        out_dir: where it will be published (messages name it).
         source, frozen: the source and the frozen encoder.
         batch_size, data_dir, cache, validate, progress, max_image_pixels: as in :func:`embed_source`.
     """
@@ -176,6 +177,7 @@ def _embed_into(stage, source, frozen, batch_size, data_dir, cache, validate, pr
         **c.eval_kwargs(),
         data_dir=data_dir,
         skipped_path=os.path.join(stage, SKIPPED_FILE),
+        skipped_shown_as=os.path.join(out_dir, SKIPPED_FILE),
         cache=cache,
         validate=validate,
         with_ids=True,
