@@ -360,13 +360,11 @@ def test_bt_embed_and_bt_eval_apply_the_runs_pixel_limit(tmp_path, capsys):
             png = tf.io.encode_png(np.full([side, side, 3], 40 * i, np.uint8)).numpy()
             (tmp_path / "src" / c / f"{i}.png").write_bytes(png)
     src = f"folder:{tmp_path / 'src'}"
+    argv = [src, "--run", str(run), "--out", str(tmp_path / "f"), "--seed", "-1"]
+    assert "expected an integer from 0 to 2**32-1" in _one_line_exit_2(embed_main, argv, capsys, "bt-embed")
     assert embed_main([src, "--run", str(run), "--out", str(tmp_path / "e")]) == 0
     with open(tmp_path / "e" / "skipped.tsv", encoding="utf-8") as f:
         reasons = [line.split("\t")[1] for line in f.read().splitlines()]
     assert len(reasons) == 2 and all("more than data.max_image_pixels (100)" in r for r in reasons), reasons
     assert eval_main(["--run", str(run), "--train-data", src, "--test-data", src, "--k", "1"]) == 0
     assert json.loads((run / "eval_report.json").read_text())["num_train"] == 4
-    err = _one_line_exit_2(
-        embed_main, [src, "--run", str(run), "--out", str(tmp_path / "f"), "--seed", "-1"], capsys, "bt-embed"
-    )
-    assert "expected an integer from 0 to 2**32-1" in err
