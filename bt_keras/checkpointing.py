@@ -82,7 +82,14 @@ def _read_fingerprint(local_path: str) -> dict | None:
 
     with h5py.File(local_path, "r") as f:
         text = f.attrs.get(FINGERPRINT_ATTR)
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    recorded = json.loads(text) if isinstance(text, str) else None
+    if not isinstance(recorded, dict):
+        raise ValueError(f"its {FINGERPRINT_ATTR!r} attribute is not a JSON object: {short_repr(str(text), 60)}")
+    return recorded
 
 
 def save_checkpoint(model: keras.Model, path: str, fingerprint: dict | None = None) -> None:
@@ -156,6 +163,12 @@ def restore_checkpoint(model: keras.Model, path: str, settings: dict | None = No
             if is_remote(path):
                 local = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), CHECKPOINT_NAME)
                 tf.io.gfile.copy(path, local)
+            from bt_keras.saving import check_h5_sizes
+
+            try:
+                check_h5_sizes(local, "the file", os.path.getsize(local))
+            except UserError as e:  # a damaged (or hostile) file, as a truncated one: exit 1, left as it is
+                raise CheckpointUnreadable(_unreadable(path, e)) from None
             _check_fingerprint(model, local, path, settings)
             try:
                 with warnings.catch_warnings(record=True) as caught:

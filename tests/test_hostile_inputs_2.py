@@ -13,6 +13,8 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+import zipfile
 from pathlib import Path
 
 import keras
@@ -368,3 +370,113 @@ def test_bt_embed_and_bt_eval_apply_the_runs_pixel_limit(tmp_path, capsys):
     assert len(reasons) == 2 and all("more than data.max_image_pixels (100)" in r for r in reasons), reasons
     assert eval_main(["--run", str(run), "--train-data", src, "--test-data", src, "--k", "1"]) == 0
     assert json.loads((run / "eval_report.json").read_text())["num_train"] == 4
+
+
+# ---- HDF5 weights that declare gigabytes in a few kilobytes
+
+
+def _h5_bomb(weights: bytes, side: int = 40000) -> bytes:
+    """``weights`` (a Keras ``.weights.h5``) with its largest dataset redeclared as ``side``² float32, gzip-chunked.
+
+    Nothing is written into the new dataset, so the file stays a few KB; reading it allocates side² × 4 bytes.
+    """
+    import h5py
+
+    buf = io.BytesIO(weights)
+    with h5py.File(buf, "a") as f:
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        target = max(names, key=lambda n: f[n].size)
+        del f[target]
+        f.create_dataset(target, shape=(side, side), dtype="float32", chunks=(256, 256), compression="gzip")
+    return buf.getvalue()
+
+
+_HDF5_UNDER_A_MEMORY_LIMIT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import keras
+    from bt_keras import backbones, checkpointing, encoders
+    from bt_keras.errors import CheckpointUnreadable, UserError
+    from bt_keras.saving import load_encoder
+
+    keras_file, weights_file, checkpoint, preset = sys.argv[1:5]
+    enc = encoders.small_cnn(widths=(4,))
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)])
+    model.compile(optimizer="sgd", loss="mse")
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + 1500 * 2**20, vm + 1500 * 2**20))  # each bomb declares 6.4 GB
+    out = {}
+    for key, call in [
+        ("keras", lambda: load_encoder(keras_file)),
+        ("init_weights", lambda: backbones.load_initial_weights(enc, weights_file, "small_cnn")),
+        ("checkpoint", lambda: checkpointing.restore_checkpoint(model, checkpoint)),
+        ("preset", lambda: backbones._check_preset_weights(preset, "model.encoder keras_hub:" + preset)),
+    ]:
+        try:
+            call()
+            out[key] = "read"
+        except (UserError, CheckpointUnreadable) as e:
+            out[key] = str(e)
+        except Exception as e:
+            out[key] = type(e).__name__ + ": " + str(e)[:200]
+    print(json.dumps(out), flush=True)
+    """
+)
+
+
+@pytest.mark.slow  # one subprocess (TensorFlow import) for every HDF5 bomb
+def test_hdf5_datasets_declaring_gigabytes_are_refused_before_reading(tmp_path):
+    from bt_keras import encoders
+
+    enc = encoders.small_cnn(widths=(4,))
+    enc.save(tmp_path / "good.keras")
+    with zipfile.ZipFile(tmp_path / "good.keras") as z, zipfile.ZipFile(tmp_path / "bomb.keras", "w") as out:
+        for m in z.infolist():
+            data = z.read(m)
+            out.writestr(m, _h5_bomb(data) if m.filename == "model.weights.h5" else data)
+    enc.save_weights(tmp_path / "init.weights.h5")
+    (tmp_path / "init.weights.h5").write_bytes(_h5_bomb((tmp_path / "init.weights.h5").read_bytes()))
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)])
+    model.save_weights(tmp_path / "latest.weights.h5")
+    (tmp_path / "latest.weights.h5").write_bytes(_h5_bomb((tmp_path / "latest.weights.h5").read_bytes()))
+    (tmp_path / "preset").mkdir()
+    (tmp_path / "preset" / "model.weights.h5").write_bytes((tmp_path / "init.weights.h5").read_bytes())
+    assert (tmp_path / "bomb.keras").stat().st_size < 40_000
+    env = dict(os.environ, MALLOC_ARENA_MAX="2", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    args = [tmp_path / "bomb.keras", tmp_path / "init.weights.h5", tmp_path / "latest.weights.h5", tmp_path / "preset"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _HDF5_UNDER_A_MEMORY_LIMIT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    lines = proc.stdout.splitlines()
+    assert lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1])
+    declares = "declares (40000, 40000) float32 (6,400,000,000 bytes), more than the file's"
+    assert out["keras"].startswith(f"cannot load {tmp_path / 'bomb.keras'}: 'model.weights.h5': its dataset"), out
+    assert out["init_weights"].startswith(f"model.init_weights: {tmp_path / 'init.weights.h5'}: its dataset"), out
+    assert out["checkpoint"].startswith(f"checkpoint {tmp_path / 'latest.weights.h5'} cannot be read"), out
+    assert out["preset"].startswith("model.encoder keras_hub:"), out
+    assert all(declares in out[k] for k in ("keras", "init_weights", "preset")), out
+    assert "declares (40000, 40000) float32" in out["checkpoint"]
+
+
+def test_a_checkpoint_fingerprint_that_is_not_an_object_is_one_line(tmp_path):
+    import h5py
+
+    from bt_keras import checkpointing
+    from bt_keras.errors import CheckpointUnreadable
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    path = str(tmp_path / "latest.weights.h5")
+    checkpointing.save_checkpoint(model, path, checkpointing.state_fingerprint(model))
+    for value in (5, "5", "[1]"):
+        with h5py.File(path, "a") as f:
+            f.attrs[checkpointing.FINGERPRINT_ATTR] = value
+        with pytest.raises(CheckpointUnreadable, match="attribute is not a JSON object"):
+            checkpointing.restore_checkpoint(model, path)
