@@ -480,3 +480,26 @@ def test_a_checkpoint_fingerprint_that_is_not_an_object_is_one_line(tmp_path):
             f.attrs[checkpointing.FINGERPRINT_ATTR] = value
         with pytest.raises(CheckpointUnreadable, match="attribute is not a JSON object"):
             checkpointing.restore_checkpoint(model, path)
+
+
+# ---- bt-data: one shard open at a time; SIGTERM
+
+
+def test_bt_data_writes_more_shards_than_open_files_allow(tmp_path):
+    import resource
+
+    from bt_keras.data import write_tfrecords
+
+    (tmp_path / "src").mkdir()
+    png = tf.io.encode_png(np.zeros([4, 4, 3], np.uint8)).numpy()
+    for i in range(160):
+        (tmp_path / "src" / f"{i:03d}.png").write_bytes(png)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 100, hard))  # fewer than the 160 shards
+    try:
+        info = write_tfrecords(f"folder:{tmp_path / 'src'}", str(tmp_path / "out"), num_shards=160)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert info["num_examples"] == 160 and set(info["counts"].values()) == {1}
+    assert len(list((tmp_path / "out").glob("train-*-of-00160.tfrecord"))) == 160

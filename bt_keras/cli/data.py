@@ -79,8 +79,11 @@ def _body(argv) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``bt-data`` console script."""
-    return run_command(PROG, _body, argv)
+    """Entry point of the ``bt-data`` console script (SIGTERM: ``interrupted``, 130, the staging folder removed)."""
+    from bt_keras.export.publish import stop_on_sigterm
+
+    with stop_on_sigterm():
+        return run_command(PROG, _body, argv)
 
 
 if __name__ == "__main__":
