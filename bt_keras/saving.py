@@ -351,6 +351,14 @@ def keras_file_image_size(path) -> int | None:
             config = json.loads(archive.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
+    try:  # a best-effort read of any JSON: a shape it does not expect is no size, never a traceback
+        return _static_square_side(config)
+    except (AttributeError, TypeError, IndexError, KeyError):
+        return None
+
+
+def _static_square_side(config) -> int | None:
+    """:func:`keras_file_image_size` of a parsed ``config.json``."""
     model = config.get("config", {}) if isinstance(config, dict) else {}
     layers = model.get("layers") or []
     entries = model.get("input_layers") or []

@@ -503,3 +503,122 @@ def test_bt_data_writes_more_shards_than_open_files_allow(tmp_path):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert info["num_examples"] == 160 and set(info["counts"].values()) == {1}
     assert len(list((tmp_path / "out").glob("train-*-of-00160.tfrecord"))) == 160
+
+
+# ---- one line instead of a traceback
+
+
+def _train_error(argv, capsys) -> str:
+    from bt_keras.cli import train as train_cli
+
+    with pytest.raises(SystemExit) as stop:
+        train_cli.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, (stop.value.code, err)
+    return err
+
+
+def test_configs_that_never_end_or_repeat_a_section_are_one_line(tmp_path, capsys):
+    assert "is not a regular file" in _train_error(["--config", "/dev/zero"], capsys)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  steps: 1\ndata:\n  image_size: 32\ntrain:\n  steps: 2\n")
+    err = _train_error(["--config", str(twice)], capsys)
+    assert "line 5: the key 'train' appears twice in one mapping (first on line 1)" in err
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(f"data:\n  max_image_pixels: {2**70}\n")
+    assert "data.max_image_pixels: must be at most 2**63-1" in _train_error(["--config", str(huge)], capsys)
+
+
+def test_bt_embed_odd_class_names_backends_and_huge_queries(embed_case, tmp_path, capsys, monkeypatch):
+    from test_hostile_inputs import png_bomb
+
+    root, run = embed_case
+    (root / "src" / "c").rename(root / "src" / "$\\bogus$")  # mathtext in a neighbour grid title
+    bomb = tmp_path / "query.png"
+    bomb.write_bytes(png_bomb(20480, 20000))
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert run(tmp_path / "e1", "--neighbors", "2") == 0
+    err = capsys.readouterr().err
+    assert err == "bt-embed: runs on TensorFlow; KERAS_BACKEND='jax' ignored\n", err
+    assert (tmp_path / "e1" / "neighbors.png").is_file()
+    monkeypatch.delenv("KERAS_BACKEND")
+    assert run(tmp_path / "e2", "--neighbors", "2", "--query", bomb) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bt-embed: error: --query {bomb}: too large: 20000x20480 = 409,600,000 pixels"), err
+    assert err.count("\n") == 1 and not (tmp_path / "e2").exists()
+
+
+def test_bt_export_and_bt_eval_refuse_bad_inputs_in_one_line(tmp_path, capsys, monkeypatch):
+    from bt_keras.cli.eval import main as eval_main
+    from bt_keras.cli.export import main as export_main
+
+    enc = tmp_path / "enc.keras"
+    _mean_encoder().save(enc)
+    weird = tmp_path / "weird.keras"
+    with zipfile.ZipFile(enc) as z, zipfile.ZipFile(weird, "w") as out:
+        for m in z.infolist():
+            out.writestr(m, b'{"config": []}' if m.filename == "config.json" else z.read(m))
+    out = str(tmp_path / "x")
+    cases = [
+        ([weird], "no preprocessing contract found"),
+        ([weird, "--image-size", "8"], "cannot load"),
+        ([enc, "--image-size", "8", "--max-image-pixels", str(2**70)], "expected an integer from 1 to 2**63-1"),
+        ([enc, "--image-size", "8", "--max-image-pixels", "63"], "max_image_pixels must be from 64 (the encoder's 8x8"),
+        ([enc, "--image-size", "8", "--name", "n" * 300], "--name must be at most 200 characters, got 300"),
+    ]
+    for extra, message in cases:
+        err = _one_line_exit_2(export_main, ["--out", out, "--encoder", *map(str, extra)], capsys, "bt-export")
+        assert message in err, err
+    assert not os.path.exists(out)
+    _colour_folder(tmp_path / "src", 2)
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    src = f"folder:{tmp_path / 'src'}"
+    argv = ["--encoder", str(enc), "--image-size", "8", "--train-data", src, "--test-data", src, "--protocol", "knn"]
+    assert eval_main([*argv, "--report", str(tmp_path / "r.json")]) == 0
+    assert capsys.readouterr().err.startswith("bt-eval: runs on TensorFlow; KERAS_BACKEND='jax' ignored\n")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # bt-eval switched it
+    assert export_main(["--out", out, "--encoder", str(enc), "--image-size", "8", "--formats", "saved_model"]) == 0
+    assert capsys.readouterr().err == "bt-export: runs on TensorFlow; KERAS_BACKEND='jax' ignored\n"
+
+
+def test_tfserving_client_answers_odd_replies_in_one_line(tmp_path, capsys):
+    import http.server
+    import threading
+
+    replies = {"/v1/models/text:predict": (200, b"<html>not json</html>"), "/v1/models/list:predict": (400, b"[1, 2]")}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            code, body = replies[self.path]
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sys.path.insert(0, str(REPO / "export"))
+    try:
+        import tfserving_client
+    finally:
+        sys.path.pop(0)
+    png = tmp_path / "a.png"
+    png.write_bytes(tf.io.encode_png(np.zeros([4, 4, 3], np.uint8)).numpy())
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        for model, message in [
+            ("text", "no JSON 'predictions' list): <html>not json</html>"),
+            ("list", "HTTP 400: [1, 2]"),
+        ]:
+            assert tfserving_client.main([str(png), "--url", url, "--model", model]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("tfserving_client: error: ") and message in err and err.count("\n") == 1, err
+    finally:
+        server.shutdown()
+    with pytest.raises(SystemExit) as stop:
+        tfserving_client.main([str(png), "--version", "0"])
+    assert stop.value.code == 2 and "expected an integer from 1 to 2**63-1, got '0'" in capsys.readouterr().err

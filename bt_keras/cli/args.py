@@ -85,6 +85,22 @@ def seed(text: str) -> int:
     return _checked(text, int, lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32-1")
 
 
+def pixel_limit(text: str) -> int:
+    """A pixel limit (``--max-image-pixels``): an integer from 1 to 2**63-1 (it is compared in int64).
+
+    Args:
+        text: the flag's value.
+
+    Examples:
+
+    >>> pixel_limit(str(2**70))
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected an integer from 1 to 2**63-1, got '1180591620717411303424'
+    """
+    return _checked(text, int, lambda v: 1 <= v <= 2**63 - 1, "an integer from 1 to 2**63-1")
+
+
 def model_version(text: str) -> int:
     """A TF Serving model version: an integer from 1 to 2**63-1 (int64).
 

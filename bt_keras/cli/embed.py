@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 
-from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, use_tensorflow_backend
 from bt_keras.cli.args import add_encoder_arguments, load_encoder_from_args, positive_int, run_max_image_pixels, seed
 from bt_keras.errors import UserError
 
@@ -131,6 +131,7 @@ def _check_args(args) -> None:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    use_tensorflow_backend(PROG)
     _check_args(args)
     load_tensorflow()
     from bt_keras.embed import embed_source

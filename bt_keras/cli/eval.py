@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, use_tensorflow_backend
 from bt_keras.cli.args import (
     add_encoder_arguments,
     load_encoder_from_args,
@@ -138,6 +138,7 @@ def _check_writable(path: str) -> None:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    use_tensorflow_backend(PROG)
     load_tensorflow()
     from bt_keras.evaluation import evaluate, format_table
 

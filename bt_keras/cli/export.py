@@ -16,8 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, tensorflow_fault
-from bt_keras.cli.args import floats, fraction, model_version, positive_int
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, tensorflow_fault, use_tensorflow_backend
+from bt_keras.cli.args import floats, fraction, model_version, pixel_limit, positive_int
 from bt_keras.contract import MAX_IMAGE_PIXELS, read_contract, resolve_contract
 from bt_keras.errors import ExportArgumentError, ExportFailed, one_line
 from bt_keras.export.layout import (
@@ -58,7 +58,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument(
         "--max-image-pixels",
-        type=positive_int,
+        type=pixel_limit,
         default=MAX_IMAGE_PIXELS,
         help="serving_default refuses a request image whose header announces more pixels (default 100,000,000)",
     )
@@ -143,6 +143,7 @@ def _print_result(result) -> None:
 
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
+    use_tensorflow_backend(PROG)
     formats = check_formats(args.formats)
     if "litert" in formats:
         require_litert()

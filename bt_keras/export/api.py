@@ -137,6 +137,12 @@ def export_encoder(
     if int(max_image_pixels) < 1:
         raise ExportArgumentError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
     contract = make_contract(image_size, mean, std, crop_fraction)
+    if not contract.image_size**2 <= int(max_image_pixels) <= 2**63 - 1:
+        # Below the encoder's own input the parity gate's images would be refused; above int64 the graph overflows.
+        raise ExportArgumentError(
+            f"max_image_pixels must be from {contract.image_size**2:,} (the encoder's {contract.image_size}x"
+            f"{contract.image_size} input) to 2**63-1, got {max_image_pixels}"
+        )
     out_dir = Path(out_dir).absolute()
     check_destination(out_dir, overwrite)
     encoder, source = _load(encoder, dict(source or {}))
