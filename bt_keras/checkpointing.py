@@ -42,6 +42,7 @@ from bt_keras.io import atomic_path, atomic_write, is_remote
 CHECKPOINT_NAME = "latest.weights.h5"
 FINGERPRINT_ATTR = "bt_keras_fingerprint"
 _VARIABLES_KEY = "variables"
+_BACKEND_KEY = "keras backend"
 
 
 def checkpoint_path(run_dir: str) -> str:
@@ -58,7 +59,13 @@ def state_fingerprint(model: keras.Model, settings: dict | None = None) -> dict:
     # Shapes and dtypes in order, not names: Keras numbers layer names per process ("dense_3").
     shapes = [(tuple(v.shape), str(v.dtype)) for v in [*model.weights, *model.optimizer.variables]]
     digest = hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
-    return {**(settings or {}), _VARIABLES_KEY: f"{len(shapes)} variables, shapes {digest}"}
+    # The backend first: a JAX checkpoint resumed on TensorFlow differs in its optimizer variables too,
+    # and "the variables differ" would not say why.
+    return {
+        _BACKEND_KEY: keras.backend.backend(),
+        **(settings or {}),
+        _VARIABLES_KEY: f"{len(shapes)} variables, shapes {digest}",
+    }
 
 
 def fingerprint_difference(recorded: dict, current: dict) -> str | None:
@@ -73,6 +80,8 @@ def fingerprint_difference(recorded: dict, current: dict) -> str | None:
             before, now = short_repr(recorded[key]), short_repr(current[key])
             if key == _VARIABLES_KEY:
                 return f"the model and optimizer variables differ ({before} in the checkpoint, {now} now)"
+            if key == _BACKEND_KEY:
+                return f"it was written on the {before} backend, this run is on {now} (train.backend / KERAS_BACKEND)"
             return f"{key} is {before} in the checkpoint, {now} now"
     return None
 

@@ -622,3 +622,21 @@ def test_tfserving_client_answers_odd_replies_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         tfserving_client.main([str(png), "--version", "0"])
     assert stop.value.code == 2 and "expected an integer from 1 to 2**63-1, got '0'" in capsys.readouterr().err
+
+
+def test_resuming_a_checkpoint_of_another_backend_names_the_backend(tmp_path):
+    import h5py
+
+    from bt_keras import checkpointing
+    from bt_keras.errors import UserError
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    path = str(tmp_path / "latest.weights.h5")
+    fingerprint = checkpointing.state_fingerprint(model)
+    checkpointing.save_checkpoint(model, path, {**fingerprint, "keras backend": "jax", "variables": "5 variables"})
+    with pytest.raises(UserError, match="it was written on the 'jax' backend, this run is on 'tensorflow'"):
+        checkpointing.restore_checkpoint(model, path)
+    with h5py.File(path, "a") as f:  # a checkpoint of before the backend was recorded: as before
+        f.attrs[checkpointing.FINGERPRINT_ATTR] = json.dumps({"variables": fingerprint["variables"]})
+    assert checkpointing.restore_checkpoint(model, path) == 0
