@@ -640,3 +640,26 @@ def test_resuming_a_checkpoint_of_another_backend_names_the_backend(tmp_path):
     with h5py.File(path, "a") as f:  # a checkpoint of before the backend was recorded: as before
         f.attrs[checkpointing.FINGERPRINT_ATTR] = json.dumps({"variables": fingerprint["variables"]})
     assert checkpointing.restore_checkpoint(model, path) == 0
+
+
+def test_bt_data_on_sigterm_says_interrupted_and_leaves_no_staging(tmp_path, capsys):
+    import signal
+
+    from bt_keras.cli.data import main
+    from bt_keras.data import tfrecords
+
+    _colour_folder(tmp_path / "src", 4)
+    real = tfrecords._write_shards
+
+    def write_then_stop(*args, **kwargs):
+        counts = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # the real signal, after the shards, before publishing
+        return counts
+
+    tfrecords._write_shards = write_then_stop
+    try:
+        code = main([f"folder:{tmp_path / 'src'}", str(tmp_path / "out"), "--shards", "2"])
+    finally:
+        tfrecords._write_shards = real
+    assert code == 130 and capsys.readouterr().err.endswith("bt-data: interrupted\n")
+    assert os.listdir(tmp_path / "out") == []
