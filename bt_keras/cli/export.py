@@ -12,7 +12,6 @@ code 130. Nothing is left behind in any case. See :mod:`bt_keras.export`.
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from bt_keras.export.layout import (
     check_name,
     require_litert,
 )
-from bt_keras.export.publish import STOP_REQUESTED
+from bt_keras.export.publish import stop_on_sigterm
 from bt_keras.saving import keras_file_image_size
 
 PROG = "bt-export"
@@ -187,27 +186,14 @@ def _body(argv) -> int:
     return 0
 
 
-def _interrupt(signum, frame):
-    STOP_REQUESTED.set()  # holds even where the exception below is swallowed (see publish.py)
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     """``bt-export`` entry point. Example: ``bt-export --run runs/cifar --out exports/cifar``."""
-    previous = signal.getsignal(signal.SIGTERM)
     # SIGTERM (docker stop, kill) unwinds like Ctrl-C so the temporary directory is removed.
-    in_main_thread = True
-    try:
-        signal.signal(signal.SIGTERM, _interrupt)
-    except ValueError:  # not the main thread
-        in_main_thread = False
-    try:
-        return run_command(PROG, _body, argv)
-    except SystemExit as e:  # argparse (--help, bad flags): return the code, as for every other outcome
-        return e.code if isinstance(e.code, int) else 2
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    with stop_on_sigterm():
+        try:
+            return run_command(PROG, _body, argv)
+        except SystemExit as e:  # argparse (--help, bad flags): return the code, as for every other outcome
+            return e.code if isinstance(e.code, int) else 2
 
 
 if __name__ == "__main__":

@@ -166,6 +166,7 @@ def stop_on_sigterm():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        STOP_REQUESTED.clear()  # the request was this command's: a later one in this process starts afresh
 
 
 def publish(
