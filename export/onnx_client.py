@@ -8,9 +8,11 @@ signature: decode to RGB (Pillow), centre crop of ``crop_fraction`` × the
 shorter side, bilinear resize with half-pixel centres and no antialiasing (as
 ``tf.image.resize``), scale to [0, 1], ``(x - mean) / std``.
 
-It answers hostile input as the SavedModel does: an image of more than
-``MAX_IMAGE_PIXELS`` (100 MP, the exporter's default) pixels is refused from
-its header before decoding (for a GIF, the larger of the canvas and the first
+It answers hostile input as the SavedModel does: an image of more than the
+export's ``--max-image-pixels`` (recorded in the metadata as ``max_image_pixels``;
+``MAX_IMAGE_PIXELS``, 100 MP, for older exports) is refused from its header
+before decoding; so is a format the SavedModel does not decode (only JPEG,
+PNG, GIF, BMP and WebP are read) (for a GIF, the larger of the canvas and the first
 frame; only the first frame is decoded); a path that is not a regular file
 (a FIFO, ``/dev/zero``) is refused without being opened; an image with a NaN
 or infinite value gets a NaN row; an empty batch gives ``[0, dim]``. Errors
