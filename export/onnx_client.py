@@ -11,9 +11,9 @@ shorter side, bilinear resize with half-pixel centres and no antialiasing (as
 It answers hostile input as the SavedModel does: an image of more than the
 export's ``--max-image-pixels`` (recorded in the metadata as ``max_image_pixels``;
 ``MAX_IMAGE_PIXELS``, 100 MP, for older exports) is refused from its header
-before decoding; so is a format the SavedModel does not decode (only JPEG,
-PNG, GIF, BMP and WebP are read) (for a GIF, the larger of the canvas and the first
-frame; only the first frame is decoded); a path that is not a regular file
+before decoding (for a GIF, the larger of the canvas and the first frame;
+only the first frame is decoded); so is a format the SavedModel does not
+decode (only JPEG, PNG, GIF, BMP and WebP are read); a path that is not a regular file
 (a FIFO, ``/dev/zero``) is refused without being opened; an image with a NaN
 or infinite value gets a NaN row; an empty batch gives ``[0, dim]``. Errors
 are one line (``onnx_client: error: ...``, exit code 2).
