@@ -124,6 +124,23 @@ def _application(name, target, image_size, args, init_weights) -> keras.Model:
     return keras.Model(model.inputs[0], model.outputs[0], name=model.name)
 
 
+def _check_preset_weights(target: str, where: str) -> None:
+    """Checks a local preset directory's ``*.weights.h5`` (:func:`bt_keras.saving.check_h5_sizes`) before KerasHub.
+
+    Args:
+        target: the preset name or directory.
+        where: the config key and value, for the message.
+    """
+    if not os.path.isdir(target):
+        return  # a named preset: downloaded and read by KerasHub (kagglehub's cache)
+    from bt_keras.saving import check_h5_sizes
+
+    for entry in sorted(os.listdir(target)):
+        path = os.path.join(target, entry)
+        if entry.endswith(".h5") and os.path.isfile(path):
+            check_h5_sizes(path, f"{where}: {entry}", os.path.getsize(path))
+
+
 def _keras_hub(name, target, image_size, args, init_weights) -> keras.Model:
     try:
         import keras_hub
@@ -133,10 +150,12 @@ def _keras_hub(name, target, image_size, args, init_weights) -> keras.Model:
     if policy != "float32":
         args.setdefault("dtype", policy)
     args.setdefault("load_weights", init_weights == "imagenet")
+    where = "model.init_weights: imagenet" if args["load_weights"] else f"model.encoder {name}"
+    if args["load_weights"]:
+        _check_preset_weights(target, f"{where}: the KerasHub preset {target}")
     try:
         backbone = keras_hub.models.Backbone.from_preset(target, **args)
     except Exception as e:  # noqa: BLE001  (kagglehub/HF download and preset errors have no common base)
-        where = "model.init_weights: imagenet" if args["load_weights"] else f"model.encoder {name}"
         raise UserError(f"{where}: cannot load the KerasHub preset {target!r}: {one_line(e)}") from None
     return _pooled(backbone, name, image_size, getattr(backbone, "use_class_token", False))
 
@@ -256,6 +275,10 @@ def load_initial_weights(encoder, path: str, name: str = "the encoder") -> None:
     """
     where = f"model.init_weights: {path}"
     if not path.endswith(".keras"):
+        if os.path.isfile(path):  # local (a remote file is read by Keras as it comes)
+            from bt_keras.saving import check_h5_sizes
+
+            check_h5_sizes(path, where, os.path.getsize(path))
         nested = [layer for layer in encoder.layers if isinstance(layer, keras.Model)]
         try:
             encoder.load_weights(path)

@@ -43,6 +43,7 @@ from bt_keras.io import atomic_path, atomic_write, is_remote
 CHECKPOINT_NAME = "latest.weights.h5"
 FINGERPRINT_ATTR = "bt_keras_fingerprint"
 _VARIABLES_KEY = "variables"
+_BACKEND_KEY = "keras backend"
 
 
 def checkpoint_path(run_dir: str) -> str:
@@ -59,7 +60,13 @@ def state_fingerprint(model: keras.Model, settings: dict | None = None) -> dict:
     # Shapes and dtypes in order, not names: Keras numbers layer names per process ("dense_3").
     shapes = [(tuple(v.shape), str(v.dtype)) for v in [*model.weights, *model.optimizer.variables]]
     digest = hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
-    return {**(settings or {}), _VARIABLES_KEY: f"{len(shapes)} variables, shapes {digest}"}
+    # The backend first: a JAX checkpoint resumed on TensorFlow differs in its optimizer variables too,
+    # and "the variables differ" would not say why.
+    return {
+        _BACKEND_KEY: keras.backend.backend(),
+        **(settings or {}),
+        _VARIABLES_KEY: f"{len(shapes)} variables, shapes {digest}",
+    }
 
 
 def fingerprint_difference(recorded: dict, current: dict) -> str | None:
@@ -74,6 +81,8 @@ def fingerprint_difference(recorded: dict, current: dict) -> str | None:
             before, now = short_repr(recorded[key]), short_repr(current[key])
             if key == _VARIABLES_KEY:
                 return f"the model and optimizer variables differ ({before} in the checkpoint, {now} now)"
+            if key == _BACKEND_KEY:
+                return f"it was written on the {before} backend, this run is on {now} (train.backend / KERAS_BACKEND)"
             return f"{key} is {before} in the checkpoint, {now} now"
     return None
 
@@ -83,7 +92,14 @@ def _read_fingerprint(local_path: str) -> dict | None:
 
     with h5py.File(local_path, "r") as f:
         text = f.attrs.get(FINGERPRINT_ATTR)
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    recorded = json.loads(text) if isinstance(text, str) else None
+    if not isinstance(recorded, dict):
+        raise ValueError(f"its {FINGERPRINT_ATTR!r} attribute is not a JSON object: {short_repr(str(text), 60)}")
+    return recorded
 
 
 def save_checkpoint(model: keras.Model, path: str, fingerprint: dict | None = None) -> None:
@@ -157,6 +173,12 @@ def restore_checkpoint(model: keras.Model, path: str, settings: dict | None = No
             if is_remote(path):
                 local = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), CHECKPOINT_NAME)
                 tf.io.gfile.copy(path, local)
+            from bt_keras.saving import check_h5_sizes
+
+            try:
+                check_h5_sizes(local, "the file", os.path.getsize(local))
+            except UserError as e:  # a damaged (or hostile) file, as a truncated one: exit 1, left as it is
+                raise CheckpointUnreadable(_unreadable(path, e)) from None
             _check_fingerprint(model, local, path, settings)
             try:
                 with warnings.catch_warnings(record=True) as caught:

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import math
 import os
+import stat
 import types
 import typing
 from typing import Literal
@@ -536,11 +537,24 @@ def load_config(path: str, overrides=()) -> Config:
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing aliases (``*name``).
+    """PyYAML's safe loader, refusing aliases (``*name``) and a key given twice in one mapping.
 
     An alias repeats a node without copying its text, so a few hundred bytes of
     nested aliases ("billion laughs") expand to gigabytes; a config never needs one.
+    A repeated key (two ``train:`` sections) would silently keep only the last one.
     """
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                raise ConfigError(
+                    f"{self.name}: line {key_node.start_mark.line + 1}: the key {short_repr(key, 40)} appears "
+                    f"twice in one mapping (first on line {seen[key] + 1}); keep one"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -562,6 +576,9 @@ def _load_yaml(text: str, name: str):
         loader.dispose()
 
 
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
 def _read_text(path: str) -> str:
     # TensorFlow (for gs:// and other remote file systems) only when the path needs it.
     if is_remote(path):
@@ -572,8 +589,15 @@ def _read_text(path: str) -> str:
         with tf.io.gfile.GFile(path) as f:
             return f.read()
     try:
+        # Only a regular file of bounded size: /dev/zero would be read forever, a FIFO block at open.
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise ConfigError(f"config file {path} is not a regular file")
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            text = f.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB; not a config")
+        return text
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:

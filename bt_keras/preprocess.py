@@ -153,12 +153,14 @@ def jpeg_size(image_bytes: tf.Tensor) -> tf.Tensor:
 
 @_traced_once
 def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
-    """int64 ``(height, width)`` read from a JPEG, PNG, GIF or BMP header, else ``(-1, -1)``; never raises.
+    """int64 ``(height, width)`` read from a JPEG, PNG, GIF, BMP or WebP header, else ``(-1, -1)``; never raises.
 
     Nothing is decoded: PNG's IHDR, a GIF's logical screen (its canvas;
     :func:`gif_first_frame` also reads the first frame's extent), a BMP's info
-    header (absolute height: negative means top-down) are read from the first
-    26 bytes, a JPEG's frame header by :func:`jpeg_size`.
+    header (absolute height: negative means top-down), a WebP's first chunk
+    (:func:`_webp_size`) are read from the first 30 bytes, a JPEG's frame
+    header by :func:`jpeg_size`. These are every format ``tf.io.decode_image``
+    decodes; :func:`decode_rgb` refuses bytes whose size is not read here.
 
     Examples:
 
@@ -180,9 +182,39 @@ def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
     is_png = (tf.strings.substr(head, 0, 8) == b"\x89PNG\r\n\x1a\n") & (n >= 24)
     is_gif = (tf.strings.substr(head, 0, 4) == b"GIF8") & (n >= 13)
     is_bmp = (tf.strings.substr(head, 0, 2) == b"BM") & (n >= 26)
-    unknown = tf.constant([-1, -1], tf.int64)
-    others = tf.where(is_png, png, tf.where(is_gif, gif, tf.where(is_bmp, bmp, unknown)))
+    others = tf.where(is_png, png, tf.where(is_gif, gif, tf.where(is_bmp, bmp, _webp_size(head, raw, n))))
     return tf.cond(tf.io.is_jpeg(image_bytes), lambda: jpeg_size(image_bytes), lambda: others)
+
+
+def _webp_size(head, raw, n):
+    """int64 ``(height, width)`` of a WebP from its first chunk (VP8X, VP8L or VP8), else ``(-1, -1)``.
+
+    A few dozen bytes of lossless WebP can announce 16383 × 16383 pixels, so the
+    size is read like the other formats'. VP8X (extended: animation, alpha,
+    metadata) holds the canvas, 24-bit width - 1 and height - 1 at bytes 24-29;
+    VP8L (lossless) 14-bit width - 1 and height - 1 after its 0x2f signature at
+    byte 20; VP8 (lossy) 14-bit width and height after its start code at 23-25.
+
+    Args:
+        head: the first 32 bytes (zero-padded), a string.
+        raw: the same bytes as int64 [32].
+        n: the length of the whole file.
+    """
+    is_webp = (tf.strings.substr(head, 0, 4) == b"RIFF") & (tf.strings.substr(head, 8, 4) == b"WEBP")
+    fourcc = tf.strings.substr(head, 12, 4)
+    vp8x = tf.stack([raw[27] + 256 * raw[28] + 65536 * raw[29] + 1, raw[24] + 256 * raw[25] + 65536 * raw[26] + 1])
+    and_ = tf.bitwise.bitwise_and
+    shift = tf.bitwise.right_shift
+    lossless_w = raw[21] + 256 * and_(raw[22], 0x3F) + 1
+    lossless_h = shift(raw[22], 6) + 4 * raw[23] + 1024 * and_(raw[24], 0x0F) + 1
+    vp8l = tf.stack([lossless_h, lossless_w])
+    vp8 = tf.stack([and_(raw[28] + 256 * raw[29], 0x3FFF), and_(raw[26] + 256 * raw[27], 0x3FFF)])
+    # Each size is read only from bytes the file has (the head is zero-padded to 32).
+    is_vp8x = (fourcc == b"VP8X") & (n >= 30)
+    is_vp8l = (fourcc == b"VP8L") & (raw[20] == 0x2F) & (n >= 25)
+    is_vp8 = (fourcc == b"VP8 ") & (tf.strings.substr(head, 23, 3) == b"\x9d\x01\x2a") & (n >= 30)
+    size = tf.where(is_vp8x, vp8x, tf.where(is_vp8l, vp8l, tf.where(is_vp8, vp8, tf.constant(-1, tf.int64))))
+    return tf.where(is_webp, size, tf.constant([-1, -1], tf.int64))
 
 
 def refuse_above(size: tf.Tensor, max_pixels) -> tf.Operation:
@@ -212,7 +244,12 @@ def _decode_rgb_limited(image_bytes, max_pixels):
             return tf.io.decode_image(first, channels=3, dtype=tf.uint8, expand_animations=False)
 
     def other():
-        with tf.control_dependencies([refuse_above(header_size(image_bytes), max_pixels)]):
+        size = header_size(image_bytes)
+        # A size the header check cannot read is refused, not decoded unbounded.
+        known = tf.debugging.Assert(
+            size[0] >= 0, ["image size unreadable: not a JPEG, PNG, GIF, BMP or WebP header (decoding refused)"]
+        )
+        with tf.control_dependencies([known, refuse_above(size, max_pixels)]):
             return tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
 
     is_gif = tf.strings.substr(image_bytes, 0, 4) == b"GIF8"

@@ -218,6 +218,59 @@ MAX_KERAS_TOTAL_BYTES = 64 * 2**30
 MAX_KERAS_RATIO = 1000
 
 
+_H5_SLACK_BYTES = 2**20  # headers and padding: what a weights file may declare beyond its own size
+
+
+def check_h5_sizes(source, where: str, size: int) -> None:
+    """Refuses an HDF5 weights file whose datasets declare more bytes than the file holds, before any is read.
+
+    The one check in front of every weights reader (``.keras`` files, checkpoints,
+    ``model.init_weights``, KerasHub presets). Keras writes each variable as a
+    plain, uncompressed dataset, so the declared sizes of a file's datasets add
+    up to at most the file's own size; a gzip-chunked dataset (or one with no
+    storage) can declare gigabytes in a few kilobytes, and reading it allocates
+    them all. Only the datasets' shapes and types are read here.
+
+    Args:
+        source: a local path or a seekable binary file (a ``.keras`` archive's member).
+        where: what to name in the message (``cannot load model.keras: its 'model.weights.h5'``).
+        size: the file's size in bytes.
+
+    Raises:
+        UserError: a dataset declares more than the file can hold (one line, naming it).
+
+    Examples:
+
+    >>> import h5py, numpy as np, tempfile, os
+    >>> path = tempfile.mktemp(suffix=".weights.h5")
+    >>> with h5py.File(path, "w") as f:
+    ...     _ = f.create_dataset("w", shape=(60000, 60000), dtype="f4", chunks=(100, 100), compression="gzip")
+    >>> check_h5_sizes(path, "x.weights.h5", os.path.getsize(path))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bt_keras.errors.UserError: x.weights.h5: its dataset 'w' declares (60000, 60000) float32 (14,400,000,000 bytes)...
+    """
+    import h5py
+    import numpy as np
+
+    try:
+        f = h5py.File(source, "r")
+    except Exception:  # noqa: BLE001 - not HDF5 / truncated: the reader's own message says so
+        return
+    total, limit = 0, int(size) + _H5_SLACK_BYTES
+    with f:
+        datasets = []
+        f.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+        for name, ds in datasets:
+            declared = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize if ds.shape else ds.dtype.itemsize
+            total += declared
+            if total > limit:
+                raise UserError(
+                    f"{where}: its dataset {short_repr(name, 60)} declares {ds.shape} {ds.dtype} ({declared:,} bytes), "
+                    f"more than the file's {size:,} bytes hold; refusing to read it"
+                )
+
+
 def check_keras_archive(path) -> None:
     """Checks a ``.keras`` file's zip directory before Keras reads it: a zip, with bounded member sizes.
 
@@ -264,6 +317,13 @@ def check_keras_archive(path) -> None:
             )
     if total > MAX_KERAS_TOTAL_BYTES:
         raise ExportArgumentError(f"cannot load {path}: {total} bytes uncompressed, more than a .keras file holds")
+    for m in members:
+        if m.filename.endswith(".h5"):
+            with zipfile.ZipFile(path) as archive, archive.open(m) as member:
+                try:
+                    check_h5_sizes(member, f"cannot load {path}: {short_repr(m.filename, 60)}", m.file_size)
+                except UserError as e:
+                    raise ExportArgumentError(str(e)) from None
 
 
 def keras_file_image_size(path) -> int | None:
@@ -292,6 +352,14 @@ def keras_file_image_size(path) -> int | None:
             config = json.loads(archive.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
+    try:  # a best-effort read of any JSON: a shape it does not expect is no size, never a traceback
+        return _static_square_side(config)
+    except (AttributeError, TypeError, IndexError, KeyError):
+        return None
+
+
+def _static_square_side(config) -> int | None:
+    """:func:`keras_file_image_size` of a parsed ``config.json``."""
     model = config.get("config", {}) if isinstance(config, dict) else {}
     layers = model.get("layers") or []
     entries = model.get("input_layers") or []
@@ -468,12 +536,36 @@ def _onnx_encoder(path: str, flags: dict) -> FrozenEncoder:
     contract = resolve_contract(recorded, where=f"{path} metadata", **flags)
     input_name = meta.get("input_name", session.get_inputs()[0].name)
     output_name = meta.get("output_name", session.get_outputs()[0].name)
+    _check_onnx_shapes(session, input_name, output_name, path)
 
     def run(images):
         batch = np.ascontiguousarray(np.asarray(images), dtype=np.float32)
         return np.asarray(session.run([output_name], {input_name: batch})[0], np.float32)
 
     return FrozenEncoder(run, contract, f"onnx:{path}", keep=session, numpy_fn=run)
+
+
+def _check_onnx_shapes(session, input_name: str, output_name: str, path: str) -> None:
+    """Refuses an ONNX model that does not map ``[batch, S, S, 3]`` (any batch) to ``[batch, dim]``.
+
+    Read from the graph's declared shapes, before anything runs: a 4-D output
+    or a batch fixed at 1 would otherwise fail later with ONNX Runtime's traceback.
+
+    Args:
+        session: the ``onnxruntime.InferenceSession``.
+        input_name, output_name: the names the metadata gives (or the first ones).
+        path: the model's path, for the message.
+    """
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    shape_in, shape_out = inputs.get(input_name), outputs.get(output_name)
+    if shape_in is None or shape_out is None:
+        raise UserError(f"--onnx {path}: no input {input_name!r} or output {output_name!r} in the model")
+    if len(shape_in) != 4 or len(shape_out) != 2 or isinstance(shape_in[0], int):
+        raise UserError(
+            f"--onnx {path}: expected images [batch, S, S, 3] (any batch) to embeddings [batch, dim], "
+            f"the model maps {shape_in} to {shape_out}"
+        )
 
 
 def _recorded_contract(path: str):

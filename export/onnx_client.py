@@ -8,10 +8,12 @@ signature: decode to RGB (Pillow), centre crop of ``crop_fraction`` × the
 shorter side, bilinear resize with half-pixel centres and no antialiasing (as
 ``tf.image.resize``), scale to [0, 1], ``(x - mean) / std``.
 
-It answers hostile input as the SavedModel does: an image of more than
-``MAX_IMAGE_PIXELS`` (100 MP, the exporter's default) pixels is refused from
-its header before decoding (for a GIF, the larger of the canvas and the first
-frame; only the first frame is decoded); a path that is not a regular file
+It answers hostile input as the SavedModel does: an image of more than the
+export's ``--max-image-pixels`` (recorded in the metadata as ``max_image_pixels``;
+``MAX_IMAGE_PIXELS``, 100 MP, for older exports) is refused from its header
+before decoding (for a GIF, the larger of the canvas and the first frame;
+only the first frame is decoded); so is a format the SavedModel does not
+decode (only JPEG, PNG, GIF, BMP and WebP are read); a path that is not a regular file
 (a FIFO, ``/dev/zero``) is refused without being opened; an image with a NaN
 or infinite value gets a NaN row; an empty batch gives ``[0, dim]``. Errors
 are one line (``onnx_client: error: ...``, exit code 2).
@@ -46,7 +48,8 @@ import warnings
 
 import numpy as np
 
-MAX_IMAGE_PIXELS = 100_000_000  # bt_keras.contract.MAX_IMAGE_PIXELS, the SavedModel's limit
+MAX_IMAGE_PIXELS = 100_000_000  # bt_keras.contract.MAX_IMAGE_PIXELS, the SavedModel's default limit
+_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")  # what TensorFlow's decode_image reads
 
 
 def _open_checked(data: bytes, max_pixels: int):
@@ -62,6 +65,9 @@ def _open_checked(data: bytes, max_pixels: int):
         raise ValueError(f"image too large: more than the limit of {max_pixels:,} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"not a decodable image: {e}") from None
+    if image.format not in _FORMATS:
+        image.close()
+        raise ValueError(f"not a JPEG, PNG, GIF, BMP or WebP image ({image.format}): the SavedModel refuses it too")
     width, height = image.size  # a GIF's: its canvas, grown to the first frame's extent
     if width * height > max_pixels:
         image.close()
@@ -118,13 +124,12 @@ def _resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
 class OnnxEncoder:
     """An exported encoder plus the preprocessing contract from its ``metadata_props``."""
 
-    def __init__(self, path: str, threads: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS):
+    def __init__(self, path: str, threads: int | None = None, max_pixels: int | None = None):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.max_pixels = max_pixels
         try:
             self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
@@ -137,12 +142,28 @@ class OnnxEncoder:
         if meta["layout"] != "NHWC":
             raise ValueError(f"unsupported layout {meta['layout']}")
         self.metadata = dict(meta)
+        # The export's --max-image-pixels (recorded since it is), as the SavedModel applies it.
+        self.max_pixels = max_pixels or int(meta.get("max_image_pixels", MAX_IMAGE_PIXELS))
         self.image_size = int(meta["image_size"])
         self.mean = np.asarray(json.loads(meta["mean"]), np.float32)
         self.std = np.asarray(json.loads(meta["std"]), np.float32)
         self.crop_fraction = float(meta["crop_fraction"])
         self.input_name = meta.get("input_name", self.session.get_inputs()[0].name)
         self.output_name = meta.get("output_name", self.session.get_outputs()[0].name)
+        self._check_shapes(path)
+
+    def _check_shapes(self, path: str) -> None:
+        """Refuses a model that does not map a batch of images to ``[batch, dim]`` (as bt-export checks)."""
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        shape_in, shape_out = inputs.get(self.input_name), outputs.get(self.output_name)
+        if shape_in is None or shape_out is None:
+            raise ValueError(f"{path}: no input {self.input_name!r} or output {self.output_name!r}")
+        if len(shape_out) != 2 or len(shape_in) != 4 or isinstance(shape_in[0], int):
+            raise ValueError(
+                f"{path}: expected a model from images [batch, S, S, 3] (any batch) to embeddings [batch, dim], "
+                f"got {shape_in} -> {shape_out}"
+            )
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """uint8 [H, W, 3] RGB → normalised float32 [S, S, 3], as the SavedModel does it."""
@@ -189,6 +210,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="write the embeddings to this .npy file (default: print a summary)")
     p.add_argument("--batch", type=int, default=32)
     args = p.parse_args(argv)
+    if args.batch < 1:
+        print(f"onnx_client: error: --batch must be a positive integer, got {args.batch}", file=sys.stderr)
+        return 2
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        print(f"onnx_client: error: --out {args.out}: its directory does not exist", file=sys.stderr)
+        return 2
     try:
         encoder = OnnxEncoder(args.model)
         parts = [encoder.embed_files(args.images[i : i + args.batch]) for i in range(0, len(args.images), args.batch)]
@@ -197,7 +224,11 @@ def main(argv=None) -> int:
         return 2
     embeddings = np.concatenate(parts)
     if args.out:
-        np.save(args.out, embeddings)
+        try:
+            np.save(args.out, embeddings)
+        except OSError as e:
+            print(f"onnx_client: error: --out {args.out}: {e.strerror or e}", file=sys.stderr)
+            return 2
         print(f"wrote {embeddings.shape} embeddings to {args.out}")
     else:
         for path, row in zip(args.images, embeddings):

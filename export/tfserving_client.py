@@ -40,7 +40,7 @@ def build_request(encoded_images, signature_name: str = "serving_default") -> di
 
 def predict_url(url: str, model: str, version: int | None = None) -> str:
     """``<url>/v1/models/<model>[/versions/<version>]:predict``."""
-    path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
+    path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "") + ":predict"
     return url.rstrip("/") + path
 
 
@@ -54,17 +54,24 @@ def predict(body: dict, url: str, model: str, version: int | None = None, timeou
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            reply = json.loads(response.read())
+            text = response.read()
     except urllib.error.HTTPError as e:
         # TF Serving explains a rejected request (e.g. undecodable bytes) in {"error": ...}.
         detail = e.read().decode(errors="replace")
         try:
-            detail = json.loads(detail).get("error", detail)
+            parsed = json.loads(detail)
         except ValueError:
-            pass
-        raise RuntimeError(f"TF Serving returned HTTP {e.code}: {detail}") from None
-    if "predictions" not in reply:
-        raise RuntimeError(f"unexpected reply from TF Serving: {str(reply)[:200]}")
+            parsed = None
+        if isinstance(parsed, dict) and "error" in parsed:  # any other body is shown as it is
+            detail = str(parsed["error"])
+        raise RuntimeError(f"TF Serving returned HTTP {e.code}: {' '.join(detail.split())[:300]}") from None
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict) or not isinstance(reply.get("predictions"), list):
+        shown = " ".join(text.decode(errors="replace").split())[:200]
+        raise RuntimeError(f"unexpected reply from TF Serving (no JSON 'predictions' list): {shown}")
     return reply["predictions"]
 
 
@@ -82,12 +89,23 @@ def embed_files(paths, url: str = "http://localhost:8501", model: str = "encoder
     return embed_bytes(encoded, url, model, version)
 
 
+def _version(text: str) -> int:
+    """A TF Serving model version: an integer from 1 to 2**63-1 (0 would silently mean the latest)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 2**63-1, got {text!r}")
+    return value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Embed images through TF Serving's REST API.")
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, GIF)")
     p.add_argument("--url", default="http://localhost:8501", help="TF Serving REST address")
     p.add_argument("--model", default="encoder", help="model name (the --name given to bt-export)")
-    p.add_argument("--version", type=int, help="model version (default: the latest served)")
+    p.add_argument("--version", type=_version, help="model version, 1 or more (default: the latest served)")
     p.add_argument("--print-request", action="store_true", help="print the JSON request instead of sending it")
     p.add_argument("--out", help="write the embeddings as JSON to this file")
     args = p.parse_args(argv)

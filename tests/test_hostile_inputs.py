@@ -78,6 +78,27 @@ def many_frame_gif(frames: int, side: int) -> bytes:
     return one[:start] + block * frames + b"\x3b"
 
 
+def webp_bomb(height: int, width: int) -> bytes:
+    """A lossless WebP (VP8L) of one colour: 28 bytes whatever its size (up to 16383 × 16383).
+
+    Every prefix code is a simple code of one symbol, so each pixel costs no bits.
+    """
+    bits = []
+
+    def put(value, count):
+        bits.extend((value >> i) & 1 for i in range(count))
+
+    put(width - 1, 14), put(height - 1, 14), put(0, 4)  # size, no alpha, version 0
+    put(0, 3)  # no transform, no colour cache, no meta prefix codes
+    for _ in range(5):  # green, red, blue, alpha, distance: simple code, 1 symbol (0), 1 bit
+        put(1, 1), put(0, 3)
+    bits += [0] * (-len(bits) % 8)
+    body = b"\x2f" + bytes(sum(b << i for i, b in enumerate(bits[k : k + 8])) for k in range(0, len(bits), 8))
+    body += b"\0" * (len(body) % 2)
+    chunk = b"VP8L" + struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
 def huge_canvas_gif(side: int = 60000) -> bytes:
     """A 1-pixel-frame GIF whose logical screen says ``side`` × ``side`` (the decoder allocates the canvas)."""
     gif = bytearray(_gif([np.zeros([1, 1, 3], np.uint8)]))
@@ -203,7 +224,7 @@ _UNDER_A_MEMORY_LIMIT = textwrap.dedent(
     from bt_keras import data
     from bt_keras.preprocess import decode_rgb
 
-    saved_model, folder, bomb, gif = sys.argv[1:5]
+    saved_model, folder, bomb, gif, webp = sys.argv[1:6]
     serve = tf.saved_model.load(saved_model).signatures["serving_default"]
     good = tf.io.encode_png(np.full([20, 24, 3], 7, np.uint8))
     serve(image_bytes=tf.stack([good]))  # warm: everything traced and allocated before the limit
@@ -221,6 +242,11 @@ _UNDER_A_MEMORY_LIMIT = textwrap.dedent(
         out["serving"] = "answered"
     except tf.errors.InvalidArgumentError as e:
         out["serving"] = "refused" if "image too large" in str(e) else str(e)[:300]
+    try:
+        serve(image_bytes=tf.constant([open(webp, "rb").read()]))
+        out["serving_webp"] = "answered"
+    except tf.errors.InvalidArgumentError as e:
+        out["serving_webp"] = "refused" if "image too large" in str(e) else str(e)[:300]
     # What bt-train and bt-data run first: list, validate (decode every image once), cache.
     info = data.source_info("folder:" + folder)
     out["usable"] = info.num_examples
@@ -233,6 +259,11 @@ _UNDER_A_MEMORY_LIMIT = textwrap.dedent(
         print("UNGUARDED DECODE FITS", flush=True)
     except (tf.errors.ResourceExhaustedError, MemoryError) as e:
         print("unguarded decode ran out of memory:", type(e).__name__, flush=True)
+    try:
+        tf.io.decode_image(open(webp, "rb").read(), channels=3, expand_animations=False)
+        print("UNGUARDED WEBP DECODE FITS", flush=True)
+    except (tf.errors.ResourceExhaustedError, MemoryError) as e:
+        print("unguarded WebP decode ran out of memory:", type(e).__name__, flush=True)
     """
 )
 
@@ -249,24 +280,30 @@ def test_bombs_cost_no_memory_in_serving_and_training(exported, tmp_path):
     for name in ("bomb1.png", "bomb2.png"):
         (folder / name).write_bytes(bomb)
     (tmp_path / "bomb.png").write_bytes(bomb)
+    (folder / "webp.png").write_bytes(webp_bomb(16383, 16383))  # 28 bytes of lossless WebP, 805 MB of RGB
     (tmp_path / "frames.gif").write_bytes(many_frame_gif(300, 1000))  # 900 MB if every frame is decoded
     env = dict(os.environ, MALLOC_ARENA_MAX="2", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     args = [str(saved_model), str(folder), str(tmp_path / "bomb.png"), str(tmp_path / "frames.gif")]
+    args.append(str(folder / "webp.png"))
     proc = subprocess.run(
         [sys.executable, "-c", _UNDER_A_MEMORY_LIMIT, *args], capture_output=True, text=True, env=env, timeout=300
     )
     lines = proc.stdout.splitlines()
     assert lines, proc.stderr[-3000:]
     out = json.loads(lines[0])
-    assert out["serving"] == "refused"
+    assert out["serving"] == out["serving_webp"] == "refused"
     assert out["usable"] == 4
-    rows = out["skipped"]
-    assert sorted(Path(r[0]).name for r in rows) == ["bomb1.png", "bomb2.png"]
-    assert all(r[1].startswith("too large: 20000x20480 = 409,600,000 pixels") for r in rows)
+    rows = dict((Path(r[0]).name, r[1]) for r in out["skipped"])
+    assert sorted(rows) == ["bomb1.png", "bomb2.png", "webp.png"]
+    assert rows["bomb1.png"].startswith("too large: 20000x20480 = 409,600,000 pixels")
+    assert rows["bomb2.png"].startswith("too large: 20000x20480 = 409,600,000 pixels")
+    assert rows["webp.png"].startswith("too large: 16383x16383 = 268,402,689 pixels")
     assert out["gif_first_frame"] == [1000, 1000, 3]
-    # The control ran out of memory: as an exception, or (an allocation C++ cannot recover from) an abort.
-    ran_out = "unguarded decode ran out of memory" in proc.stdout or proc.returncode in (-6, -9)
-    assert ran_out and "UNGUARDED DECODE FITS" not in proc.stdout, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    # Each control ran out of memory: as an exception, or (an allocation C++ cannot recover from) an abort.
+    aborted = proc.returncode in (-6, -9)
+    for control in ("unguarded decode", "unguarded WebP decode"):
+        assert f"{control} ran out of memory" in proc.stdout or aborted, (proc.returncode, proc.stdout)
+    assert "UNGUARDED DECODE FITS" not in proc.stdout and "UNGUARDED WEBP DECODE FITS" not in proc.stdout
 
 
 # --------------------------------------------------------------------------- #

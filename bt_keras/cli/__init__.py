@@ -187,6 +187,29 @@ def load_tensorflow() -> None:
     import tensorflow  # noqa: F401
 
 
+def use_tensorflow_backend(prog: str) -> None:
+    """For the commands that run on TensorFlow only (``bt-eval``, ``bt-embed``, ``bt-export``): switch Keras to it.
+
+    Their input pipelines, SavedModel and ONNX conversion are TensorFlow's; a
+    ``KERAS_BACKEND`` of another backend (set for ``bt-train`` on JAX) is
+    overridden before Keras is imported, with a one-line notice, instead of
+    failing later with a traceback.
+
+    Args:
+        prog: the command, for the notice.
+    """
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == "tensorflow":
+        return
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise UserError(f"{prog} runs on TensorFlow, but Keras is already running on {keras.backend.backend()}")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    sys.stderr.write(f"{prog}: runs on TensorFlow; KERAS_BACKEND={short_repr(backend, 20)} ignored\n")
+
+
 def select_backend(configured: str | None) -> str:
     """Sets ``KERAS_BACKEND`` before Keras is imported: the config's ``train.backend``, else the environment's.
 

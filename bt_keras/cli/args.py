@@ -69,6 +69,38 @@ def positive_int(text: str) -> int:
     return _checked(text, int, lambda v: v >= 1, "a positive integer")
 
 
+def seed(text: str) -> int:
+    """A random seed: an integer from 0 to 2**32-1 (what NumPy's and TensorFlow's generators take).
+
+    Args:
+        text: the flag's value.
+
+    Examples:
+
+    >>> seed("-1")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected an integer from 0 to 2**32-1, got '-1'
+    """
+    return _checked(text, int, lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32-1")
+
+
+def pixel_limit(text: str) -> int:
+    """A pixel limit (``--max-image-pixels``): an integer from 1 to 2**63-1 (it is compared in int64).
+
+    Args:
+        text: the flag's value.
+
+    Examples:
+
+    >>> pixel_limit(str(2**70))
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected an integer from 1 to 2**63-1, got '1180591620717411303424'
+    """
+    return _checked(text, int, lambda v: 1 <= v <= 2**63 - 1, "an integer from 1 to 2**63-1")
+
+
 def model_version(text: str) -> int:
     """A TF Serving model version: an integer from 1 to 2**63-1 (int64).
 
@@ -154,6 +186,29 @@ def add_encoder_arguments(parser) -> None:
     parser.add_argument("--mean", type=floats, help="R,G,B (must match a recorded contract)")
     parser.add_argument("--std", type=floats, help="R,G,B (must match a recorded contract)")
     parser.add_argument("--crop-fraction", type=fraction, help="(must match a recorded contract)")
+
+
+def run_max_image_pixels(args) -> int | None:
+    """The run's ``data.max_image_pixels`` (from ``RUN/config.yaml``) for ``--run``; else None (the default).
+
+    Args:
+        args: parsed arguments of :func:`add_encoder_arguments`.
+    """
+    import os
+
+    if not getattr(args, "run", None):
+        return None
+    path = args.run.rstrip("/") + "/config.yaml"
+    if "://" in path:
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            return None
+    elif not os.path.isfile(path):
+        return None
+    from bt_keras.config import load_config
+
+    return load_config(path).data.max_image_pixels
 
 
 def load_encoder_from_args(args):

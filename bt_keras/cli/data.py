@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 
 from bt_keras.cli import ArgumentParser, UserError, load_tensorflow, run_command
+from bt_keras.cli.args import seed
 
 PROG = "bt-data"
 
@@ -34,7 +35,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--name", default="train", help="shard file prefix (default: train)")
     p.add_argument("--shards", type=int, default=8, help="number of shard files (default: 8)")
     p.add_argument("--data-dir", default=None, help="TFDS data directory for tfds: sources")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fixed shuffle across shards")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the fixed shuffle across shards")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -75,8 +76,11 @@ def _body(argv) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``bt-data`` console script."""
-    return run_command(PROG, _body, argv)
+    """Entry point of the ``bt-data`` console script (SIGTERM: ``interrupted``, 130, the staging folder removed)."""
+    from bt_keras.export.publish import stop_on_sigterm
+
+    with stop_on_sigterm():
+        return run_command(PROG, _body, argv)
 
 
 if __name__ == "__main__":

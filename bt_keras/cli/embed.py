@@ -18,8 +18,8 @@ from __future__ import annotations
 import sys
 import time
 
-from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
-from bt_keras.cli.args import add_encoder_arguments, load_encoder_from_args, positive_int
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, use_tensorflow_backend
+from bt_keras.cli.args import add_encoder_arguments, load_encoder_from_args, positive_int, run_max_image_pixels, seed
 from bt_keras.errors import UserError
 
 PROG = "bt-embed"
@@ -79,7 +79,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--projector-max", type=positive_int, default=10_000, help="points in the projector (random sample above)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random queries and projector sample")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the random queries and projector sample")
     return parser
 
 
@@ -103,6 +103,7 @@ class Progress:
 
     def close(self) -> None:
         if self.enabled:
+            self.enabled = False  # once
             self.stream.write("\n")
             self.stream.flush()
 
@@ -130,12 +131,30 @@ def _check_args(args) -> None:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    use_tensorflow_backend(PROG)
     _check_args(args)
     load_tensorflow()
     from bt_keras.embed import embed_source
 
     encoder = load_encoder_from_args(args)
     progress = Progress()
+    extras = []
+
+    def finish(result):
+        # Written into the staging directory, so they are published with the embeddings.
+        progress.close()
+        if args.neighbors:
+            _, queries, _, _ = result.write_neighbors(args.neighbors, args.query, args.queries, args.seed)
+            extras.append(f"neighbours of {len(queries)} queries in {args.out}/neighbors.png")
+        if args.duplicates is not None:
+            _, count = result.write_duplicates(args.duplicates)
+            extras.append(
+                f"{count:,} pair{'' if count == 1 else 's'} >= {args.duplicates:g} in {args.out}/duplicates.tsv"
+            )
+        if args.projector:
+            _, points = result.write_projector(args.projector_max, args.seed)
+            extras.append(f"projector ({points:,} points) in {args.out}/projector")
+
     try:
         result = embed_source(
             args.source,
@@ -145,19 +164,11 @@ def _main(argv) -> int:
             data_dir=args.data_dir,
             overwrite=args.overwrite,
             progress=progress,
+            max_image_pixels=run_max_image_pixels(args),
+            finish=finish,
         )
     finally:
         progress.close()
-    extras = []
-    if args.neighbors:
-        path, queries, _, _ = result.write_neighbors(args.neighbors, args.query, args.queries, args.seed)
-        extras.append(f"neighbours of {len(queries)} queries in {path}")
-    if args.duplicates is not None:
-        path, count = result.write_duplicates(args.duplicates)
-        extras.append(f"{count:,} pair{'' if count == 1 else 's'} >= {args.duplicates:g} in {path}")
-    if args.projector:
-        path, points = result.write_projector(args.projector_max, args.seed)
-        extras.append(f"projector ({points:,} points) in {path}")
     skipped = f", {result.num_skipped:,} skipped (see {args.out}/skipped.tsv)" if result.num_skipped else ""
     rate = result.num_images / max(result.seconds, 1e-9)
     print(
@@ -168,8 +179,11 @@ def _main(argv) -> int:
 
 
 def main(argv=None) -> int:
-    """``bt-embed`` entry point; returns the exit code."""
-    return run_command(PROG, _main, argv)
+    """``bt-embed`` entry point; returns the exit code (130 after SIGTERM or Ctrl-C: nothing published)."""
+    from bt_keras.export.publish import stop_on_sigterm
+
+    with stop_on_sigterm():
+        return run_command(PROG, _main, argv)
 
 
 if __name__ == "__main__":

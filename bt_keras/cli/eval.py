@@ -15,8 +15,15 @@ import json
 import os
 import sys
 
-from bt_keras.cli import ArgumentParser, load_tensorflow, run_command
-from bt_keras.cli.args import add_encoder_arguments, load_encoder_from_args, positive_float, positive_int
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, use_tensorflow_backend
+from bt_keras.cli.args import (
+    add_encoder_arguments,
+    load_encoder_from_args,
+    positive_float,
+    positive_int,
+    run_max_image_pixels,
+    seed,
+)
 from bt_keras.errors import UserError
 from bt_keras.evaluation import LINEAR_MODES, PROTOCOLS
 from bt_keras.io import atomic_write
@@ -59,7 +66,7 @@ def build_parser() -> ArgumentParser:
         help="JSON report path (default: eval_report.json beside the model: in RUN, in the --encoder file's "
         "directory, or in the bt-export output directory of --saved-model)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     return parser
 
 
@@ -131,6 +138,7 @@ def _check_writable(path: str) -> None:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    use_tensorflow_backend(PROG)
     load_tensorflow()
     from bt_keras.evaluation import evaluate, format_table
 
@@ -151,6 +159,7 @@ def _main(argv) -> int:
         C=args.C,
         data_dir=data_dir,
         seed=args.seed,
+        max_image_pixels=run_max_image_pixels(args),
         log=lambda m: print(f"{PROG}: {m}", file=sys.stderr, flush=True),
     )
     atomic_write(path, json.dumps(report, indent=2) + "\n")

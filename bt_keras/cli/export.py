@@ -15,12 +15,11 @@ code 130. Nothing is left behind in any case. See :mod:`bt_keras.export`.
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
-from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, tensorflow_fault
-from bt_keras.cli.args import floats, fraction, model_version, positive_int, unit_interval
+from bt_keras.cli import ArgumentParser, load_tensorflow, run_command, tensorflow_fault, use_tensorflow_backend
+from bt_keras.cli.args import floats, fraction, model_version, pixel_limit, positive_int, unit_interval
 from bt_keras.contract import MAX_IMAGE_PIXELS, read_contract, resolve_contract
 from bt_keras.errors import ExportArgumentError, ExportFailed, one_line
 from bt_keras.export.layout import (
@@ -37,7 +36,7 @@ from bt_keras.export.layout import (
     check_name,
     require_litert,
 )
-from bt_keras.export.publish import STOP_REQUESTED
+from bt_keras.export.publish import stop_on_sigterm
 from bt_keras.saving import keras_file_image_size
 
 PROG = "bt-export"
@@ -67,7 +66,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument(
         "--max-image-pixels",
-        type=positive_int,
+        type=pixel_limit,
         default=MAX_IMAGE_PIXELS,
         help="serving_default refuses a request image whose header announces more pixels (default 100,000,000)",
     )
@@ -229,6 +228,7 @@ def _int8_refusals(result) -> int:
 
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
+    use_tensorflow_backend(PROG)
     formats = check_formats(args.formats)
     if "litert" in formats:
         require_litert()
@@ -277,27 +277,14 @@ def _body(argv) -> int:
     return _int8_refusals(result)
 
 
-def _interrupt(signum, frame):
-    STOP_REQUESTED.set()  # holds even where the exception below is swallowed (see publish.py)
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     """``bt-export`` entry point. Example: ``bt-export --run runs/cifar --out exports/cifar``."""
-    previous = signal.getsignal(signal.SIGTERM)
     # SIGTERM (docker stop, kill) unwinds like Ctrl-C so the temporary directory is removed.
-    in_main_thread = True
-    try:
-        signal.signal(signal.SIGTERM, _interrupt)
-    except ValueError:  # not the main thread
-        in_main_thread = False
-    try:
-        return run_command(PROG, _body, argv)
-    except SystemExit as e:  # argparse (--help, bad flags): return the code, as for every other outcome
-        return e.code if isinstance(e.code, int) else 2
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    with stop_on_sigterm():
+        try:
+            return run_command(PROG, _body, argv)
+        except SystemExit as e:  # argparse (--help, bad flags): return the code, as for every other outcome
+            return e.code if isinstance(e.code, int) else 2
 
 
 if __name__ == "__main__":

@@ -104,6 +104,8 @@ class DataConfig:
         check_positive("data.shuffle_buffer", self.shuffle_buffer)
         check_positive("data.cache_max_mb", self.cache_max_mb)
         check_positive("data.max_image_pixels", self.max_image_pixels)
+        if self.max_image_pixels > 2**63 - 1:  # compared in int64 in the graph
+            raise DataError(f"data.max_image_pixels: must be at most 2**63-1, got {self.max_image_pixels}")
         check_validate(self.validate)
         crop = self.crop_fraction
         if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1):

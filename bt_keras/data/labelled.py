@@ -120,8 +120,9 @@ class LabelledImages:
     10
     """
 
-    def __init__(self, source, contract, data_dir=None, cache_max_mb: int = 1024):
-        self.info = source_info(source, data_dir=data_dir)
+    def __init__(self, source, contract, data_dir=None, cache_max_mb: int = 1024, max_image_pixels=None):
+        limit = {} if max_image_pixels is None else {"max_image_pixels": int(max_image_pixels)}
+        self.info = source_info(source, data_dir=data_dir, **limit)
         load = int(round(contract.image_size / contract.crop_fraction))
         # mean 0, std 1/255 undoes the normalisation: pixels in [0, 255].
         ds = eval_dataset(
@@ -132,6 +133,7 @@ class LabelledImages:
             std=(1 / 255,) * 3,
             crop_fraction=1.0,
             data_dir=data_dir,
+            **limit,
         )
         ds = ds.unbatch().map(lambda x, y: (tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y))
         budget = cache_max_mb * 2**20

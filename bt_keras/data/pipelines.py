@@ -199,6 +199,8 @@ def eval_dataset(
     max_image_pixels: int = MAX_IMAGE_PIXELS,
     with_ids: bool = False,
     pixel_shuffle_seed: int | None = None,
+    prepared=None,
+    skipped_shown_as: str | None = None,
 ) -> tf.data.Dataset:
     """Labelled single views for evaluation: ``(images, labels)`` batches.
 
@@ -221,6 +223,10 @@ def eval_dataset(
         with_ids: also give each example's uid, and accept unlabelled sources.
         pixel_shuffle_seed: the contract's pixel-shuffle ablation (None: off):
             the images' pixel positions permuted as the run's training views were.
+        prepared: the :func:`~bt_keras.data.prepare.prepare` result of ``source`` to read
+            (None: prepared here); a caller that maps uids to paths passes the one it uses,
+            so a file added meanwhile cannot shift them (a second listing would see it).
+        skipped_shown_as: the path the skipped-files summary names (default ``skipped_path``).
 
     Examples:
 
@@ -233,7 +239,7 @@ def eval_dataset(
     check_positive("batch_size", batch_size)
     check_positive("image_size", image_size)
     b = per_replica_batch(batch_size, input_context)
-    prep = prepare(
+    prep = prepared or prepare(
         source,
         data_dir=data_dir,
         shard=_shard_of(input_context),
@@ -247,7 +253,7 @@ def eval_dataset(
             f"{source_name(source)}: no labels (folders need one sub-folder per class; TFRecords need "
             "image/class/label; arrays need (images, labels))"
         )
-    report_skipped(prep.skipped, prep.num_examples, skipped_path)
+    report_skipped(prep.skipped, prep.num_examples, skipped_path, skipped_shown_as)
     mean, std = tuple(mean), tuple(std)
 
     def prep_fn(x):

@@ -66,7 +66,7 @@ def write_tfrecords(
     """Writes a source's usable images as ``image/encoded`` TFRecord shards.
 
     Files are validated (decoded once) and bad ones skipped and listed, then
-    written in a fixed shuffled order spread over ``num_shards`` files
+    written in a fixed shuffled order, in consecutive runs over ``num_shards`` files
     ``{output_dir}/{name}-NNNNN-of-MMMMM.tfrecord`` (local or gs://), with the
     original encoded bytes (JPEGs stay JPEGs, so training decodes only the
     crop). A ``{name}.bt-data.json`` next to them records counts and class
@@ -108,12 +108,12 @@ def write_tfrecords(
     staging = f"{out}/.{name}.bt-data-{uuid.uuid4().hex[:12]}"
     tf.io.gfile.makedirs(staging)
     try:
-        info = _build(prep, records, staging, name, num_shards, source)
+        info = _build(prep, records, n, staging, name, num_shards, source)
         report_skipped(
             prep.skipped,
             prep.num_examples,
             skipped_path or f"{staging}/{name}.skipped.tsv",
-            shown_path=skipped_path or f"{out}/{name}.skipped.tsv",  # where it is once published
+            shown_as=skipped_path or f"{out}/{name}.skipped.tsv",  # where it is once published
         )
         _publish(staging, out, name, _previous_output(out, name))
     finally:
@@ -141,11 +141,11 @@ def _publish(staging: str, out: str, name: str, previous: list) -> None:
         tf.io.gfile.rename(f"{staging}/{fname}", f"{out}/{fname}", overwrite=True)
 
 
-def _build(prep, records, staging: str, name: str, num_shards: int, source) -> dict:
+def _build(prep, records, total: int, staging: str, name: str, num_shards: int, source) -> dict:
     """Writes the shards and the sidecar into ``staging``; returns the sidecar's content."""
     paths = [f"{staging}/{name}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
     try:
-        counts = _write_shards(records, paths, prep)
+        counts = _write_shards(records, paths, prep, total)
     except tf.errors.OpError as e:
         raise DataError(
             f"{prep.source.name}: a file could not be read while writing ({one_line(e)}): did the source change? "
@@ -163,13 +163,30 @@ def _build(prep, records, staging: str, name: str, num_shards: int, source) -> d
     return info
 
 
-def _write_shards(records: tf.data.Dataset, paths: list, prep) -> list:
-    """Writes ``(uid, bytes, label)`` records round-robin into ``paths``; the count of each."""
+def _write_shards(records: tf.data.Dataset, paths: list, prep, total: int) -> list:
+    """Writes ``(uid, bytes, label)`` records into ``paths`` in consecutive runs; the count of each.
+
+    The records come in a fixed shuffled order, so consecutive runs mix classes
+    as well as dealing them out would; and only one file is open at a time
+    (``--shards 1024`` under the usual ``ulimit -n 1024`` opened every shard at
+    once). Shard ``s`` gets ``total // S`` records, one more for the first ``total % S``.
+
+    Args:
+        records: the ``(uid, bytes, label)`` records, in their shuffled order.
+        paths: the shard files.
+        prep: the prepared source (labels, class names, file names).
+        total: the number of records.
+    """
     src, class_names = prep.source, prep.class_names
-    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    quota = [total // len(paths) + (s < total % len(paths)) for s in range(len(paths))]
     counts = [0] * len(paths)
+    shard, writer = 0, tf.io.TFRecordWriter(paths[0])
     try:
-        for k, (u, data, y) in enumerate(records.prefetch(AUTOTUNE).as_numpy_iterator()):
+        for u, data, y in records.prefetch(AUTOTUNE).as_numpy_iterator():
+            while counts[shard] >= quota[shard] and shard + 1 < len(paths):
+                writer.close()
+                shard += 1
+                writer = tf.io.TFRecordWriter(paths[shard])
             feats = {
                 "image/encoded": _bytes_feature(data),
                 "image/format": _bytes_feature((sniff(data) or "unknown").lower().encode()),
@@ -181,10 +198,10 @@ def _write_shards(records: tf.data.Dataset, paths: list, prep) -> list:
             filename = src.filename(u)
             if filename is not None:
                 feats["image/filename"] = _bytes_feature(filename.encode())
-            s = k % len(paths)
-            writers[s].write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
-            counts[s] += 1
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+            counts[shard] += 1
     finally:
-        for w in writers:
-            w.close()
+        writer.close()
+    for path in paths[shard + 1 :]:  # fewer records than announced: the remaining shards exist, empty
+        tf.io.TFRecordWriter(path).close()
     return counts

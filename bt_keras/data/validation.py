@@ -51,10 +51,12 @@ _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8
 
 
 def sniff(data: bytes) -> str | None:
-    """The image format from the first bytes (JPEG, PNG, GIF, BMP), or None."""
+    """The image format from the first bytes (JPEG, PNG, GIF, BMP, WebP), or None."""
     for magic, fmt in _SIGNATURES:
         if data.startswith(magic):
             return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
     return None
 
 
@@ -130,6 +132,7 @@ def quick_check(data, max_pixels: int = MAX_IMAGE_PIXELS):
     is_png = head == b"\x89PNG\r\n\x1a\n"
     is_gif = tf.strings.substr(head, 0, 4) == b"GIF8"
     is_bmp = tf.strings.substr(head, 0, 2) == b"BM"
+    is_webp = (tf.strings.substr(data, 0, 4) == b"RIFF") & (tf.strings.substr(data, 8, 4) == b"WEBP")
     # Files often carry padding after the JPEG end marker: look for it near the end.
     tail = tf.strings.bytes_split(tf.strings.substr(data, tf.maximum(n - 256, 0), 256))
     jpeg_end = tf.reduce_any((tail[:-1] == b"\xff") & (tail[1:] == b"\xd9"))
@@ -139,7 +142,8 @@ def quick_check(data, max_pixels: int = MAX_IMAGE_PIXELS):
         [
             (size[0] * size[1] > max_pixels, lambda: 5),
             (n == 0, lambda: 1),
-            (~(is_jpeg | is_png | is_gif | is_bmp), lambda: 2),
+            (~(is_jpeg | is_png | is_gif | is_bmp | is_webp), lambda: 2),
+            (size[0] < 0, lambda: 2),  # a size the header check cannot read: refused when decoded
             (is_jpeg & ~jpeg_end, lambda: 3),
             (is_png & ~png_end, lambda: 4),
         ],
@@ -234,7 +238,7 @@ def parse_tsv_field(field: str) -> str:
     return "".join(out)
 
 
-def report_skipped(skipped: list, num_examples: int, skipped_path: str | None, shown_path: str | None = None) -> None:
+def report_skipped(skipped: list, num_examples: int, skipped_path: str | None, shown_as: str | None = None) -> None:
     """Writes ``skipped`` as TSV to ``skipped_path`` (if given) and logs a one-line summary.
 
     One row per item: ``path<TAB>reason``, both escaped by :func:`tsv_field`.
@@ -246,8 +250,8 @@ def report_skipped(skipped: list, num_examples: int, skipped_path: str | None, s
         skipped: ``(path, reason)`` pairs.
         num_examples: usable images, for the "N of M" summary.
         skipped_path: TSV destination (local or ``gs://``), or None.
-        shown_path: the path the summary names, when the TSV is written to a
-            staging folder first and published there later (default ``skipped_path``).
+        shown_as: the path the summary names (default ``skipped_path``): where the
+            file will be once published, when it is written into a staging directory.
     """
     if skipped_path is not None:
         parent = os.path.dirname(skipped_path)
@@ -262,7 +266,7 @@ def report_skipped(skipped: list, num_examples: int, skipped_path: str | None, s
         return
     total = num_examples + len(bad)
     where = (
-        f"see {shown_path or skipped_path}"
+        f"see {shown_as or skipped_path}"
         if skipped_path
         else "first: " + "; ".join(f"{tsv_field(p)} ({r})" for p, r in bad[:3])
     )

@@ -16,14 +16,28 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from pathlib import Path
 
 from bt_keras.errors import UserError
 
 SKIPPED_FILE = "skipped.tsv"
 SUMMARY_FILE = "embeddings.json"
+_MARK = "bt-embed"  # in the names of its temporaries and lock beside --out
+# Everything bt-embed writes, the summary last: an --overwrite replaces all of them and removes those
+# the new run does not write (an earlier run's duplicates.tsv or projector/).
+OUTPUT_ENTRIES = (
+    "embeddings.npy",
+    "index.tsv",
+    SKIPPED_FILE,
+    "neighbors.png",
+    "duplicates.tsv",
+    "projector",
+    SUMMARY_FILE,
+)
 
 
 def _frozen(encoder, contract):
@@ -62,6 +76,8 @@ def embed_source(
     cache: bool | None = None,
     validate: str = "auto",
     progress=None,
+    max_image_pixels: int | None = None,
+    finish=None,
 ):
     """Embeds every usable image of ``source`` into ``out_dir``; returns an :class:`EmbeddingSet`.
 
@@ -69,7 +85,11 @@ def embed_source(
     map), ``index.tsv`` (row, uid, path, label, class; see
     :mod:`bt_keras.embed.writer`), ``skipped.tsv`` (bad images and why) and
     ``embeddings.json`` (what was embedded with what). Rows follow the
-    source's order (sorted paths for folders).
+    source's order (sorted paths for folders). Everything is built in a hidden
+    directory beside ``out_dir`` and published as for ``bt-export``
+    (:mod:`bt_keras.export.publish`): an interrupted run publishes nothing,
+    ``overwrite`` replaces every output of the earlier run, and a second run
+    into the same ``out_dir`` meanwhile is refused (a lock beside it).
 
     Args:
         source: ``folder:PATH``, ``tfrecord:GLOB``, ``tfds:NAME[:SPLIT]``,
@@ -83,6 +103,58 @@ def embed_source(
         overwrite: replace embeddings already in ``out_dir``.
         cache, validate: as in :class:`~bt_keras.data.DataConfig`.
         progress: ``progress(done, total)`` after each batch, or None.
+        max_image_pixels: larger images are skipped (None: the default
+            :data:`~bt_keras.contract.MAX_IMAGE_PIXELS`; a run's ``data.max_image_pixels``).
+        finish: ``finish(result)`` writes more files into ``result.out_dir`` (the neighbour
+            grid, ...) before publishing, so they are published with the embeddings; or None.
+    """
+    from bt_keras.export.publish import publish, staging_directory
+
+    out = Path(os.path.abspath(str(out_dir)))
+    check_out_dir(str(out_dir), overwrite)
+    frozen = _frozen(encoder, contract)
+    check = lambda o, ow: check_out_dir(str(o), ow)
+    with _out_lock(out), staging_directory(out, mark=_MARK) as stage:
+        result = _embed_into(
+            str(stage), str(out_dir), source, frozen, batch_size, data_dir, cache, validate, progress, max_image_pixels
+        )
+        if finish is not None:
+            finish(result)
+        publish(stage, out, overwrite, entries=OUTPUT_ENTRIES, check=check, mark=_MARK)
+    result.out_dir = str(out_dir)
+    return result
+
+
+@contextlib.contextmanager
+def _out_lock(out: Path):
+    """One bt-embed at a time per ``--out``: a lock file beside it (see :mod:`bt_keras.run_lock`)."""
+    from bt_keras.errors import RunLocked
+    from bt_keras.run_lock import RunDirectoryLock
+
+    lock = RunDirectoryLock(str(out.parent))
+    lock.path = str(out.parent / f".{out.name}.{_MARK}.lock")
+    try:
+        lock.acquire()
+    except RunLocked:
+        holder = lock.holder() or {}
+        raise UserError(
+            f"--out {out} is being written by another bt-embed (process {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}); wait for it or choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _embed_into(stage, out_dir, source, frozen, batch_size, data_dir, cache, validate, progress, max_image_pixels):
+    """The embedding pass into the staging directory ``stage``; returns the :class:`EmbeddingSet`.
+
+    Args:
+        stage: the staging directory (published by :func:`embed_source`).
+        out_dir: where it will be published (messages name it).
+        source, frozen: the source and the frozen encoder.
+        batch_size, data_dir, cache, validate, progress, max_image_pixels: as in :func:`embed_source`.
     """
     import numpy as np
 
@@ -93,24 +165,25 @@ def embed_source(
     from bt_keras.evaluation.features import inference_fn
     from bt_keras.io import atomic_write
 
-    out_dir = str(out_dir)
-    check_out_dir(out_dir, overwrite)
-    frozen = _frozen(encoder, contract)
     c = frozen.contract
-    os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
+    limit = {} if max_image_pixels is None else {"max_image_pixels": int(max_image_pixels)}
+    # Listed once: the rows' uids, the paths written for them and the thumbnails all come
+    # from this one listing (a second one would see a file added meanwhile and shift every path).
+    prep = prepare(source, data_dir=data_dir, cache=cache, validate=validate, **limit)
     ds = eval_dataset(
         source,
         batch_size=batch_size,
         **c.eval_kwargs(),
         data_dir=data_dir,
-        skipped_path=os.path.join(out_dir, SKIPPED_FILE),
+        skipped_path=os.path.join(stage, SKIPPED_FILE),
+        skipped_shown_as=os.path.join(out_dir, SKIPPED_FILE),
         cache=cache,
         validate=validate,
         with_ids=True,
+        prepared=prep,
+        **limit,
     )
-    # The same (cached) preparation eval_dataset used: paths, class names, counts.
-    prep = prepare(source, data_dir=data_dir, cache=cache, validate=validate)
     names = prep.class_names or []
     infer = inference_fn(frozen)
     writer = None
@@ -118,7 +191,7 @@ def embed_source(
         for images, labels, uids in ds:
             emb = infer(images)
             if writer is None:
-                writer = EmbeddingWriter(out_dir, prep.num_examples, emb.shape[-1])
+                writer = EmbeddingWriter(stage, prep.num_examples, emb.shape[-1])
             uids, labels = np.asarray(uids), np.asarray(labels)
             paths = [prep.source.locate(u) for u in uids]
             classes = [names[y] if 0 <= y < len(names) else "" for y in labels]
@@ -135,7 +208,7 @@ def embed_source(
     seconds = time.perf_counter() - start
     num_skipped = sum(1 for _, reason in prep.skipped if not reason.startswith("ignored:"))
     result = EmbeddingSet(
-        out_dir,
+        stage,
         source,
         c,
         frozen,
@@ -144,7 +217,8 @@ def embed_source(
         num_skipped + prep.num_examples - rows,
         seconds,
         data_dir,
-        {"cache": cache, "validate": validate},
+        {"cache": cache, "validate": validate, **limit},
+        prep,
     )
     summary = {
         "source": prep.source.name,
@@ -156,5 +230,5 @@ def embed_source(
         "seconds": round(seconds, 3),
         "files": {"embeddings": "embeddings.npy", "index": "index.tsv", "skipped": SKIPPED_FILE},
     }
-    atomic_write(os.path.join(out_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    atomic_write(os.path.join(stage, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
     return result

@@ -46,6 +46,7 @@ class EmbeddingSet:
         seconds: wall time of the embedding pass.
         data_dir: TFDS ``data_dir``.
         prepare_kwargs: ``cache``/``validate`` used to read the source.
+        prepared: the prepared source the rows' uids refer to (None: prepared again).
     """
 
     out_dir: str
@@ -58,6 +59,7 @@ class EmbeddingSet:
     seconds: float
     data_dir: str | None = None
     prepare_kwargs: dict = dataclasses.field(default_factory=dict)
+    prepared: object = None
 
     @property
     def embeddings_path(self) -> str:
@@ -73,7 +75,13 @@ class EmbeddingSet:
 
     def _views(self, uids, size):
         return thumbnails.encoder_views(
-            self.source, uids, self.contract, size, data_dir=self.data_dir, **self.prepare_kwargs
+            self.source,
+            uids,
+            self.contract,
+            size,
+            data_dir=self.data_dir,
+            prepared=self.prepared,
+            **self.prepare_kwargs,
         )
 
     def _resolve_queries(self, queries, rows) -> tuple:
@@ -96,14 +104,21 @@ class EmbeddingSet:
     def _embed_file(self, path: str) -> np.ndarray:
         import tensorflow as tf
 
+        from bt_keras.contract import MAX_IMAGE_PIXELS
+        from bt_keras.data.validation import image_size, too_large
         from bt_keras.evaluation.features import inference_fn
         from bt_keras.preprocess import preprocess_for_eval
 
         c = self.contract
+        limit = self.prepare_kwargs.get("max_image_pixels", MAX_IMAGE_PIXELS)
         try:
-            x = preprocess_for_eval(tf.io.read_file(path), c.image_size, c.mean, c.std, c.crop_fraction)
+            x = preprocess_for_eval(tf.io.read_file(path), c.image_size, c.mean, c.std, c.crop_fraction, limit)
         except tf.errors.OpError as e:
-            raise UserError(f"--query {path}: not a readable image ({' '.join(str(e).split())[:160]})") from None
+            with open(path, "rb") as f:
+                reason = too_large(image_size(f.read()), limit)  # the header check's refusal, said plainly
+            if reason is not None:
+                raise UserError(f"--query {path}: {reason}") from None
+            raise UserError(f"--query {path}: not a readable image ({' '.join(str(e).split())[-160:]})") from None
         return inference_fn(self.encoder)(x[None])[0]
 
     def write_neighbors(self, k: int, queries=None, sample: int = 8, seed: int = 0, path=None):

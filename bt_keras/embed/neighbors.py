@@ -97,7 +97,8 @@ def neighbor_grid(path: str, query_views, neighbor_views, similarities, query_ti
         cells += [(neighbor_views[r][c], f"{similarities[r][c]:.3f}", "black") for c in range(k)]
         for ax, (image, text, colour) in zip(axes[r], cells):
             ax.imshow(image)
-            ax.set_title(text, fontsize=7, color=colour)
+            # parse_math=False: a class or file name is text, never mathtext ("$\\bogus$" would raise).
+            ax.set_title(text, fontsize=7, color=colour, parse_math=False)
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(f"{k} nearest neighbours by cosine similarity", fontsize=9)

@@ -58,7 +58,7 @@ def _decoded_images(prep, uids) -> dict:
     return found
 
 
-def encoder_views(source, uids, contract, size: int, data_dir=None, **prepare_kwargs) -> np.ndarray:
+def encoder_views(source, uids, contract, size: int, data_dir=None, prepared=None, **prepare_kwargs) -> np.ndarray:
     """uint8 ``[len(uids), size, size, 3]`` pictures of the examples ``uids`` of ``source``.
 
     Args:
@@ -67,11 +67,13 @@ def encoder_views(source, uids, contract, size: int, data_dir=None, **prepare_kw
         contract: the encoder's preprocessing contract (its crop is applied).
         size: the thumbnails' side in pixels.
         data_dir: TFDS ``data_dir``.
+        prepared: the prepared source the uids refer to (None: ``source`` prepared again).
         **prepare_kwargs: ``cache``, ``cache_max_mb``, ``validate`` as used for embedding.
     """
     uids = [int(u) for u in uids]
     if not uids:
         return np.zeros([0, size, size, 3], np.uint8)
-    images = _decoded_images(prepare(source, data_dir=data_dir, **prepare_kwargs), uids)
+    prep = prepared or prepare(source, data_dir=data_dir, **prepare_kwargs)
+    images = _decoded_images(prep, uids)
     blank = np.zeros([size, size, 3], np.uint8)
     return np.stack([view(images[u], size, contract.crop_fraction) if u in images else blank for u in uids])

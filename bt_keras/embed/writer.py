@@ -45,9 +45,34 @@ INDEX_COLUMNS = ("row", "uid", "path", "label", "class")
 _COPY_ROWS = 65_536  # rows copied at a time when a shorter set is re-packed
 
 
+class _TsvWriter:
+    """``csv`` rows, tab-separated; a row with a carriage return anywhere is written with every field quoted.
+
+    Python's ``csv`` writer quotes a field holding a tab, a quote or a character
+    of its line terminator (``\\n``), not a lone ``\\r``, which its reader takes for
+    a line end: a file name holding one would add a row. Such rows are rare, so
+    only they are quoted in full; the others stay as ``QUOTE_MINIMAL`` writes them.
+
+    Args:
+        f: a text file opened with ``newline=""``.
+    """
+
+    def __init__(self, f):
+        self._minimal = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        self._all = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def writerow(self, row) -> None:
+        has_cr = any(isinstance(v, str) and "\r" in v for v in row)
+        (self._all if has_cr else self._minimal).writerow(row)
+
+    def writerows(self, rows) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
 def tsv_writer(f):
-    """A ``csv`` writer of tab-separated rows that quotes fields holding a tab, newline or quote."""
-    return csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    """A ``csv`` writer of tab-separated rows that quotes fields holding a tab, newline, carriage return or quote."""
+    return _TsvWriter(f)
 
 
 class EmbeddingWriter:

@@ -102,7 +102,7 @@ def _tf_inference_fn(encoder):
     return fn
 
 
-def eval_batches(source, contract, batch_size: int, data_dir=None):
+def eval_batches(source, contract, batch_size: int, data_dir=None, max_image_pixels=None):
     """``(images, labels)`` batches of a labelled source, preprocessed by ``contract`` (centre crops).
 
     Args:
@@ -110,6 +110,7 @@ def eval_batches(source, contract, batch_size: int, data_dir=None):
         contract: the encoder's preprocessing contract.
         batch_size: images per batch.
         data_dir: TFDS ``data_dir``.
+        max_image_pixels: larger images are skipped (None: the default limit).
 
     Examples:
 
@@ -125,4 +126,5 @@ def eval_batches(source, contract, batch_size: int, data_dir=None):
         batch_size=batch_size,
         **contract.eval_kwargs(),
         data_dir=data_dir,
+        **({} if max_image_pixels is None else {"max_image_pixels": int(max_image_pixels)}),
     )

@@ -106,6 +106,7 @@ def linear_probe_sgd(
     data_dir=None,
     seed: int = 0,
     log: Callable | None = None,
+    max_image_pixels=None,
 ) -> dict:
     """The paper's linear probe on a frozen encoder; reports the final epoch.
 
@@ -127,6 +128,7 @@ def linear_probe_sgd(
         data_dir: TFDS ``data_dir``.
         seed: seeds the head's initialisation and the crops.
         log: ``log(message)`` once per epoch.
+        max_image_pixels: larger images are skipped (None: the default limit).
 
     Examples:
 
@@ -140,8 +142,8 @@ def linear_probe_sgd(
     """
     if epochs < 1:
         raise UserError(f"epochs must be >= 1, got {epochs}")
-    test_ds = eval_batches(test_data, contract, eval_batch_size, data_dir)
-    raw = LabelledImages(train_data, contract, data_dir, cache_max_mb=1024)
+    test_ds = eval_batches(test_data, contract, eval_batch_size, data_dir, max_image_pixels)
+    raw = LabelledImages(train_data, contract, data_dir, cache_max_mb=1024, max_image_pixels=max_image_pixels)
     cfg = crop_flip_config(contract)
     features = tf.function(
         lambda x: tf.stop_gradient(tf.cast(encoder(x, training=False), tf.float32)), reduce_retracing=True

@@ -40,6 +40,7 @@ def evaluate(
     data_dir=None,
     seed: int = 0,
     log: Callable | None = None,
+    max_image_pixels=None,
 ) -> dict:
     """Runs the kNN and/or linear protocol on a :class:`~bt_keras.saving.FrozenEncoder`; returns the report dict.
 
@@ -55,6 +56,8 @@ def evaluate(
         data_dir: TFDS ``data_dir``.
         seed: seed of the paper protocol.
         log: ``log(message)`` as each step starts.
+        max_image_pixels: larger images are skipped (None: the default limit; a run's
+            ``data.max_image_pixels``).
 
     Examples:
 
@@ -83,8 +86,8 @@ def evaluate(
     }
     if protocol in ("knn", "both") or linear == "fast":
         log("extracting features")
-        x_tr, y_tr = extract_features(encoder, eval_batches(train_data, c, batch_size, data_dir))
-        x_te, y_te = extract_features(encoder, eval_batches(test_data, c, batch_size, data_dir))
+        x_tr, y_tr = extract_features(encoder, eval_batches(train_data, c, batch_size, data_dir, max_image_pixels))
+        x_te, y_te = extract_features(encoder, eval_batches(test_data, c, batch_size, data_dir, max_image_pixels))
         report.update(
             num_train=len(y_tr),
             num_test=len(y_te),
@@ -115,6 +118,7 @@ def evaluate(
             data_dir=data_dir,
             seed=seed,
             log=log,
+            max_image_pixels=max_image_pixels,
         )
         for key in ("num_train", "num_test", "feature_dim"):
             report.setdefault(key, report["linear"][key])

@@ -120,6 +120,12 @@ def export_encoder(
         contract = contract_lib.make_contract(image_size, mean, std, crop_fraction)
     except UserError as e:
         raise ExportArgumentError(str(e)) from None
+    if not contract.image_size**2 <= int(max_image_pixels) <= 2**63 - 1:
+        # Below the encoder's own input the parity gate's images would be refused; above int64 the graph overflows.
+        raise ExportArgumentError(
+            f"max_image_pixels must be from {contract.image_size**2:,} (the encoder's {contract.image_size}x"
+            f"{contract.image_size} input) to 2**63-1, got {max_image_pixels}"
+        )
     out_dir = Path(out_dir).absolute()
     check_destination(out_dir, overwrite)
     encoder, source = _load(encoder, dict(source or {}))
@@ -151,16 +157,7 @@ def export_encoder(
             "versions": _versions(onnx="onnx" in formats, litert="litert" in formats),
         }
         atomic_write(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-        files = (
-            sm_dir,
-            sm_dir and sm_dir.parent / layout.BATCHING_FILE,
-            onnx_path,
-            litert_path,
-            litert_path and litert_path.with_suffix(".preprocessing.json"),
-        )
-        written = [p.relative_to(tmp) for p in files if p is not None]
-        publish(tmp, out_dir, overwrite, entries=[*written, *int8_files, REPORT_FILE])
-        _remove_stale_int8(out_dir, [p for p in written if p.suffix in (".onnx", ".tflite")], int8_files)
+        publish(tmp, out_dir, overwrite, entries=[*_entries(name, sm_dir and sm_dir.relative_to(tmp)), REPORT_FILE])
     int8_paths = {f.suffix: out_dir / f for f in int8_files}
     return ExportResult(
         out_dir=out_dir,
@@ -173,18 +170,22 @@ def export_encoder(
     )
 
 
-def _remove_stale_int8(out_dir: Path, float_files, int8_files) -> None:
-    """Deletes ``<name>.int8.*`` files an earlier export left beside float32 models this export replaced.
+def _entries(name: str, saved_model_version) -> list:
+    """What an export called ``name`` replaces in an existing output directory (``--overwrite``).
 
-    They were quantised from the replaced weights: served beside the new
-    float32 model they would answer for another encoder. The report says what
-    this export published.
+    Every ONNX and LiteRT file of this name, float32 and int8, whether this export wrote it or not:
+    one it lacks (fewer ``--formats``, no ``--quantize``, an int8 file the gate refused) is removed,
+    so no file of the previous model stays beside a report naming the new one; int8 files were
+    quantised from the replaced weights. SavedModel versions are kept side by side (TF Serving
+    serves each); the batching file goes with the version written.
     """
-    for float_file in float_files:
-        int8 = float_file.with_name(f"{float_file.stem}.int8{float_file.suffix}")
-        for stale in (int8, int8.with_suffix(".preprocessing.json")):
-            if stale not in int8_files and (out_dir / stale).is_file():
-                (out_dir / stale).unlink()
+    onnx, litert = Path("onnx") / f"{name}.onnx", Path("litert") / f"{name}.tflite"
+    int8_onnx, int8_litert = onnx.with_name(f"{name}.int8.onnx"), litert.with_name(f"{name}.int8.tflite")
+    entries = [onnx, int8_onnx, litert, litert.with_suffix(".preprocessing.json")]
+    entries += [int8_litert, int8_litert.with_suffix(".preprocessing.json")]
+    if saved_model_version is not None:
+        entries = [saved_model_version, saved_model_version.parent / layout.BATCHING_FILE, *entries]
+    return entries
 
 
 def _check_arguments(formats, name, version, tolerance, max_image_pixels, quantize, int8) -> tuple:
@@ -298,6 +299,7 @@ def _write_formats(
         onnx_path = tmp / "onnx" / f"{name}.onnx"
         onnx_path.parent.mkdir()
         metadata = onnx_export.onnx_metadata(contract, dim, source["weights_sha256"])
+        metadata["max_image_pixels"] = str(max_pixels)  # the ONNX client's limit, as the SavedModel's
         onnx_export.write_onnx(model, contract, onnx_path, metadata)
         artifacts["onnx"] = onnx_export.onnx_artifact(onnx_path, tmp, contract, dim, metadata)
     if "litert" in formats:

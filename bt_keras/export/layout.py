@@ -60,6 +60,9 @@ def require_litert() -> None:
         )
 
 
+MAX_NAME_LENGTH = 200
+
+
 def check_name(name, what: str = "model name") -> str:
     """A TF Serving model name: letters, digits, ``_.-``, not starting with a separator.
 
@@ -80,6 +83,8 @@ def check_name(name, what: str = "model name") -> str:
     """
     if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
         raise ExportArgumentError(f"{what} must match [A-Za-z0-9][A-Za-z0-9_.-]*, got {short_repr(name)}")
+    if len(name) > MAX_NAME_LENGTH:  # file names are at most 255 bytes: <name>.preprocessing.json must fit
+        raise ExportArgumentError(f"{what} must be at most {MAX_NAME_LENGTH} characters, got {len(name)}")
     return name
 
 
