@@ -252,7 +252,7 @@ def test_saved_model_and_onnx_give_the_same_knn_as_the_keras_encoder(labelled_so
     onnx = tmp_path / "export" / "onnx" / "encoder.onnx"
     argv = ["--onnx", str(onnx), "--train-data", train, "--test-data", test, "--k", "20", "--protocol", "knn"]
     assert run_command("bt-eval", eval_cli._main, argv) == 0
-    from_onnx = json.loads((tmp_path / "export" / "eval_report.json").read_text())
+    from_onnx = json.loads((tmp_path / "export" / "eval_report.onnx.json").read_text())
     assert from_onnx["preprocessing"]["image_size"] == 32
     assert abs(from_onnx["knn"]["top1"] - from_keras["knn"]["top1"]) <= 1 / from_keras["num_test"]
 
@@ -328,6 +328,9 @@ def test_report_goes_beside_the_model_never_into_a_saved_model(tmp_path):
     assert path(encoder="enc.keras") == "./eval_report.json"
     assert path(run=f"{tmp_path}/run/") == f"{tmp_path}/run/eval_report.json"
     assert path(run="r", report="x.json") == "x.json"
+    # An export's ONNX models report beside its SavedModel's report, each under its own name.
+    assert path(onnx=f"{exported}/onnx/enc.onnx") == f"{exported}/eval_report.onnx.json"
+    assert path(onnx=f"{exported}/onnx/enc.int8.onnx") == f"{exported}/eval_report.int8.onnx.json"
 
 
 def test_bt_eval_saved_model_writes_beside_the_export_not_the_cwd(tmp_path, monkeypatch, capsys):

@@ -95,7 +95,9 @@ def report_path(args) -> str:
     """Where the JSON report goes: ``--report``, else ``eval_report.json`` beside the evaluated model.
 
     Beside the model means the run directory, the ``--encoder`` file's
-    directory, or for ``--saved-model`` the directory given, except that a
+    directory, for ``--onnx`` the export's directory (``eval_report.onnx.json``,
+    ``eval_report.int8.onnx.json``: an export's SavedModel and ONNX models each
+    keep their own), or for ``--saved-model`` the directory given, except that a
     SavedModel directory itself is never written into: the report goes to the
     ``bt-export`` output directory above ``saved_model/<name>/<version>``, or
     else to the SavedModel's parent (a TF Serving model base path).
@@ -118,6 +120,9 @@ def report_path(args) -> str:
         base = os.path.dirname(args.onnx) or "."
         if os.path.basename(base) == "onnx":
             base = os.path.dirname(base) or "."
+        # Named apart from the SavedModel's report of the same export (and the int8 model's from the float's).
+        int8 = ".int8" if args.onnx.endswith(".int8.onnx") else ""
+        return f"{base}/eval_report{int8}.onnx.json"
     else:
         base = args.saved_model.rstrip("/") or "/"
         if tf.io.gfile.exists(base + "/saved_model.pb"):

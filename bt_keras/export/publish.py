@@ -80,7 +80,7 @@ def check_destination(out_dir: Path, overwrite: bool) -> None:
             )
         if not overwrite:
             raise ExportArgumentError(
-                f"{out_dir} already holds an export; pass --overwrite (overwrite=True) to replace it"
+                f"{out_dir} already holds an export; to replace it, pass --overwrite (overwrite=True from Python)"
             )
 
 
