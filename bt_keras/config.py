@@ -487,6 +487,24 @@ def source_keys(cfg: Config) -> list:
     return out
 
 
+def check_source_names(cfg: Config) -> None:
+    """What :func:`check_sources` can tell without TensorFlow (a source of no known kind, a local
+    folder that does not exist), in its words, so that ``bt-train`` answers at once.
+
+    >>> check_source_names(config_from_dict({"eval": {"train_source": "demo", "test_source": "fldr:x"}}))
+    Traceback (most recent call last):
+    ...
+    bt_keras.errors.DataError: eval.test_source: cannot read 'fldr:x'; use demo[:train|test], ...
+    """
+    from bt_keras.data.source_names import source_error
+
+    for key, source, _ in source_keys(cfg):
+        message = source_error(source)
+        if message is not None:
+            hint = _SOURCE_HINTS.get(key)
+            raise DataError(f"{key}: {message}" + (f"; {hint}" if hint else ""))
+
+
 def check_sources(cfg: Config) -> None:
     """Opens every source of :func:`source_keys` (listing only, no decoding): a one-line error naming the key.
 

@@ -132,6 +132,8 @@ def test_help_and_config_errors_answer_before_tensorflow_loads():
     for args, code, expected in (
         (["--help"], "0", "docs/training.md"),
         (["--config", demo, "--set", "train.epochz=1"], "2", "unknown key 'train.epochz'"),
+        (["--config", demo, "--set", "data.source=folder:/no/such"], "2", "no such directory (looked for /no/such)"),
+        (["--config", demo, "--set", "eval.test_source=fldr:x"], "2", "eval.test_source: cannot read 'fldr:x'"),
     ):
         proc = subprocess.run(
             [sys.executable, "-c", NO_TENSORFLOW_CHECK, *args], capture_output=True, text=True, timeout=120, cwd=ROOT

@@ -70,16 +70,23 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _data_sources(args) -> tuple:
-    """``(train source, test source, data_dir)``: the flags, else the run's ``config.yaml``."""
+def _gfile(path: str):
+    """``os.path`` for local paths (answered before TensorFlow starts), ``tf.io.gfile`` for ``gs://`` and the like."""
+    if "://" not in path:
+        return os.path
     import tensorflow as tf
 
+    return tf.io.gfile
+
+
+def _data_sources(args) -> tuple:
+    """``(train source, test source, data_dir)``: the flags, else the run's ``config.yaml``."""
     train_data, test_data, data_dir = args.train_data, args.test_data, args.data_dir
-    if args.run and not tf.io.gfile.isdir(args.run):
+    if args.run and not _gfile(args.run).isdir(args.run):
         raise UserError(f"--run {args.run}: no such directory")
     if args.run and (train_data is None or test_data is None):
         cfg_path = args.run.rstrip("/") + "/config.yaml"
-        if tf.io.gfile.exists(cfg_path):
+        if _gfile(cfg_path).exists(cfg_path):
             from bt_keras.config import load_config
 
             cfg = load_config(cfg_path)
@@ -143,11 +150,11 @@ def _check_writable(path: str) -> None:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    train_data, test_data, data_dir = _data_sources(args)  # a missing source is said before TensorFlow starts
     use_tensorflow_backend(PROG)
     load_tensorflow()
     from bt_keras.evaluation import evaluate, format_table
 
-    train_data, test_data, data_dir = _data_sources(args)
     encoder = load_encoder_from_args(args)
     path = report_path(args)
     _check_writable(path)

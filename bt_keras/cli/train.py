@@ -61,9 +61,10 @@ def print_summary(summary: dict) -> None:
 
 def _body(argv) -> int:
     args = build_parser().parse_args(argv)
-    from bt_keras.config import load_config
+    from bt_keras.config import check_source_names, load_config
 
     cfg = load_config(args.config, args.set)
+    check_source_names(cfg)  # a typo in a source, before TensorFlow's start-up
     select_backend(cfg.train.backend)
     load_tensorflow()
     import tensorflow as tf

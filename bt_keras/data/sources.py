@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from bt_keras.data.demo import load_demo
+from bt_keras.data.source_names import missing_folder, unknown_kind, user_path
 from bt_keras.errors import DataError, one_line
 
 __all__ = [
@@ -192,26 +193,6 @@ def as_memory(images, labels=None, name="arrays") -> MemorySource:
     return MemorySource(name, images=images, labels=labels)
 
 
-def user_path(path: str) -> str:
-    """``path`` with a leading ``~`` expanded (local paths only: ``gs://...`` is left as it is).
-
-    Shells expand ``~`` only at the start of a word, so ``folder:~/photos`` reaches us unexpanded.
-
-    >>> user_path("gs://bucket/x"), user_path("~/x") == os.path.expanduser("~/x")
-    ('gs://bucket/x', True)
-    """
-    return path if "://" in path else os.path.expanduser(path)
-
-
-def where_looked(path: str) -> str:
-    """How a missing local path was resolved, for messages: the absolute path, and the working
-    directory a relative path was taken against."""
-    if "://" in path:
-        return path
-    looked = os.path.abspath(path)
-    return looked if os.path.isabs(path) else f"{looked}, relative to the working directory {os.getcwd()}"
-
-
 class FolderSource(Source):
     """Image files under a directory (local or gs://), sorted, labels from sub-folders."""
 
@@ -219,10 +200,10 @@ class FolderSource(Source):
 
     def __init__(self, root: str):
         self.name = f"folder:{root}"
-        given = root
+        missing = missing_folder(root)
         root = user_path(root).rstrip("/") or "/"
-        if not tf.io.gfile.isdir(root):
-            raise DataError(f"folder:{given}: no such directory (looked for {where_looked(root)})")
+        if missing or not tf.io.gfile.isdir(root):
+            raise DataError(missing or f"folder:{root}: no such directory")
         self.root = root
         files, ignored = _walk_remote(root) if "://" in root else _walk_local(root)
         files.sort()
@@ -628,6 +609,4 @@ def parse_source(source, data_dir=None) -> Source:
     if kind == "tfds" and rest:
         name, _, split = rest.partition(":")
         return TFDSSource(name, split or "train", data_dir)
-    raise DataError(
-        f"cannot read {source!r}; use demo[:train|test], tfds:NAME[:SPLIT], folder:PATH, tfrecord:GLOB or NumPy arrays"
-    )
+    raise DataError(unknown_kind(source))
