@@ -52,6 +52,8 @@ def read_history(path: str) -> dict:
 
 
 def _plot_losses(ax, history: dict, lambd: float | None) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [e + 1 for e in history.get("epoch", range(len(history.get("loss", []))))]
     for key, label in (
         ("loss", "loss"),
@@ -64,6 +66,7 @@ def _plot_losses(ax, history: dict, lambd: float | None) -> None:
             ax.plot(epochs[: len(values)], values, marker="o", ms=3, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 tick
     ax.set_title("Barlow Twins loss terms (training)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -75,6 +78,8 @@ _FINAL_KEYS = (("trained", "knn_trained"), ("random init", "knn_random_init"))
 
 def _plot_knn(ax, knn: dict, final: dict, last_epoch: int) -> None:
     """kNN top-1/top-5 against epochs, the final evaluation marked on it; or, without a monitor, the final bars."""
+    from matplotlib.ticker import MaxNLocator
+
     if knn.get("top1"):
         ke = [e + 1 for e in knn["epoch"]]
         ax.plot(ke, knn["top1"], marker="o", label="kNN top-1 (monitor)")
@@ -85,6 +90,7 @@ def _plot_knn(ax, knn: dict, final: dict, last_epoch: int) -> None:
         if "random init" in final:
             ax.axhline(final["random init"]["top1"], color="gray", ls="--", label="top-1 at random init")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title("kNN accuracy (validation)")
     else:
         names = list(final)
