@@ -286,7 +286,10 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
         return [self.loss_tracker, self.on_diag_tracker, self.off_diag_tracker, self.std_tracker]
 
     def build(self, input_shape):
-        if not self.encoder.built:
+        # A subclassed encoder without a build() of its own is built by tracing its call below: Keras'
+        # default build() would warn that it "may cause failures down the line".
+        own_build = type(self.encoder).build not in (keras.Model.build, keras.layers.Layer.build)
+        if not self.encoder.built and own_build:
             self.encoder.build(input_shape)
         try:
             encoded = self.encoder.compute_output_shape(input_shape)
@@ -295,6 +298,14 @@ class BarlowTwins(_STEPS.get(BACKEND, object), keras.Model):
         check_encoder_output(encoded)
         self.projector.build(encoded)
         super().build(input_shape)
+
+    def fit(self, x=None, *args, shuffle=None, **kwargs):
+        """``keras.Model.fit``, with ``shuffle`` False by default for a ``tf.data`` dataset: the
+        pipeline shuffles (``two_view_dataset`` does, per epoch), and Keras would warn on every
+        call that it ignores ``shuffle=True``."""
+        if shuffle is None:
+            shuffle = not hasattr(x, "element_spec")  # a tf.data.Dataset (or distributed dataset)
+        return super().fit(x, *args, shuffle=shuffle, **kwargs)
 
     def call(self, images, training=False):
         encoded = self.encoder(images, training=training)
