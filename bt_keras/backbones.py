@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 
 import keras
 from keras import layers
@@ -246,6 +247,17 @@ def _with_package_batchnorm(model, sync: bool, fused: bool) -> keras.Model:
     return rebuilt
 
 
+def _load_all_weights(model, path: str) -> None:
+    """``model.load_weights(path)``, where a part of the model the file does not cover is an error.
+
+    Keras only warns ("Skipping nested container ... Affected layers will retain their
+    freshly-initialized weights") and goes on: a run would start from partly random weights.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Skipping nested container", category=UserWarning)
+        model.load_weights(path)
+
+
 def load_initial_weights(encoder, path: str, name: str = "the encoder") -> None:
     """``model.init_weights: PATH``: loads a ``.weights.h5`` or a ``.keras`` file's weights into ``encoder``.
 
@@ -281,13 +293,13 @@ def load_initial_weights(encoder, path: str, name: str = "the encoder") -> None:
             check_h5_sizes(path, where, os.path.getsize(path))
         nested = [layer for layer in encoder.layers if isinstance(layer, keras.Model)]
         try:
-            encoder.load_weights(path)
+            _load_all_weights(encoder, path)
             return
         except Exception as e:  # noqa: BLE001  (h5py, shape and structure errors alike)
             first = e
         if len(nested) == 1:
             try:
-                nested[0].load_weights(path)
+                _load_all_weights(nested[0], path)
                 return
             except Exception:  # noqa: BLE001
                 pass
