@@ -305,72 +305,78 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(tp, value, key):
-    def fail():
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {short_repr(value)}")
+def _fail(tp, value, key):
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {short_repr(value)}")
 
+
+def _coerce(tp, value, key):
+    """``value`` checked against the annotation ``tp`` (converted where YAML is loose); a one-line
+    :class:`ConfigError` naming ``key`` otherwise."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")
     if origin is Literal:
         if value not in typing.get_args(tp):
-            fail()
+            _fail(tp, value, key)
         return value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key)
-            except ConfigError:
-                pass
-        fail()
+        return _coerce_union(tp, value, key)
     if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            fail()
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            fail()
-        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            fail()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail()
-        return value
+        return _coerce_tuple(tp, value, key)
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string.
-            try:
-                value = float(value)
-            except ValueError:
-                fail()
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail()
-        try:
-            value = float(value)
-        except OverflowError:  # an int beyond float's range
-            value = math.inf
-        if not math.isfinite(value):  # 1e400 reads as inf, .inf and .nan are YAML's
-            raise ConfigError(f"{key}: expected a finite number, got {short_repr(value)}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            fail()
-        return value
-    if tp is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            fail()
-        return dict(value)
+        return _coerce_float(value, key)
     if tp is typing.Any:
         return value
-    fail()
+    exact = {bool: (bool,), int: (int,), str: (str,), dict: (dict,)}.get(tp)
+    if exact is None or not isinstance(value, exact) or (tp is int and isinstance(value, bool)):
+        _fail(tp, value, key)
+    if tp is dict:
+        if not all(isinstance(k, str) for k in value):
+            _fail(tp, value, key)
+        return dict(value)
+    return value
+
+
+def _coerce_union(tp, value, key):
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(arg, value, key)
+        except ConfigError:
+            pass
+    _fail(tp, value, key)
+
+
+def _coerce_tuple(tp, value, key):
+    args = typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        _fail(tp, value, key)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        _fail(tp, value, key)
+    return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+
+
+def _coerce_float(value, key):
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string.
+        try:
+            value = float(value)
+        except ValueError:
+            _fail(float, value, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(float, value, key)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range
+        value = math.inf
+    if not math.isfinite(value):  # 1e400 reads as inf, .inf and .nan are YAML's
+        raise ConfigError(f"{key}: expected a finite number, got {short_repr(value)}")
+    return value
 
 
 def _build(cls, values, prefix=""):
