@@ -529,3 +529,28 @@ def test_a_folder_under_home_is_expanded_and_a_missing_one_says_where_it_was_loo
         f"folder:missing: no such directory (looked for {tmp_path / 'missing'}, "
         f"relative to the working directory {tmp_path})"
     )
+
+
+def test_a_file_rewritten_under_the_same_name_is_prepared_again(tmp_path):
+    """The per-process cache of prepared sources keys on sizes and times, not names alone."""
+    from bt_keras.data import prepare as prepare_module
+
+    for i in range(2):
+        Image.fromarray(np.full([8, 8, 3], 10 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    first = prepare_module.prepare(f"folder:{tmp_path}", cache=True)
+    assert prepare_module.prepare(f"folder:{tmp_path}", cache=True) is first  # unchanged: the cached one
+    Image.fromarray(np.full([9, 9, 3], 200, np.uint8)).save(tmp_path / "1.png")  # same name, new content
+    second = prepare_module.prepare(f"folder:{tmp_path}", cache=True)
+    assert second is not first and second.num_examples == 2
+    prepare_module.PREPARED.clear()
+    assert prepare_module.prepare(f"folder:{tmp_path}", cache=True) is not second
+
+
+def test_the_prepared_cache_is_bounded_by_the_bytes_it_holds():
+    from bt_keras.data import prepare as prepare_module
+
+    cache = prepare_module.PreparedCache(entries=4, max_bytes=1000)
+    big = [prepare_module.prepare(np.zeros([n, 16, 16, 3], np.uint8), cache=True) for n in (2, 3)]  # 1,536 B, 2,304 B
+    cache.put("a", big[0])
+    cache.put("b", big[1])
+    assert cache.get("a") is None and cache.get("b") is big[1]  # the newest stays even above the bound
