@@ -68,8 +68,8 @@ def main(argv=None):
     import bt_keras
     from bt_keras.contract import make_contract
     from bt_keras.encoders import resnet
+    from bt_keras.frozen import load_frozen_encoder
     from bt_keras.preprocess import preprocess_for_eval
-    from bt_keras.saving import load_frozen_encoder
     from bt_keras.training import save_encoder
 
     root = extracted(Path(args.data) / "imagenette-224-mini.tar.gz", Path(args.cache), "train")

@@ -156,7 +156,7 @@ def test_duplicates_are_the_copies_and_nothing_else(embedded):
 @pytest.mark.slow  # the one bt-embed subprocess (module fixture)
 def test_neighbour_grid_first_neighbour_is_the_duplicate(embedded, photos, encoder_file, tmp_path):
     import bt_keras
-    from bt_keras.saving import load_frozen_encoder
+    from bt_keras.frozen import load_frozen_encoder
 
     out, _, files = embedded
     grid = tf.io.decode_png(tf.io.read_file(str(out / "neighbors.png"))).numpy()
@@ -272,7 +272,7 @@ def test_index_quoting_cannot_be_spoofed(tmp_path):
 def test_an_onnx_encoder_embeds_like_keras(tmp_path):
     import bt_keras
     from bt_keras.export import export_encoder
-    from bt_keras.saving import load_frozen_encoder
+    from bt_keras.frozen import load_frozen_encoder
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(

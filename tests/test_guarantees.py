@@ -42,9 +42,10 @@ from bt_keras.errors import (
     UserError,
 )
 from bt_keras.export.publish import publish, staging_directory
+from bt_keras.frozen import load_frozen_encoder
 from bt_keras.io import atomic_write
 from bt_keras.run_lock import RunDirectoryLock
-from bt_keras.saving import load_encoder, load_frozen_encoder
+from bt_keras.saving import load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")

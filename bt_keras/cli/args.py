@@ -212,8 +212,8 @@ def run_max_image_pixels(args) -> int | None:
 
 
 def load_encoder_from_args(args):
-    """The :class:`~bt_keras.saving.FrozenEncoder` that :func:`add_encoder_arguments`' flags name."""
-    from bt_keras.saving import load_frozen_encoder
+    """The :class:`~bt_keras.frozen.FrozenEncoder` that :func:`add_encoder_arguments`' flags name."""
+    from bt_keras.frozen import load_frozen_encoder
 
     return load_frozen_encoder(
         args.run,

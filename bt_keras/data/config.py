@@ -21,29 +21,10 @@ from dataclasses import dataclass, field
 
 from bt_keras.augment.config import AugmentConfig
 from bt_keras.contract import MAX_IMAGE_PIXELS
+from bt_keras.data.checks import VALIDATE_MODES, check_positive, check_validate
 from bt_keras.errors import DataError
 
 __all__ = ["VALIDATE_MODES", "DataConfig", "check_positive"]
-
-VALIDATE_MODES = ("auto", "full", "quick", "off")
-
-
-def check_positive(name: str, value) -> None:
-    """A ``DataError`` naming ``name`` unless ``value`` is a positive integer.
-
-    >>> check_positive("batch_size", 0)
-    Traceback (most recent call last):
-    ...
-    bt_keras.errors.DataError: batch_size: must be a positive integer, got 0
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DataError(f"{name}: must be a positive integer, got {value!r}")
-
-
-def check_validate(validate) -> None:
-    """A ``DataError`` unless ``validate`` is one of :data:`VALIDATE_MODES`."""
-    if validate not in VALIDATE_MODES:
-        raise DataError(f"data.validate: must be one of {', '.join(VALIDATE_MODES)}, got {validate!r}")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from bt_keras.augment.views import TwoViews
 from bt_keras.contract import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_PIXELS
-from bt_keras.data.config import check_positive
+from bt_keras.data.checks import check_positive
 from bt_keras.data.prepare import prepare
 from bt_keras.data.sources import AUTOTUNE, plain, source_name
 from bt_keras.data.validation import report_skipped

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from bt_keras.contract import MAX_IMAGE_PIXELS
-from bt_keras.data.config import check_validate
+from bt_keras.data.checks import check_validate
 from bt_keras.data.sources import (
     AUTOTUNE,
     FolderSource,

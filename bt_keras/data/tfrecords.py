@@ -34,7 +34,7 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
-from bt_keras.data.config import check_positive
+from bt_keras.data.checks import check_positive
 from bt_keras.data.prepare import prepare
 from bt_keras.data.sources import AUTOTUNE, source_name
 from bt_keras.data.validation import report_skipped, sniff

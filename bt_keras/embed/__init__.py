@@ -1,7 +1,7 @@
 """Embeddings of a whole source, and what a person looks at to judge them.
 
 :func:`embed_source` runs a frozen encoder (a run, a ``.keras`` file, a
-SavedModel or an ONNX model, see :func:`bt_keras.saving.load_frozen_encoder`)
+SavedModel or an ONNX model, see :func:`bt_keras.frozen.load_frozen_encoder`)
 over any source into ``embeddings.npy`` + ``index.tsv`` and returns an
 :class:`EmbeddingSet`, which writes the nearest-neighbour grid
 (:mod:`~bt_keras.embed.neighbors`), the near-duplicate list

@@ -41,7 +41,7 @@ OUTPUT_ENTRIES = (
 
 
 def _frozen(encoder, contract):
-    from bt_keras.saving import FrozenEncoder
+    from bt_keras.frozen import FrozenEncoder
 
     if isinstance(encoder, FrozenEncoder):
         if contract is not None and contract != encoder.contract:
@@ -94,8 +94,8 @@ def embed_source(
     Args:
         source: ``folder:PATH``, ``tfrecord:GLOB``, ``tfds:NAME[:SPLIT]``,
             ``demo[:SPLIT]``, a uint8 array or ``(images, labels)``; labels are optional.
-        encoder: a :class:`~bt_keras.saving.FrozenEncoder`
-            (:func:`~bt_keras.saving.load_frozen_encoder`) or a Keras model with ``contract``.
+        encoder: a :class:`~bt_keras.frozen.FrozenEncoder`
+            (:func:`~bt_keras.frozen.load_frozen_encoder`) or a Keras model with ``contract``.
         out_dir: local output directory.
         contract: the preprocessing contract of a Keras ``encoder``.
         batch_size: images per batch.

@@ -13,7 +13,7 @@
   the final epoch is reported (never the best on the test set).
 
 :func:`evaluate` (:mod:`~bt_keras.evaluation.protocol`) runs them on a
-:class:`~bt_keras.saving.FrozenEncoder` (a run directory, a ``.keras``
+:class:`~bt_keras.frozen.FrozenEncoder` (a run directory, a ``.keras``
 encoder or an exported SavedModel, loaded by :mod:`bt_keras.saving`);
 ``bt-eval`` (:mod:`bt_keras.cli.eval`) writes a JSON report.
 
@@ -46,7 +46,7 @@ _EXPORTS = {
     **{name: "bt_keras.evaluation.knn" for name in ("knn_accuracy", "knn_predict")},
     **{name: "bt_keras.evaluation.linear" for name in ("linear_probe", "linear_probe_sgd")},
     **{name: "bt_keras.evaluation.protocol" for name in ("evaluate", "format_table")},
-    **{name: "bt_keras.saving" for name in ("FrozenEncoder", "find_saved_model", "load_frozen_encoder")},
+    **{name: "bt_keras.frozen" for name in ("FrozenEncoder", "find_saved_model", "load_frozen_encoder")},
     # The command line moved to bt_keras.cli.eval; its entry point stays reachable here.
     "main": "bt_keras.cli.eval",
 }

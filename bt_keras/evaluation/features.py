@@ -28,7 +28,7 @@ def extract_features(encoder, dataset) -> tuple[np.ndarray, np.ndarray]:
 
     Args:
         encoder: a Keras model or any callable ``f(images, training=False)``
-            (e.g. a :class:`~bt_keras.saving.FrozenEncoder`).
+            (e.g. a :class:`~bt_keras.frozen.FrozenEncoder`).
         dataset: batches of ``(images, labels)``.
 
     Examples:
@@ -59,7 +59,7 @@ def inference_fn(model):
 
     Args:
         model: a Keras model, or on TensorFlow any callable ``f(images, training=False)``;
-            a :class:`~bt_keras.saving.FrozenEncoder` with a ``numpy_fn`` (ONNX) runs eagerly.
+            a :class:`~bt_keras.frozen.FrozenEncoder` with a ``numpy_fn`` (ONNX) runs eagerly.
     """
     import keras
 

@@ -120,7 +120,7 @@ def linear_probe_sgd(
     for the test images.
 
     Args:
-        encoder: a Keras model or a :class:`~bt_keras.saving.FrozenEncoder`.
+        encoder: a Keras model or a :class:`~bt_keras.frozen.FrozenEncoder`.
         train_data, test_data: labelled sources (see :mod:`bt_keras.data`).
         contract: the encoder's preprocessing contract.
         epochs, batch_size, learning_rate, momentum, weight_decay: the SGD protocol.

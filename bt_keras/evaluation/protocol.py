@@ -42,7 +42,7 @@ def evaluate(
     log: Callable | None = None,
     max_image_pixels=None,
 ) -> dict:
-    """Runs the kNN and/or linear protocol on a :class:`~bt_keras.saving.FrozenEncoder`; returns the report dict.
+    """Runs the kNN and/or linear protocol on a :class:`~bt_keras.frozen.FrozenEncoder`; returns the report dict.
 
     Args:
         encoder: the frozen encoder, with its contract.
@@ -63,7 +63,7 @@ def evaluate(
 
     >>> import keras
     >>> from bt_keras.contract import PreprocessingContract
-    >>> from bt_keras.saving import FrozenEncoder
+    >>> from bt_keras.frozen import FrozenEncoder
     >>> enc = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()])
     >>> fe = FrozenEncoder.from_keras(enc, PreprocessingContract(image_size=32, crop_fraction=1.0))
     >>> r = evaluate(fe, "demo:train", "demo:test", protocol="knn")

@@ -23,7 +23,7 @@ import numpy as np
 
 from bt_keras.errors import ExportArgumentError, short_repr
 from bt_keras.export.layout import MAX_VERSION
-from bt_keras.saving import is_float32, rebuild_float32
+from bt_keras.saving import embedding_dim, is_float32, rebuild_float32  # noqa: F401 (embedding_dim: re-exported)
 
 _AUGMENTATION_CLASSES = {"AugMix", "RandAugment", "MixUp", "CutMix", "Solarization"}
 
@@ -103,23 +103,6 @@ def _check_signature(encoder, image_size: int) -> None:
     if outputs is not None and (len(outputs) != 1 or len(outputs[0].shape) != 2):
         got = [tuple(o.shape) for o in outputs]
         raise ExportArgumentError(f"an encoder has one output [batch, dim], this model has {got}{hint}")
-
-
-def embedding_dim(model, image_size: int) -> int:
-    """The embedding size, from a trial call on zeros (before any file is written).
-
-    Catches encoders that do not map ``[B, S, S, 3]`` to ``[B, D]``.
-
-    Examples:
-
-    >>> from bt_keras import encoders
-    >>> embedding_dim(encoders.small_cnn(widths=(8, 16)), 32)
-    16
-    """
-    trial = keras.ops.convert_to_numpy(model(np.zeros([2, image_size, image_size, 3], np.float32), training=False))
-    if trial.ndim != 2 or trial.shape[0] != 2:
-        raise ExportArgumentError(f"the encoder maps [2, S, S, 3] to {list(trial.shape)}, expected [2, dim]")
-    return int(trial.shape[1])
 
 
 def policy_names(model) -> list:
