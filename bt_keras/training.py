@@ -343,8 +343,12 @@ def _view_pairs(plan: RunPlan, start_epoch: int, skip_steps: int = 0):
 
     def dataset_fn(ctx):
         ds = plan.cfg.data.train_dataset(
-            plan.cfg.train.batch_size, input_context=ctx, skipped_path=skipped, seed_offset=1_000_033 * start_epoch
-        ).repeat()
+            plan.cfg.train.batch_size,
+            input_context=ctx,
+            skipped_path=skipped,
+            seed_offset=1_000_033 * start_epoch,
+            repeat=True,
+        )
         local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines  # batches per step here
         return ds.skip(skip_steps * local_replicas) if skip_steps else ds
 

@@ -64,6 +64,7 @@ def _body(argv) -> int:
     from bt_keras.config import load_config
 
     cfg = load_config(args.config, args.set)
+    cfg.data.service.check_reachable()  # a wrong dispatcher address fails here, before TensorFlow loads
     select_backend(cfg.train.backend)
     load_tensorflow()
     import tensorflow as tf
