@@ -252,7 +252,12 @@ class RunPlan:
             start = "starts from scratch"
         return [
             f"backend {keras.backend.backend()}, {describe(self.strategy)}",
-            f"data {d.source}: {self.num_examples} usable images{skipped}; {d.image_size} px views",
+            f"data {d.source}: {self.num_examples} usable images{skipped}; {d.image_size} px views"
+            + (
+                f"; computed by the tf.data service at {d.service.address} ({d.service.mode})"
+                if d.service.enabled
+                else ""
+            ),
             f"batch {t.batch_size} global, {self.per_replica_batch} per replica; {self.steps_per_epoch} steps/epoch "
             f"x {t.epochs} epochs = {self.total_steps} steps",
             f"run directory {self.run_dir}; {start}",
