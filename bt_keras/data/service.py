@@ -31,6 +31,7 @@ Examples:
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import uuid
@@ -42,9 +43,11 @@ __all__ = ["COMPRESSIONS", "MODES", "ServiceConfig", "check_reachable", "parse_a
 
 MODES = ("off", "distributed_epoch")
 COMPRESSIONS = ("auto", "none")
-# One tag per trainer process: a restarted trainer must never join the job of
-# the process it replaces (that job would go on from where it stopped).
+# One tag per trainer process and a count per dataset: a restarted trainer must
+# never join the job of the process it replaces (that job would go on from where
+# it stopped), and two datasets of one process never share a job by accident.
 _PROCESS_TAG = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+_DATASETS = itertools.count()
 
 
 def parse_address(text, key: str = "data.service.dispatcher") -> tuple[str, int]:
@@ -116,9 +119,9 @@ class ServiceConfig:
             (the default) computes the views in the training process.
         mode: ``distributed_epoch`` (workers split each epoch's files) or
             ``off`` (each worker produces the whole stream); see the module.
-        job_name: prefix of the service job names of this run; each input
-            pipeline gets its own job, named from it, the pipeline, the seed
-            and the trainer process.
+        job_name: prefix of the service job names of this run; each dataset
+            (one per input pipeline) gets its own job, named from it, the
+            pipeline, the seed, the trainer process and a count.
         compression: ``auto`` (the service compresses elements when useful)
             or ``none`` (fast networks: saves the workers' and trainer's CPU).
 
@@ -178,7 +181,7 @@ class ServiceConfig:
             svc.distribute(
                 mode,
                 f"grpc://{self.address}",
-                job_name=f"{self.job_name}-{tag}-{_PROCESS_TAG}",
+                job_name=f"{self.job_name}-{tag}-{_PROCESS_TAG}-{next(_DATASETS)}",
                 compression="AUTO" if self.compression == "auto" else None,
             )
         )
