@@ -175,6 +175,7 @@ def test_train_through_service_survives_a_killed_worker(folder, tmp_path):
         out, err = trainer.communicate(timeout=300)
         assert trainer.returncode == 0, err[-3000:]
         assert f"bt-train: {N // BATCH} steps" in out, out
+        assert f"computed by the tf.data service at {address} (distributed_epoch)" in out, out
     finally:
         for proc in procs:
             if proc.poll() is None:
