@@ -56,6 +56,7 @@ setup(
             "bt-export=bt_keras.cli.export:main",
             "bt-data=bt_keras.cli.data:main",
             "bt-embed=bt_keras.cli.embed:main",
+            "bt-data-service=bt_keras.cli.data_service:main",
         ]
     },
 )

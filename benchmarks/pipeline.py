@@ -37,9 +37,19 @@ pairs/s and pairs per CPU-second. Each ends with the CPU ms per batch of
 stage 1 (decode, crop, resize) and the pixel program, next to the 224-px
 photos, and the decoding alone before and after the single decode per image.
 
+Service (``--only service``): the 500×375 workload streamed as above, read
+by this (trainer) process from 0 (local), 1 and 2 tf.data service worker
+processes (``bt-data-service``, a dispatcher each, ``distributed_epoch``,
+compression off as on one host): pairs/s and this process's own CPU time per
+pair, against the local pipeline in the same run. On a 2-core machine the
+throughput cannot grow; the work should move (target: ≤ 0.2× the local CPU
+per pair in the trainer). The pairs are the local pipeline's
+(tests/test_data_service.py checks it).
+
 Usage:
 
     PYTHONPATH=. python benchmarks/pipeline.py            # cifar + photos + large
+    PYTHONPATH=. python benchmarks/pipeline.py --only service --photos 256 --seconds 10
     PYTHONPATH=. python benchmarks/pipeline.py --seconds 5 --only cifar
     PYTHONPATH=. python benchmarks/pipeline.py --only large --quick      # ≈ 3 min
     PYTHONPATH=. python benchmarks/pipeline.py --folder ~/Pictures --only large
@@ -406,13 +416,72 @@ def run_workload(name, rows, batch, seconds, rounds, warmup=2):
     return best
 
 
+def _server(*args):
+    """A ``bt-data-service`` process, returned once it has printed its start-up line."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "bt_keras.cli.data_service", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"{' '.join(cmd)}: did not start")
+    proc.line = line
+    return proc
+
+
+def service_workload(folder: Path, seconds: float, rounds: int, batch: int = 128) -> int:
+    """The service rows: this process reading the 500×375 stream from 0 (local), 1 and 2 worker processes."""
+    import socket
+
+    from bt_keras.data.service import ServiceConfig
+
+    cfg = bt_augment.get_preset("imagenet")
+    src, procs, rows = f"folder:{folder}", [], []
+
+    def local():
+        return bt_data.two_view_dataset(src, batch_size=batch, image_size=224, augment=cfg, cache=False, repeat=True)
+
+    rows.append(("local (0 workers)", local))
+    try:
+        for workers in (1, 2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            procs.append(_server("dispatcher", "--port", str(port)))
+            procs += [_server("worker", "--dispatcher", f"127.0.0.1:{port}") for _ in range(workers)]
+            service = ServiceConfig(dispatcher=f"127.0.0.1:{port}", compression="none")
+            rows.append(
+                (
+                    f"service, {workers} worker process{'es' if workers > 1 else ''}",
+                    lambda service=service: bt_data.two_view_dataset(
+                        src, batch_size=batch, image_size=224, augment=cfg, service=service, repeat=True
+                    ),
+                )
+            )
+        best = run_workload("service", rows, batch, seconds, rounds, warmup=3)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}; best of {rounds} rounds of {seconds:.0f} s")
+    print("| 500×375 streamed, 224 px, batch 128 | pairs/s | trainer CPU ms per pair | vs local |")
+    print("|---|---:|---:|---:|")
+    local_ms = 1000 / best["local (0 workers)"][1]
+    for label, (rate, per_cpu) in best.items():
+        print(f"| {label} | {rate:,.0f} | {1000 / per_cpu:.2f} | {1000 / per_cpu / local_ms:.2f}× |")
+    worst = max(1000 / v[1] / local_ms for k, v in best.items() if k.startswith("service"))
+    print(f"trainer CPU per pair on the service: ≤ {worst:.2f}× local ({'met' if worst <= 0.2 else 'NOT met'}: ≤ 0.2×)")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="directory with the .tar.gz archives")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "bt_keras" / "bench-data"))
     p.add_argument("--seconds", type=float, default=12.0, help="measuring time per pipeline and round")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--only", choices=["cifar", "photos", "large"], default=None)
+    p.add_argument("--only", choices=["cifar", "photos", "large", "service"], default=None)
     p.add_argument("--folder", default=None, help="a folder of images of any size: a large-photo workload of its own")
     p.add_argument("--photos", type=int, default=1000, help="Imagenette photos re-encoded per large size")
     p.add_argument("--sizes", default="500x375,1024x768", help="large-photo sizes (WxH,...; empty: none)")
@@ -478,6 +547,11 @@ def main(argv=None):
             ("Imagenette photos, 224 px", batch, run_workload("photos", rows, batch, args.seconds, args.rounds))
         )
         breakdown_224(src, arr, cfg, batch)
+
+    if args.only == "service":
+        folder = reencoded(extracted(data / "imagenette-224-mini.tar.gz", cache, "train") / "train", cache, 500, 375,
+                           args.photos)  # fmt: skip
+        return service_workload(folder, args.seconds, args.rounds)
 
     splits = {}
     if args.only == "large" or (args.only is None and args.folder is None) or args.folder:

@@ -261,7 +261,12 @@ class RunPlan:
             start = "starts from scratch"
         lines = [
             f"backend {keras.backend.backend()}, {describe(self.strategy)}",
-            f"data {d.source}: {self.num_examples} usable images{skipped}; {d.image_size} px views",
+            f"data {d.source}: {self.num_examples} usable images{skipped}; {d.image_size} px views"
+            + (
+                f"; computed by the tf.data service at {d.service.address} ({d.service.mode})"
+                if d.service.enabled
+                else ""
+            ),
             f"batch {t.batch_size} global, {self.per_replica_batch} per replica; {self.steps_per_epoch} steps/epoch "
             f"x {t.epochs} epochs = {self.total_steps} steps",
             f"run directory {self.run_dir}; {start}",
@@ -361,8 +366,12 @@ def _view_pairs(plan: RunPlan, start_epoch: int, skip_steps: int = 0):
 
     def dataset_fn(ctx):
         ds = plan.cfg.data.train_dataset(
-            plan.cfg.train.batch_size, input_context=ctx, skipped_path=skipped, seed_offset=1_000_033 * start_epoch
-        ).repeat()
+            plan.cfg.train.batch_size,
+            input_context=ctx,
+            skipped_path=skipped,
+            seed_offset=1_000_033 * start_epoch,
+            repeat=True,
+        )
         local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines  # batches per step here
         return ds.skip(skip_steps * local_replicas) if skip_steps else ds
 

@@ -124,6 +124,7 @@ def test_error_classes_are_one_hierarchy():
         "bt_keras.cli.export",
         "bt_keras.cli.data",
         "bt_keras.cli.embed",
+        "bt_keras.cli.data_service",
         "bt_keras.embed",
     ],
 )

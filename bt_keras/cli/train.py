@@ -65,6 +65,7 @@ def _body(argv) -> int:
 
     cfg = load_config(args.config, args.set)
     check_source_names(cfg)  # a typo in a source, before TensorFlow's start-up
+    cfg.data.service.check_reachable()  # a wrong dispatcher address fails here, before TensorFlow loads
     select_backend(cfg.train.backend)
     load_tensorflow()
     import tensorflow as tf

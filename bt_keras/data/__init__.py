@@ -24,7 +24,8 @@ are streamed, with JPEG crops decoded straight from the bytes.
 One module per concern: :mod:`~bt_keras.data.config` (:class:`DataConfig`, no TensorFlow), :mod:`~bt_keras.data.demo`,
 :mod:`~bt_keras.data.sources`, :mod:`~bt_keras.data.validation`,
 :mod:`~bt_keras.data.prepare` (decode/cache decisions),
-:mod:`~bt_keras.data.pipelines`, :mod:`~bt_keras.data.tfrecords` (writer) and
+:mod:`~bt_keras.data.pipelines`, :mod:`~bt_keras.data.service` (tf.data service workers),
+:mod:`~bt_keras.data.tfrecords` (writer) and
 :mod:`~bt_keras.data.labelled` (probe and monitor datasets). Names are
 imported on first use (PEP 562): ``import bt_keras.data.config`` does not
 import TensorFlow.
@@ -51,6 +52,7 @@ _EXPORTS = {
     **{name: "bt_keras.contract" for name in ("CIFAR10_MEAN", "CIFAR10_STD", "IMAGENET_MEAN", "IMAGENET_STD")},
     "DataError": "bt_keras.errors",
     **{name: "bt_keras.data.config" for name in ("DataConfig", "VALIDATE_MODES")},
+    "ServiceConfig": "bt_keras.data.service",
     **{name: "bt_keras.data.sources" for name in ("IMAGE_EXTENSIONS", "parse_source", "source_name")},
     **{name: "bt_keras.data.demo" for name in ("DEMO_TRAIN_FRACTION", "load_demo")},
     **{name: "bt_keras.data.prepare" for name in ("SourceInfo", "count_examples", "source_info")},
@@ -67,5 +69,5 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-_SUBMODULES = ("config", "demo", "labelled", "pipelines", "prepare", "sources", "tfrecords", "validation")
+_SUBMODULES = ("config", "demo", "labelled", "pipelines", "prepare", "service", "sources", "tfrecords", "validation")
 __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from bt_keras.augment.config import AugmentConfig
 from bt_keras.contract import MAX_IMAGE_PIXELS
 from bt_keras.data.checks import VALIDATE_MODES, check_positive, check_validate
+from bt_keras.data.service import ServiceConfig
 from bt_keras.errors import DataError
 
 __all__ = ["VALIDATE_MODES", "DataConfig", "check_positive"]
@@ -55,6 +56,8 @@ class DataConfig:
         max_image_pixels: images with more pixels (height × width, read from
             the header before decoding) are skipped and reported as too large
             (default 100 MP): a decompression bomb costs no memory.
+        service: a :class:`~bt_keras.data.service.ServiceConfig` (or its
+            mapping): compute the training views on tf.data service workers.
 
     Examples:
 
@@ -77,10 +80,13 @@ class DataConfig:
     crop_fraction: float | None = None
     deterministic: bool = False
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
     def __post_init__(self):
         if isinstance(self.augment, str):
             object.__setattr__(self, "augment", AugmentConfig(preset=self.augment))
+        if isinstance(self.service, dict):
+            object.__setattr__(self, "service", ServiceConfig(**self.service))
         check_positive("data.image_size", self.image_size)
         check_positive("data.shuffle_buffer", self.shuffle_buffer)
         check_positive("data.cache_max_mb", self.cache_max_mb)
@@ -117,7 +123,14 @@ class DataConfig:
         return make_contract(self.image_size, self.mean, self.std, self.crop_fraction, pixel_shuffle_seed=seed)
 
     def train_dataset(
-        self, batch_size: int, *, input_context=None, skipped_path=None, seed_offset: int = 0, source=None
+        self,
+        batch_size: int,
+        *,
+        input_context=None,
+        skipped_path=None,
+        seed_offset: int = 0,
+        source=None,
+        repeat: bool = False,
     ):
         """:func:`~bt_keras.data.two_view_dataset` with every data setting.
 
@@ -127,6 +140,7 @@ class DataConfig:
             skipped_path: where to write the skipped files as TSV.
             seed_offset: added to ``seed`` (e.g. a probe batch distinct from training).
             source: instead of ``self.source``.
+            repeat: endless, each pass a new epoch (on the service's workers when set).
         """
         from bt_keras.data.pipelines import two_view_dataset
 
@@ -145,6 +159,8 @@ class DataConfig:
             validate=self.validate,
             deterministic=self.deterministic,
             max_image_pixels=self.max_image_pixels,
+            service=self.service,
+            repeat=repeat,
         )
 
     def eval_dataset(self, batch_size: int, *, source=None, input_context=None, skipped_path=None):

@@ -21,6 +21,7 @@ from bt_keras.augment.views import TwoViews
 from bt_keras.contract import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_PIXELS
 from bt_keras.data.checks import check_positive
 from bt_keras.data.prepare import prepare
+from bt_keras.data.service import ServiceConfig
 from bt_keras.data.sources import AUTOTUNE, plain, source_name
 from bt_keras.data.validation import report_skipped
 from bt_keras.errors import DataError
@@ -89,6 +90,8 @@ def two_view_dataset(
     validate: str = "auto",
     deterministic: bool = False,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    service: ServiceConfig | None = None,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
     """Batches of two augmented views ``(view_a, view_b)`` of the same images.
 
@@ -110,6 +113,12 @@ def two_view_dataset(
         max_image_pixels: as in :class:`~bt_keras.data.DataConfig`.
         input_context: a ``tf.distribute.InputContext``.
         skipped_path: where to write the skipped files as TSV.
+        service: a :class:`~bt_keras.data.service.ServiceConfig`; when it names a
+            dispatcher, the pairs are computed on tf.data service workers
+            (:mod:`bt_keras.data.service`; a folder is then streamed, not
+            cached, unless ``cache`` is True, so the workers read the files).
+        repeat: endless: every pass a new epoch, as ``.repeat()`` would do; with
+            a service the repetition runs on the workers, so epochs keep their keys.
 
     Examples:
 
@@ -124,11 +133,14 @@ def two_view_dataset(
     check_positive("image_size", image_size)
     b = per_replica_batch(batch_size, input_context)
     shard = _shard_of(input_context)
+    served = service is not None and service.enabled
+    if served:
+        service.check_reachable()  # before the source is listed and validated
     prep = prepare(
         source,
         data_dir=data_dir,
         shard=shard,
-        cache=cache,
+        cache=False if served and cache is None else cache,
         cache_max_mb=cache_max_mb,
         validate=validate,
         max_image_pixels=max_image_pixels,
@@ -142,27 +154,39 @@ def two_view_dataset(
     # Distinct, reproducible streams for each input pipeline.
     stream_seed = int(seed) * 1_000_003 + shard[1]
     keys = _epoch_keys(stream_seed)
+    # distributed_epoch workers each see part of an epoch: they send single pairs
+    # (no partial batch of theirs is dropped) and the trainer batches them.
+    singles = served and service.mode == "distributed_epoch"
     if prep.memory is not None:
-        ds = _pairs_in_memory(prep.memory, views, keys, b, stream_seed, deterministic)
+        ds = _pairs_in_memory(prep.memory, views, keys, b, stream_seed, deterministic, singles)
     else:
         ds = _pairs_streamed(
-            prep, views, keys, b, stream_seed, deterministic, shuffle_buffer, input_context, max_image_pixels
+            prep, views, keys, b, stream_seed, deterministic, shuffle_buffer, input_context, max_image_pixels, singles
         )
-    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic, input_context is not None))
+    options = _options(deterministic, input_context is not None)
+    ds = ds.repeat() if repeat else ds
+    if served:
+        ds = service.distribute(ds.with_options(options), tag=f"p{shard[1]}of{shard[0]}-s{stream_seed}")
+        ds = ds.batch(b, drop_remainder=True) if singles else ds
+    return ds.prefetch(AUTOTUNE).with_options(options)
 
 
-def _pairs_in_memory(mem, views: TwoViews, keys, b: int, stream_seed: int, deterministic: bool):
-    """Whole batches of in-memory images, parameters drawn for the batch at once."""
+def _pairs_in_memory(mem, views: TwoViews, keys, b: int, stream_seed: int, deterministic: bool, singles=False):
+    """Whole batches of in-memory images, parameters drawn for the batch at once (``singles``: then unbatched)."""
     make = views.in_memory(mem.uids, mem.image_sizes(), lambda: _image_at(mem), mem.images)
     ds = tf.data.Dataset.range(mem.n).shuffle(mem.n, seed=stream_seed, reshuffle_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds.batch(b, drop_remainder=True), keys))
-    return ds.map(plain(make), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = tf.data.Dataset.zip((ds.batch(b, drop_remainder=not singles), keys))
+    ds = ds.map(plain(make), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return ds.unbatch() if singles else ds
 
 
 def _pairs_streamed(
-    prep, views: TwoViews, keys, b, stream_seed, deterministic, shuffle_buffer, input_context, max_pixels
+    prep, views: TwoViews, keys, b, stream_seed, deterministic, shuffle_buffer, input_context, max_pixels, singles=False
 ):
-    """Streamed records: per-example crops (JPEG crop-decoded), then the pixel stage per batch."""
+    """Streamed records: per-example crops (JPEG crop-decoded), then the pixel stage per batch.
+
+    ``singles``: the last partial batch is kept and the pairs unbatched again.
+    """
     ds = prep.stream(
         shuffle_seed=stream_seed,
         deterministic=deterministic,
@@ -178,8 +202,9 @@ def _pairs_streamed(
     ds = ds.map(plain(per_example), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     # Validated upstream; anything left that fails to decode is skipped with a logged warning.
     ds = ds.ignore_errors(log_warning=True)
-    ds = ds.batch(b, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    return ds.map(plain(views.finish), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(b, drop_remainder=not singles, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(plain(views.finish), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return ds.unbatch() if singles else ds
 
 
 def eval_dataset(
