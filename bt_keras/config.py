@@ -204,6 +204,9 @@ class OptimConfig:
 class TrainConfig:
     """How and where to train.
 
+    ``mixed_precision``: ``auto`` takes what is fastest where the run runs
+    (:mod:`bt_keras.precision`: bf16 on TPUs and Ampere GPUs, float16 on
+    Volta/Turing, on a CPU bf16 only where it measures faster than float32).
     ``jit_compile``: None picks per platform (off on CPU, where XLA
     convolutions measured 0.6× oneDNN's; on for TPU).
     ``backend``: Keras' backend; None takes ``KERAS_BACKEND`` from the
@@ -223,7 +226,7 @@ class TrainConfig:
     tpu: str | None = None
     zone: str | None = None
     project: str | None = None
-    mixed_precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    mixed_precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     jit_compile: bool | None = None
     steps_per_execution: int = 1
     checkpoint_every_steps: int = 0

@@ -179,6 +179,24 @@ def describe(strategy) -> str:
     return f"{name}: {strategy.num_replicas_in_sync} replica(s) on {', '.join(names)}"
 
 
+def device_kind(strategy) -> tuple[str, tuple | None]:
+    """``("tpu" | "gpu" | "cpu", first GPU's compute capability or None)``: what ``strategy`` trains on."""
+    if isinstance(strategy, JaxDataParallel):
+        kind = strategy.devices[0].platform
+        return (kind if kind in ("tpu", "gpu") else "cpu"), None  # JAX reports no compute capability
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "tpu", None
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: the first GPU if any
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["CPU:0"]
+    if not any("GPU" in d for d in devices):
+        return "cpu", None
+    gpus = tf.config.list_physical_devices("GPU")
+    details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
+    return "gpu", details.get("compute_capability")
+
+
 def is_chief(strategy) -> bool:
     """Whether this process writes the run's files: the chief, or worker 0 of a chief-less cluster."""
     if isinstance(strategy, JaxDataParallel):

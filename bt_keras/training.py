@@ -215,6 +215,7 @@ class RunPlan:
     checkpoint: str
     lock: object = None
     created_run_dir: bool = False
+    precision: tuple = ("float32", "train.mixed_precision")  # (policy, why): train.mixed_precision resolved
 
     def release(self) -> None:
         """Releases the run directory's lock (a no-op without one); removes a directory this run
@@ -271,6 +272,7 @@ class RunPlan:
             f"x {t.epochs} epochs = {self.total_steps} steps",
             f"run directory {self.run_dir}; {start}",
             f"encoder {self.cfg.model.encoder}; initial weights: {_init_line(self.cfg.model)}",
+            f"precision {self.precision[0]} ({self.precision[1]})",
         ]
         warmup = self.cfg.optim.warmup_epochs
         if warmup >= t.epochs:
@@ -303,8 +305,9 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
 
     from bt_keras.checkpointing import checkpoint_path
     from bt_keras.config import check_sources
-    from bt_keras.distribute import is_chief, make_strategy, per_replica_batch_size
+    from bt_keras.distribute import device_kind, is_chief, make_strategy, per_replica_batch_size
     from bt_keras.io import is_remote
+    from bt_keras.precision import resolve_precision
     from bt_keras.run_lock import RunDirectoryLock
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=run_dir or cfg.train.run_dir))
@@ -317,7 +320,8 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
     strategy = make_strategy(t.strategy, t.tpu, t.zone, t.project)
     check_sources(cfg)  # every source the run will open, errors naming its key, before anything is written
     keras.utils.set_random_seed(t.seed)
-    keras.mixed_precision.set_dtype_policy(t.mixed_precision)
+    precision = resolve_precision(t.mixed_precision, *device_kind(strategy))
+    keras.mixed_precision.set_dtype_policy(precision[0])
     per_replica = per_replica_batch_size(t.batch_size, strategy)
     chief = is_chief(strategy)
     info = cfg.data.info()
@@ -349,6 +353,7 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
         checkpoint_path(t.run_dir),
         lock,
         created,
+        precision,
     )
 
 
@@ -600,6 +605,7 @@ def _train(plan: RunPlan, callbacks=()) -> dict:
         "signal": guard.signal_name,
         "run_dir": plan.run_dir,
         "init_weights": describe_init(plan.cfg.model),
+        "mixed_precision": plan.precision[0],
     }
     if guard.preempted:
         written = "checkpoint written" if plan.chief else "the chief wrote the checkpoint"
