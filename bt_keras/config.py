@@ -15,141 +15,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import math
-import os
-import stat
 import types
 import typing
 from typing import Literal
 
 import yaml
 
+from bt_keras.config_yaml import MAX_CONFIG_BYTES, load_yaml, read_text  # noqa: F401 (MAX_CONFIG_BYTES: public here)
 from bt_keras.data.config import DataConfig
-from bt_keras.errors import ConfigError, DataError, UserError, short_repr
-from bt_keras.io import is_remote
-
-# The built-in encoders (``bt_keras.encoders.build_encoder``). Listed here, not
-# imported from there, so that checking a config does not import Keras.
-ENCODER_NAMES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet34_cifar", "resnet34", "resnet50")
-# The models of ``keras.applications`` (Keras 3.10-3.15), for the same reason; tests/test_backbones.py
-# checks the list against the installed Keras.
-KERAS_APPLICATIONS = (
-    *(f"ConvNeXt{s}" for s in ("Base", "Large", "Small", "Tiny", "XLarge")),
-    "DenseNet121",
-    "DenseNet169",
-    "DenseNet201",
-    *(f"EfficientNetB{i}" for i in range(8)),
-    *(f"EfficientNetV2{s}" for s in ("B0", "B1", "B2", "B3", "L", "M", "S")),
-    "InceptionResNetV2",
-    "InceptionV3",
-    "MobileNet",
-    "MobileNetV2",
-    "MobileNetV3Large",
-    "MobileNetV3Small",
-    "NASNetLarge",
-    "NASNetMobile",
-    *(f"ResNet{d}{v}" for d in (101, 152, 50) for v in ("", "V2")),
-    "VGG16",
-    "VGG19",
-    "Xception",
+from bt_keras.encoder_names import (  # noqa: F401 (public here too: bt_keras.config.ENCODER_NAMES, ...)
+    ENCODER_FAMILIES,
+    ENCODER_NAMES,
+    KERAS_APPLICATIONS,
+    check_init_weights,
+    encoder_family,
 )
-ENCODER_FAMILIES = ("builtin", "keras.applications", "keras_hub", "file")
-_APPLICATIONS_PREFIX = "keras.applications."
-_WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".keras")
-
-
-def encoder_family(name: str) -> tuple[str, str]:
-    """``(family, target)`` of a ``model.encoder`` value, checked without importing Keras.
-
-    Families: ``builtin`` (:data:`ENCODER_NAMES`), ``keras.applications``
-    (``keras.applications.NAME``, target ``NAME``), ``keras_hub``
-    (``keras_hub:PRESET_OR_DIR``) and ``file`` (``file:PATH.keras``).
-
-    Raises:
-        ConfigError: ``model.encoder: ...`` naming what is wrong, on one line.
-
-    Examples:
-
-    >>> encoder_family("keras.applications.ConvNeXtTiny")
-    ('keras.applications', 'ConvNeXtTiny')
-    >>> encoder_family("keras_hub:vit_base_patch16_224_imagenet")
-    ('keras_hub', 'vit_base_patch16_224_imagenet')
-    >>> encoder_family("keras.applications.ConvNextTiny")
-    Traceback (most recent call last):
-    ...
-    bt_keras.errors.ConfigError: model.encoder: keras.applications has no model 'ConvNextTiny'; did you mean ...?
-    """
-    if name in ENCODER_NAMES:
-        return "builtin", name
-    if name.startswith(_APPLICATIONS_PREFIX):
-        target = name[len(_APPLICATIONS_PREFIX) :]
-        if target not in KERAS_APPLICATIONS:
-            close = difflib.get_close_matches(target, KERAS_APPLICATIONS, n=3)
-            hint = f"did you mean {' or '.join(close)}?" if close else "see the list in docs/training.md#backbones"
-            raise ConfigError(f"model.encoder: keras.applications has no model {target!r}; {hint}")
-        return "keras.applications", target
-    if name.startswith("keras_hub:"):
-        target = name[len("keras_hub:") :]
-        if not target:
-            raise ConfigError("model.encoder: keras_hub: needs a preset name or a preset directory after the colon")
-        local_dir = _looks_like_path(target) and not is_remote(target)
-        if local_dir and not os.path.isfile(os.path.join(target, "config.json")):
-            raise ConfigError(f"model.encoder: {name}: no KerasHub preset there (no config.json)")
-        return "keras_hub", target
-    if name.startswith("file:"):
-        target = name[len("file:") :]
-        if not target.endswith(".keras"):
-            raise ConfigError(f"model.encoder: {name}: expected a .keras model file")
-        if not is_remote(target) and not os.path.isfile(target):
-            raise ConfigError(f"model.encoder: {name}: no such file")
-        return "file", target
-    raise ConfigError(
-        f"model.encoder: unknown encoder {name!r}; choose one of {', '.join(ENCODER_NAMES)}, "
-        "keras.applications.NAME, keras_hub:PRESET_OR_DIR or file:PATH.keras"
-    )
-
-
-def _looks_like_path(text: str) -> bool:
-    return "/" in text or text.startswith(("~", "."))
-
-
-def check_init_weights(family: str, init_weights: str | None) -> None:
-    """Refuses an initialisation the encoder family cannot take: a one-line ``ConfigError``.
-
-    ``null``: the family's own start (random, or the file's weights for
-    ``file:``); ``none``: random; ``imagenet``: the published weights of a
-    ``keras.applications`` model or of a KerasHub preset; else a local
-    ``.weights.h5``, ``.h5`` (``keras.applications`` only) or ``.keras`` file.
-
-    Examples:
-
-    >>> check_init_weights("builtin", "imagenet")
-    Traceback (most recent call last):
-    ...
-    bt_keras.errors.ConfigError: model.init_weights: imagenet: no published weights for a built-in encoder; ...
-    """
-    if init_weights in (None, "none"):
-        return
-    if init_weights == "imagenet":
-        if family in ("builtin", "file"):
-            what = "a built-in encoder" if family == "builtin" else "a file: encoder (it has its own weights)"
-            raise ConfigError(
-                f"model.init_weights: imagenet: no published weights for {what}; "
-                "use keras.applications.NAME or keras_hub:PRESET, or a weights file"
-            )
-        return
-    if not init_weights.endswith(_WEIGHTS_SUFFIXES):
-        raise ConfigError(
-            f"model.init_weights: {init_weights!r}: expected imagenet, none, or a .weights.h5 / .keras file"
-        )
-    if init_weights.endswith(".h5") and not init_weights.endswith(".weights.h5") and family != "keras.applications":
-        raise ConfigError(
-            f"model.init_weights: {init_weights}: a legacy .h5 file loads into keras.applications models only; "
-            "use a .weights.h5 or .keras file"
-        )
-    if not is_remote(init_weights) and not os.path.isfile(init_weights):
-        raise ConfigError(f"model.init_weights: {init_weights}: no such file")
+from bt_keras.errors import ConfigError, DataError, UserError, short_repr
 
 
 @dataclasses.dataclass
@@ -409,7 +291,7 @@ def _apply_override(raw: dict, override: str) -> None:
         raise ConfigError(f"--set expects key.sub=value, got {short_repr(override)}")
     path, text = override.split("=", 1)
     try:
-        value = _load_yaml(text, f"--set {short_repr(path)}")
+        value = load_yaml(text, f"--set {short_repr(path)}")
     except yaml.YAMLError:
         value = text
     node = raw
@@ -553,7 +435,7 @@ def config_from_dict(raw: dict | None, overrides=()) -> Config:
 def load_config(path: str, overrides=()) -> Config:
     """Reads a YAML config file (local or ``gs://``) and applies overrides."""
     try:
-        raw = _load_yaml(_read_text(path), path)
+        raw = load_yaml(read_text(path), path)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -561,78 +443,6 @@ def load_config(path: str, overrides=()) -> Config:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return config_from_dict(raw, overrides)
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing aliases (``*name``) and a key given twice in one mapping.
-
-    An alias repeats a node without copying its text, so a few hundred bytes of
-    nested aliases ("billion laughs") expand to gigabytes; a config never needs one.
-    A repeated key (two ``train:`` sections) would silently keep only the last one.
-    """
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is not None and key in seen:
-                raise ConfigError(
-                    f"{self.name}: line {key_node.start_mark.line + 1}: the key {short_repr(key, 40)} appears "
-                    f"twice in one mapping (first on line {seen[key] + 1}); keep one"
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise ConfigError(
-                f"{self.name}: line {event.start_mark.line + 1} uses a YAML alias (*{event.anchor[:40]}); "
-                "aliases are not supported in configs: write the value out"
-            )
-        return super().compose_node(parent, index)
-
-
-def _load_yaml(text: str, name: str):
-    """YAML text as Python values, aliases refused (:class:`_NoAliasLoader`)."""
-    loader = _NoAliasLoader(text)
-    loader.name = name
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-MAX_CONFIG_BYTES = 16 * 2**20
-
-
-def _read_text(path: str) -> str:
-    # TensorFlow (for gs:// and other remote file systems) only when the path needs it.
-    if is_remote(path):
-        import tensorflow as tf
-
-        if not tf.io.gfile.exists(path):
-            raise ConfigError(f"config file not found: {path}")
-        with tf.io.gfile.GFile(path) as f:
-            return f.read()
-    try:
-        # Only a regular file of bounded size: /dev/zero would be read forever, a FIFO block at open.
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-            raise ConfigError(f"config file {path} is not a regular file")
-        with open(path, encoding="utf-8") as f:
-            text = f.read(MAX_CONFIG_BYTES + 1)
-        if len(text) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB; not a config")
-        return text
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory; pass a YAML file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def _plain(value):
