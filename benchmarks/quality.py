@@ -56,6 +56,7 @@ from bt_keras.config import config_to_yaml, load_config  # noqa: E402
 from bt_keras.data.prepare import open_source  # noqa: E402
 from bt_keras.errors import DataError, UserError, one_line  # noqa: E402
 from bt_keras.io import atomic_path, atomic_write  # noqa: E402
+from bt_keras.precision import with_resolved_precision  # noqa: E402
 from bt_keras.training import build_model, save_encoder  # noqa: E402
 
 PROG = "quality.py"
@@ -113,7 +114,7 @@ def load_run_config(args):
         open_source(source, cfg.data.data_dir, key=key, labelled=True)
     train, test = sources["train"][1], sources["test"][1]
     fixed = [f"data.source={train}", "data.cache=true", f"eval.train_source={train}", f"eval.test_source={test}"]
-    return load_config(args.config, overrides + fixed), sources
+    return with_resolved_precision(load_config(args.config, overrides + fixed)), sources
 
 
 def pixels(x, training=False):

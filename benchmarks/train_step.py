@@ -141,8 +141,9 @@ def count_flops(model, batch: int, loss_method: str) -> dict:
 # --------------------------------------------------------------------------- building
 def _load_cfg(model: str, overrides=()):
     from bt_keras.config import load_config
+    from bt_keras.precision import with_resolved_precision
 
-    return load_config(os.path.join(ROOT, MODEL_CONFIGS[model]), overrides)
+    return with_resolved_precision(load_config(os.path.join(ROOT, MODEL_CONFIGS[model]), overrides))
 
 
 def build_variant(model_name: str, v: Variant, seed: int = 0):

@@ -74,7 +74,9 @@ _SUBMODULES = (
     "losses",
     "model",
     "optimizers",
+    "precision",
     "preprocess",
+    "recipe",
     "saving",
     "training",
 )

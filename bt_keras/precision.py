@@ -56,6 +56,15 @@ def resolve_precision(setting: str, device: str, gpu_capability: tuple | None = 
     return "float32", f"auto: bfloat16 measured {speedup:.2f}x float32 on this CPU (below {MIN_SPEEDUP}x)"
 
 
+def with_resolved_precision(cfg, device: str = "cpu"):
+    """``cfg`` with ``train.mixed_precision`` resolved to a policy (for scripts that build a model from
+    a config themselves, as the benchmarks do; ``bt-train`` resolves it per strategy)."""
+    import dataclasses
+
+    policy, _ = resolve_precision(cfg.train.mixed_precision, device)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision=policy))
+
+
 def _cpu_fingerprint() -> str:
     """What the measurement depends on: the CPU, its flags, oneDNN's settings, TensorFlow's version."""
     import tensorflow as tf

@@ -69,5 +69,19 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-_SUBMODULES = ("config", "demo", "labelled", "pipelines", "prepare", "service", "sources", "tfrecords", "validation")
+_SUBMODULES = (
+    "checks",
+    "config",
+    "demo",
+    "labelled",
+    "pipelines",
+    "prepare",
+    "prepared_cache",
+    "service",
+    "source_base",
+    "source_names",
+    "sources",
+    "tfrecords",
+    "validation",
+)
 __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES)
