@@ -80,6 +80,11 @@ def build_parser() -> ArgumentParser:
         "--projector-max", type=positive_int, default=10_000, help="points in the projector (random sample above)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random queries and projector sample")
+    parser.add_argument(
+        "--no-index",
+        action="store_true",
+        help="do not build the nearest-neighbour index ann.faiss (built when FAISS is installed: bt_keras[index])",
+    )
     return parser
 
 
@@ -145,6 +150,7 @@ def _main(argv) -> int:
             data_dir=args.data_dir,
             overwrite=args.overwrite,
             progress=progress,
+            index=False if args.no_index else None,
         )
     finally:
         progress.close()

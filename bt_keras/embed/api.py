@@ -62,6 +62,7 @@ def embed_source(
     cache: bool | None = None,
     validate: str = "auto",
     progress=None,
+    index: bool | None = None,
 ):
     """Embeds every usable image of ``source`` into ``out_dir``; returns an :class:`EmbeddingSet`.
 
@@ -83,6 +84,9 @@ def embed_source(
         overwrite: replace embeddings already in ``out_dir``.
         cache, validate: as in :class:`~bt_keras.data.DataConfig`.
         progress: ``progress(done, total)`` after each batch, or None.
+        index: build the nearest-neighbour index (``ann.faiss``, see
+            :mod:`bt_keras.embed.index`) after the embeddings; None: when
+            FAISS is installed (``bt_keras[index]``), True: required.
     """
     import numpy as np
 
@@ -156,5 +160,23 @@ def embed_source(
         "seconds": round(seconds, 3),
         "files": {"embeddings": "embeddings.npy", "index": "index.tsv", "skipped": SKIPPED_FILE},
     }
+    ann_meta = build_ann_index(result, index)
+    if ann_meta is not None:
+        summary["files"]["ann_index"] = "ann.faiss"
+        summary["ann_index"] = ann_meta
     atomic_write(os.path.join(out_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def faiss_installed() -> bool:
+    """Whether ``faiss`` can be imported (the ``bt_keras[index]`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+def build_ann_index(result, index: bool | None):
+    """Builds the set's nearest-neighbour index (``index`` None: if FAISS is installed); its parameters or None."""
+    if index is False or (index is None and not faiss_installed()):
+        return None
+    return result.build_ann_index().meta
