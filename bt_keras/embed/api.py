@@ -44,8 +44,9 @@ def check_out_dir(out_dir: str, overwrite: bool) -> None:
 
     if "://" in out_dir:
         raise UserError(f"--out {out_dir}: embeddings are written through a memory map, give a local directory")
-    if os.path.exists(os.path.join(out_dir, EMBEDDINGS_FILE)) and not overwrite:
-        raise UserError(f"{out_dir} already holds {EMBEDDINGS_FILE}; pass --overwrite (overwrite=True) to replace it")
+    for name in (EMBEDDINGS_FILE, "embeddings.shards.json"):  # one file, or a Beam run's shards
+        if os.path.exists(os.path.join(out_dir, name)) and not overwrite:
+            raise UserError(f"{out_dir} already holds {name}; pass --overwrite (overwrite=True) to replace it")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} is a file, not a directory")
 

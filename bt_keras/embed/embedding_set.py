@@ -107,7 +107,12 @@ class EmbeddingSet:
         return os.path.join(self.out_dir, EMBEDDINGS_FILE)
 
     def embeddings(self) -> np.ndarray:
-        """``embeddings.npy`` as a read-only memory map ``[N, D]``."""
+        """``embeddings.npy`` as a read-only memory map ``[N, D]`` (a Beam run's shards: one array over them)."""
+        from bt_keras.embed import shards
+
+        manifest = os.path.join(self.out_dir, shards.MANIFEST_FILE)
+        if not os.path.exists(self.embeddings_path) and os.path.exists(manifest):
+            return shards.open_sharded(self.out_dir)
         return np.load(self.embeddings_path, mmap_mode="r")
 
     def index(self) -> list:
