@@ -95,3 +95,24 @@ def test_beam_flags_without_runner_are_refused(capsys):
     code = exit_info.value.code
     err = capsys.readouterr().err
     assert code == 2 and "unrecognized arguments: --direct_num_workers=2" in err and err.count("\n") == 1
+
+
+def _records(folder):
+    return sorted(r.numpy() for r in tf.data.TFRecordDataset(sorted(map(str, folder.glob("train-*.tfrecord")))))
+
+
+@pytest.mark.slow  # Beam starts two worker processes (each imports TensorFlow)
+def test_bt_data_on_beam_writes_the_same_records(photos, tmp_path, capsys):
+    from bt_keras.cli.data import main
+
+    assert main([f"folder:{photos}", str(tmp_path / "local"), "--shards", "3"]) == 0
+    assert main([f"folder:{photos}", str(tmp_path / "beam"), "--shards", "3", *BEAM]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    local, beam = tmp_path / "local", tmp_path / "beam"
+    records = _records(beam)
+    assert records == _records(local) and len(records) == 11  # 10 photos + the odd name; not the broken one
+    a, b = (json.loads((d / "train.bt-data.json").read_text()) for d in (local, beam))
+    assert {k: v for k, v in a.items() if k != "counts"} == {k: v for k, v in b.items() if k != "counts"}
+    assert sorted(a["counts"]) == sorted(b["counts"]) and sum(b["counts"].values()) == 11
+    assert (beam / "train.skipped.tsv").read_text() == (local / "train.skipped.tsv").read_text()
+    assert sorted(p.name for p in beam.iterdir()) == sorted(p.name for p in local.iterdir())  # no staging left
