@@ -149,3 +149,14 @@ def test_bt_search_finds_the_originals_of_resized_and_recompressed_copies(cifar1
     assert err.count("\n") == 1 and "nope.jpg: no such file" in err
     assert bt_search([str(tmp_path), str(originals[0]), *args]) == 2
     assert "not a bt-embed output directory" in capsys.readouterr().err
+
+
+def test_without_faiss_the_index_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    from bt_keras.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # what an install without the extra sees: ImportError
+    with pytest.raises(UserError, match=r'pip install "bt_keras\[index\]"'):
+        ann.build_index(np.ones([3, 2], np.float32), str(tmp_path))
+    assert not (tmp_path / ann.INDEX_FILE).exists()
