@@ -125,6 +125,7 @@ def test_error_classes_are_one_hierarchy():
         "bt_keras.cli.data",
         "bt_keras.cli.embed",
         "bt_keras.cli.search",
+        "bt_keras.beam",
         "bt_keras.embed",
         "bt_keras.embed.index",
         "bt_keras.embed.shards",

@@ -87,20 +87,11 @@ def _body(argv) -> int:
 
 def _write_with_beam(source, args, beam_args) -> dict:
     """The same output, written by an Apache Beam pipeline (``--runner``)."""
-    import importlib.util
-    import logging
+    from bt_keras.beam import pipeline_options, require_beam
 
-    if importlib.util.find_spec("apache_beam") is None:
-        raise UserError('--runner needs Apache Beam: pip install "bt_keras[beam]"')
-    root = logging.getLogger()
-    level = root.level
-    if not args.verbose:
-        root.setLevel(logging.ERROR)  # Beam warns on the root logger while it is imported (optional GCP clients)
-    try:
-        from bt_keras.data.tfrecords_beam import write_tfrecords_beam
-        from bt_keras.embed.beam import pipeline_options
-    finally:
-        root.setLevel(level)
+    require_beam(args.verbose)  # a missing extra is one line; Beam's import-time warnings hidden
+    from bt_keras.data.tfrecords_beam import write_tfrecords_beam
+
     return write_tfrecords_beam(
         source,
         args.output,

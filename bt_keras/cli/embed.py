@@ -154,20 +154,10 @@ def _parse(argv):
 
 def _run_beam(args, beam_args):
     """The embedding pass as a Beam pipeline (``--runner``)."""
-    import importlib.util
+    from bt_keras.beam import pipeline_options, require_beam
 
-    if importlib.util.find_spec("apache_beam") is None:
-        raise UserError('--runner needs Apache Beam: pip install "bt_keras[beam]"')
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    if not args.verbose:
-        root.setLevel(logging.ERROR)  # Beam warns on the root logger while it is imported (optional GCP clients)
-    try:
-        from bt_keras.embed.beam import embed_folder_beam, pipeline_options
-    finally:
-        root.setLevel(level)
+    require_beam(args.verbose)  # a missing extra is one line; Beam's import-time warnings hidden
+    from bt_keras.embed.beam import embed_folder_beam
 
     spec = {k: getattr(args, k) for k in ("run", "encoder", "saved_model", "onnx", "image_size", "mean", "std")}
     spec["crop_fraction"] = args.crop_fraction

@@ -25,7 +25,7 @@ import uuid
 import apache_beam as beam
 import numpy as np
 
-from bt_keras.embed.beam import _BytesSource, _last_line, shard_name
+from bt_keras.beam import BytesSource, pipeline_failure, shard_name
 
 
 class ValidateFn(beam.DoFn):
@@ -56,7 +56,7 @@ class ValidateFn(beam.DoFn):
         except (OSError, tf.errors.OpError) as e:
             yield beam.pvalue.TaggedOutput("bad", (uid, path, f"unreadable: {one_line(e)}"))
             return
-        reason = diagnose(_BytesSource(data), uid)  # decodes once, as validate="full" does in-process
+        reason = diagnose(BytesSource(data), uid)  # decodes once, as validate="full" does in-process
         if reason is not None:
             yield beam.pvalue.TaggedOutput("bad", (uid, path, reason))
             return
@@ -148,7 +148,7 @@ def write_tfrecords_beam(
         try:
             run_pipeline(files, staging, name, num_shards, src.class_names, src.labels is not None, options)
         except Exception as e:  # noqa: BLE001 - a worker's failure, reported by the runner: one line
-            raise UserError(f"the Beam pipeline failed ({_last_line(e)}); nothing was published") from None
+            raise pipeline_failure(e) from None
         info = _finish(src, staging, out, name, num_shards, source)
         tfrecords._publish(staging, out, name, tfrecords._previous_output(out, name))
     finally:

@@ -26,7 +26,6 @@ loads exactly what the in-process ``bt-embed`` loads.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 import uuid
@@ -35,22 +34,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
+from bt_keras.beam import BytesSource, pipeline_failure, shard_name
 from bt_keras.data.validation import MAX_IMAGE_PIXELS
 
 SHARD_ROWS = 50_000  # listed files per output shard (default)
-
-
-def quiet_beam(verbose: bool) -> None:
-    """Beam's own log lines from WARNING with ``--verbose``, else none: a failure is the command's one line."""
-    logging.getLogger("apache_beam").setLevel(logging.WARNING if verbose else logging.CRITICAL)
-
-
-def pipeline_options(runner: str, beam_args, verbose: bool = False):
-    """``PipelineOptions`` for ``runner`` and the Beam flags passed through (``--direct_num_workers=2``, ...)."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    quiet_beam(verbose)
-    return PipelineOptions([f"--runner={runner}", *beam_args])
 
 
 class EncoderHandler(ModelHandler):
@@ -87,19 +74,6 @@ class _Loaded:
 
         self.frozen = frozen
         self.infer = inference_fn(frozen)
-
-
-class _BytesSource:
-    """One file's bytes, shaped as the source :func:`~bt_keras.data.validation.diagnose` reads."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def read(self, uid):
-        return self.data
-
-    def image_bytes(self, data):
-        return data, None
 
 
 class DecodeFn(beam.DoFn):
@@ -139,22 +113,22 @@ class DecodeFn(beam.DoFn):
         except (OSError, tf.errors.OpError) as e:
             yield beam.pvalue.TaggedOutput("bad", (uid, path, f"unreadable: {one_line(e)}"))
             return
-        reason = diagnose(_BytesSource(data), uid, self.max_pixels) if _suspect(data) else None
+        reason = diagnose(BytesSource(data), uid, self.max_pixels) if _suspect(data, self.max_pixels) else None
         if reason is None:
             try:
                 yield (uid, path, label), self.preprocess(tf.constant(data)).numpy()
                 return
             except tf.errors.OpError:
-                reason = diagnose(_BytesSource(data), uid, self.max_pixels) or "could not be decoded"
+                reason = diagnose(BytesSource(data), uid, self.max_pixels) or "could not be decoded"
         yield beam.pvalue.TaggedOutput("bad", (uid, path, reason))
 
 
-def _suspect(data: bytes) -> bool:
+def _suspect(data: bytes, max_pixels: int) -> bool:
     """Whether a file needs the full diagnosis before decoding (empty, or a header too large to decode)."""
     from bt_keras.data.validation import image_size
 
     size = image_size(data) if data else None
-    return not data or (size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS)
+    return not data or (size is not None and size[0] * size[1] > max_pixels)
 
 
 class WriteShardFn(beam.DoFn):
@@ -188,11 +162,6 @@ class WriteShardFn(beam.DoFn):
         with tf.io.gfile.GFile(f"{self.staging}/index-{name}.tsv", "w") as f:
             f.write(text.getvalue())
         yield shard
-
-
-def shard_name(shard: int, num_shards: int) -> str:
-    """``00003-of-00008``."""
-    return f"{shard:05d}-of-{num_shards:05d}"
 
 
 def _write_bad(staging: str):
@@ -271,18 +240,12 @@ def embed_folder_beam(
         try:
             run_pipeline(files, staging, spec, frozen.contract.to_json(), options, batch_size, num_shards)
         except Exception as e:  # noqa: BLE001 - a worker's failure, reported by the runner: one line, nothing published
-            raise UserError(f"the Beam pipeline failed ({_last_line(e)}); nothing was published") from None
+            raise pipeline_failure(e) from None
         return _publish(src, staging, out_dir, frozen, num_shards, time.perf_counter() - start, index)
     finally:
         import shutil
 
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _last_line(e: Exception) -> str:
-    """The last non-empty line of a runner's error (the worker's own exception), shortened."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith("[while")]
-    return (lines[-1] if lines else type(e).__name__)[:300]
 
 
 def _publish(src, staging, out_dir, frozen, num_shards, seconds, index):
