@@ -166,14 +166,16 @@ def _finish(src, staging, out, name, num_shards, source) -> dict:
     from bt_keras.errors import DataError
     from bt_keras.io import atomic_write
 
-    def read(fname):
+    def read(fname):  # no file: the runner ran no step on an empty PCollection
+        if not tf.io.gfile.exists(f"{staging}/{fname}"):
+            return []
         with tf.io.gfile.GFile(f"{staging}/{fname}") as f:
-            return json.load(f)
+            content = json.load(f)
+        tf.io.gfile.remove(f"{staging}/{fname}")
+        return content
 
     counts = dict(read("counts.json"))
     bad = [(src.locate(u), reason) for u, _, reason in read("bad.json")]  # in listing order
-    tf.io.gfile.remove(f"{staging}/counts.json")
-    tf.io.gfile.remove(f"{staging}/bad.json")
     if not counts:
         raise DataError(f"{src.name}: no usable image among {len(src.paths):,} files")
     shards = [f"{name}-{shard_name(s, num_shards)}.tfrecord" for s in range(num_shards)]

@@ -284,8 +284,10 @@ def _publish(src, staging, out_dir, frozen, num_shards, seconds, index):
     write_manifest(out_dir, shards, dim)
     if os.path.exists(os.path.join(out_dir, EMBEDDINGS_FILE)):
         os.remove(os.path.join(out_dir, EMBEDDINGS_FILE))  # the manifest is the set now (--overwrite)
-    with open(os.path.join(staging, "bad.tsv"), encoding="utf-8", newline="") as f:
-        bad = [(src.locate(int(u)), reason) for u, _, reason in csv.reader(f, delimiter="\t")]  # in listing order
+    bad = []  # no file: the runner ran no step on an empty PCollection
+    if os.path.exists(os.path.join(staging, "bad.tsv")):
+        with open(os.path.join(staging, "bad.tsv"), encoding="utf-8", newline="") as f:
+            bad = [(src.locate(int(u)), reason) for u, _, reason in csv.reader(f, delimiter="\t")]  # listing order
     report_skipped(bad + src.ignored, rows, os.path.join(out_dir, SKIPPED_FILE))
     contract = frozen.contract
     result = EmbeddingSet(out_dir, src.name, contract, frozen, rows, int(dim), len(bad), seconds)
