@@ -116,3 +116,15 @@ def test_bt_data_on_beam_writes_the_same_records(photos, tmp_path, capsys):
     assert sorted(a["counts"]) == sorted(b["counts"]) and sum(b["counts"].values()) == 11
     assert (beam / "train.skipped.tsv").read_text() == (local / "train.skipped.tsv").read_text()
     assert sorted(p.name for p in beam.iterdir()) == sorted(p.name for p in local.iterdir())  # no staging left
+
+
+@pytest.mark.parametrize("prog", ["bt-embed", "bt-data"])
+def test_runner_on_a_source_that_is_not_a_folder_is_one_line(prog, tmp_path, capsys):
+    from bt_keras.cli import data, embed
+
+    if prog == "bt-embed":
+        code = embed.main(["tfrecord:/no/*.tfrecord", "--run", str(tmp_path), "--out", str(tmp_path / "o"), *BEAM])
+    else:
+        code = data.main(["tfrecord:/no/*.tfrecord", str(tmp_path / "o"), *BEAM])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--runner" in err and "folder:PATH" in err, err
