@@ -30,7 +30,14 @@ setup(
         "jax": ["jax>=0.4.30"],
         "keras_hub": ["keras-hub>=0.20"],
         "litert": ["ai-edge-litert>=1.2"],
+        # The nearest-neighbour index of bt-embed / bt-search (bt_keras.embed.index).
+        "index": ["faiss-cpu>=1.8"],
+        # bt-embed / bt-data --runner. Plain apache-beam (protobuf 6.x, in TF 2.21's range); Dataflow and Beam's
+        # own gs:// IO need apache-beam[gcp] (images are read through tf.io.gfile, which reads gs:// already).
+        "beam": ["apache-beam>=2.60"],
         "dev": [
+            "faiss-cpu>=1.8",
+            "apache-beam>=2.60",
             "jax>=0.4.30",
             "ai-edge-litert>=1.2",
             "keras-hub>=0.20",
@@ -57,6 +64,7 @@ setup(
             "bt-data=bt_keras.cli.data:main",
             "bt-embed=bt_keras.cli.embed:main",
             "bt-data-service=bt_keras.cli.data_service:main",
+            "bt-search=bt_keras.cli.search:main",
         ]
     },
 )

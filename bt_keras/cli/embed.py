@@ -80,6 +80,19 @@ def build_parser() -> ArgumentParser:
         "--projector-max", type=positive_int, default=10_000, help="points in the projector (random sample above)"
     )
     parser.add_argument("--seed", type=seed, default=0, help="seed of the random queries and projector sample")
+    parser.add_argument(
+        "--no-index",
+        action="store_true",
+        help="do not build the nearest-neighbour index ann.faiss (built when FAISS is installed: bt_keras[index])",
+    )
+    parser.add_argument(
+        "--runner",
+        help="run as an Apache Beam pipeline on this runner (DirectRunner, DataflowRunner, FlinkRunner, "
+        "SparkRunner; folder: sources); Beam's own --flags follow (e.g. --direct_num_workers=2). Default: in-process",
+    )
+    parser.add_argument(
+        "--num-shards", type=positive_int, help="with --runner: embedding shards written (default: one per 50,000)"
+    )
     return parser
 
 
@@ -129,19 +142,50 @@ def _check_args(args) -> None:
         raise UserError(f"--run {args.run}: no such directory")
 
 
+def _parse(argv):
+    """The arguments; with ``--runner``, the ``--flags`` bt-embed does not know are Beam's pipeline options."""
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and (not args.runner or not all(a.startswith("--") for a in beam_args)):
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    if args.num_shards and not args.runner:
+        parser.error("--num-shards needs --runner")
+    return args, beam_args
+
+
+def _run_beam(args, beam_args):
+    """The embedding pass as a Beam pipeline (``--runner``)."""
+    from bt_keras.beam import pipeline_options, require_beam
+
+    require_beam(args.verbose)  # a missing extra is one line; Beam's import-time warnings hidden
+    from bt_keras.embed.beam import embed_folder_beam
+
+    spec = {k: getattr(args, k) for k in ("run", "encoder", "saved_model", "onnx", "image_size", "mean", "std")}
+    spec["crop_fraction"] = args.crop_fraction
+    return embed_folder_beam(
+        args.source,
+        spec,
+        args.out,
+        options=pipeline_options(args.runner, beam_args, args.verbose),
+        batch_size=args.batch_size,
+        num_shards=args.num_shards,
+        overwrite=args.overwrite,
+        index=False if args.no_index else None,
+    )
+
+
 def _main(argv) -> int:
-    args = build_parser().parse_args(argv)
+    args, beam_args = _parse(argv)
     use_tensorflow_backend(PROG)
     _check_args(args)
     load_tensorflow()
     from bt_keras.embed import embed_source
 
-    encoder = load_encoder_from_args(args)
     progress = Progress()
     extras = []
 
     def finish(result):
-        # Written into the staging directory, so they are published with the embeddings.
+        # In-process: written into the staging directory, so they are published with the embeddings.
         progress.close()
         if args.neighbors:
             _, queries, _, _ = result.write_neighbors(args.neighbors, args.query, args.queries, args.seed)
@@ -155,24 +199,31 @@ def _main(argv) -> int:
             _, points = result.write_projector(args.projector_max, args.seed)
             extras.append(f"projector ({points:,} points) in {args.out}/projector")
 
-    try:
-        result = embed_source(
-            args.source,
-            encoder,
-            args.out,
-            batch_size=args.batch_size,
-            data_dir=args.data_dir,
-            overwrite=args.overwrite,
-            progress=progress,
-            max_image_pixels=run_max_image_pixels(args),
-            finish=finish,
-        )
-    finally:
-        progress.close()
+    if args.runner:
+        result = _run_beam(args, beam_args)
+        finish(result)
+    else:
+        encoder = load_encoder_from_args(args)
+        try:
+            result = embed_source(
+                args.source,
+                encoder,
+                args.out,
+                batch_size=args.batch_size,
+                data_dir=args.data_dir,
+                overwrite=args.overwrite,
+                progress=progress,
+                max_image_pixels=run_max_image_pixels(args),
+                finish=finish,
+                index=False if args.no_index else None,
+            )
+        finally:
+            progress.close()
     skipped = f", {result.num_skipped:,} skipped (see {args.out}/skipped.tsv)" if result.num_skipped else ""
     rate = result.num_images / max(result.seconds, 1e-9)
+    where = result.embeddings_path if not args.runner else f"{args.out}/embeddings.shards.json"
     print(
-        f"{PROG}: {result.num_images:,} images -> {result.embeddings_path} ({result.num_images}x{result.dim} float32)"
+        f"{PROG}: {result.num_images:,} images -> {where} ({result.num_images}x{result.dim} float32)"
         f"{skipped}, {rate:,.1f} images/s" + "".join(f"; {e}" for e in extras)
     )
     return 0

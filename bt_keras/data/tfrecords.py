@@ -163,6 +163,30 @@ def _build(prep, records, total: int, staging: str, name: str, num_shards: int, 
     return info
 
 
+def serialize_example(data: bytes, label, class_names, filename) -> bytes:
+    """One record: ``image/encoded`` + ``image/format``, the label (and class text) if any, the file name if any.
+
+    Args:
+        data: the encoded image.
+        label: the class index, or None (unlabelled source).
+        class_names: names by index, or None.
+        filename: ``image/filename`` (None: not recorded).
+    """
+    feats = {
+        "image/encoded": _bytes_feature(data),
+        "image/format": _bytes_feature((sniff(data) or "unknown").lower().encode()),
+    }
+    if label is not None:
+        feats["image/class/label"] = _int_feature(label)
+        if class_names:
+            feats["image/class/text"] = _bytes_feature(str(class_names[label]).encode())
+    if filename is not None:
+        feats["image/filename"] = _bytes_feature(filename.encode())
+    # deterministic: map entries sorted by key. Otherwise their order follows a per-process hash seed, and the
+    # same image gives different bytes in different processes (Beam's workers, or two runs).
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
+
+
 def _write_shards(records: tf.data.Dataset, paths: list, prep, total: int) -> list:
     """Writes ``(uid, bytes, label)`` records into ``paths`` in consecutive runs; the count of each.
 
@@ -187,18 +211,7 @@ def _write_shards(records: tf.data.Dataset, paths: list, prep, total: int) -> li
                 writer.close()
                 shard += 1
                 writer = tf.io.TFRecordWriter(paths[shard])
-            feats = {
-                "image/encoded": _bytes_feature(data),
-                "image/format": _bytes_feature((sniff(data) or "unknown").lower().encode()),
-            }
-            if prep.has_labels:
-                feats["image/class/label"] = _int_feature(y)
-                if class_names:
-                    feats["image/class/text"] = _bytes_feature(str(class_names[y]).encode())
-            filename = src.filename(u)
-            if filename is not None:
-                feats["image/filename"] = _bytes_feature(filename.encode())
-            writer.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+            writer.write(serialize_example(data, y if prep.has_labels else None, class_names, src.filename(u)))
             counts[shard] += 1
     finally:
         writer.close()

@@ -9,7 +9,9 @@ over any source into ``embeddings.npy`` + ``index.tsv`` and returns an
 (:mod:`~bt_keras.embed.projector`). ``bt-embed`` is the command line.
 One module per concern: :mod:`~bt_keras.embed.api` (the pass),
 :mod:`~bt_keras.embed.writer` (the files), :mod:`~bt_keras.embed.thumbnails`
-(pictures of the images as the encoder saw them).
+(pictures of the images as the encoder saw them), :mod:`~bt_keras.embed.index`
+(the nearest-neighbour index ``ann.faiss`` that ``--neighbors``,
+``--duplicates`` and ``bt-search`` query).
 
 Examples:
 
@@ -29,8 +31,9 @@ _EXPORTS = {
     **{name: "bt_keras.embed.neighbors" for name in ("nearest_neighbors", "neighbor_grid")},
     **{name: "bt_keras.embed.duplicates" for name in ("duplicate_pairs", "write_duplicates")},
     "write_projector": "bt_keras.embed.projector",
+    **{name: "bt_keras.embed.index" for name in ("build_index", "load_index")},
 }
-_SUBMODULES = ("api", "duplicates", "embedding_set", "neighbors", "projector", "thumbnails", "writer")
+_SUBMODULES = ("api", "duplicates", "embedding_set", "index", "neighbors", "projector", "thumbnails", "writer")
 
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, submodules=_SUBMODULES)

@@ -36,6 +36,8 @@ OUTPUT_ENTRIES = (
     "neighbors.png",
     "duplicates.tsv",
     "projector",
+    "ann.faiss",  # the nearest-neighbour index (bt_keras.embed.index) and its parameters
+    "ann.json",
     SUMMARY_FILE,
 )
 
@@ -58,8 +60,9 @@ def check_out_dir(out_dir: str, overwrite: bool) -> None:
 
     if "://" in out_dir:
         raise UserError(f"--out {out_dir}: embeddings are written through a memory map, give a local directory")
-    if os.path.exists(os.path.join(out_dir, EMBEDDINGS_FILE)) and not overwrite:
-        raise UserError(f"{out_dir} already holds {EMBEDDINGS_FILE}; pass --overwrite (overwrite=True) to replace it")
+    for name in (EMBEDDINGS_FILE, "embeddings.shards.json"):  # one file, or a Beam run's shards
+        if os.path.exists(os.path.join(out_dir, name)) and not overwrite:
+            raise UserError(f"{out_dir} already holds {name}; pass --overwrite (overwrite=True) to replace it")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} is a file, not a directory")
 
@@ -78,6 +81,7 @@ def embed_source(
     progress=None,
     max_image_pixels: int | None = None,
     finish=None,
+    index: bool | None = None,
 ):
     """Embeds every usable image of ``source`` into ``out_dir``; returns an :class:`EmbeddingSet`.
 
@@ -107,6 +111,9 @@ def embed_source(
             :data:`~bt_keras.contract.MAX_IMAGE_PIXELS`; a run's ``data.max_image_pixels``).
         finish: ``finish(result)`` writes more files into ``result.out_dir`` (the neighbour
             grid, ...) before publishing, so they are published with the embeddings; or None.
+        index: build the nearest-neighbour index (``ann.faiss``, see
+            :mod:`bt_keras.embed.index`) after the embeddings; None: when
+            FAISS is installed (``bt_keras[index]``), True: required.
     """
     from bt_keras.export.publish import publish, staging_directory
 
@@ -118,8 +125,10 @@ def embed_source(
         result = _embed_into(
             str(stage), str(out_dir), source, frozen, batch_size, data_dir, cache, validate, progress, max_image_pixels
         )
+        ann_meta = build_ann_index(result, index)  # in the staging directory: --neighbors/--duplicates use it
         if finish is not None:
             finish(result)
+        _complete_summary(Path(stage), ann_meta)
         publish(stage, out, overwrite, entries=OUTPUT_ENTRIES, check=check, mark=_MARK)
     result.out_dir = str(out_dir)
     return result
@@ -232,3 +241,39 @@ def _embed_into(stage, out_dir, source, frozen, batch_size, data_dir, cache, val
     }
     atomic_write(os.path.join(stage, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
     return result
+
+
+_OPTIONAL_OUTPUTS = {
+    "neighbors": "neighbors.png",
+    "duplicates": "duplicates.tsv",
+    "projector": "projector",
+    "ann_index": "ann.faiss",
+    "ann_index_parameters": "ann.json",
+}
+
+
+def _complete_summary(stage: Path, ann_meta) -> None:
+    """Adds to ``embeddings.json`` the files written after the embeddings (neighbour grid, duplicates,
+    projector, index) and the index's parameters, so the summary lists everything the run publishes."""
+    from bt_keras.io import atomic_write
+
+    path = stage / SUMMARY_FILE
+    summary = json.loads(path.read_text())
+    summary["files"].update({key: name for key, name in _OPTIONAL_OUTPUTS.items() if (stage / name).exists()})
+    if ann_meta is not None:
+        summary["ann_index"] = ann_meta
+    atomic_write(str(path), json.dumps(summary, indent=2) + "\n")
+
+
+def faiss_installed() -> bool:
+    """Whether ``faiss`` can be imported (the ``bt_keras[index]`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+def build_ann_index(result, index: bool | None):
+    """Builds the set's nearest-neighbour index (``index`` None: if FAISS is installed); its parameters or None."""
+    if index is False or (index is None and not faiss_installed()):
+        return None
+    return result.build_ann_index().meta

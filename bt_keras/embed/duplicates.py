@@ -46,7 +46,7 @@ def duplicate_pairs(embeddings, threshold: float, block_rows: int = BLOCK_ROWS):
                 yield int(i[t] + a), int(j[t] + b), float(s[t])
 
 
-def write_duplicates(path: str, embeddings, paths, threshold: float, block_rows: int = BLOCK_ROWS) -> int:
+def write_duplicates(path: str, embeddings, paths, threshold: float, block_rows: int = BLOCK_ROWS, pairs=None) -> int:
     """Writes the near-duplicate pairs as TSV (quoted like ``index.tsv``); returns how many.
 
     Args:
@@ -55,12 +55,16 @@ def write_duplicates(path: str, embeddings, paths, threshold: float, block_rows:
         paths: the ``N`` paths, row for row.
         threshold: as in :func:`duplicate_pairs`.
         block_rows: rows per block.
+        pairs: ``(row_a, row_b, similarity)`` found otherwise (a nearest-neighbour
+            index's range queries); None: every pair is compared.
     """
+    if pairs is None:
+        pairs = duplicate_pairs(embeddings, threshold, block_rows)
     count = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = tsv_writer(f)
         writer.writerow(COLUMNS)
-        for i, j, s in duplicate_pairs(embeddings, threshold, block_rows):
+        for i, j, s in pairs:
             writer.writerow([f"{s:.6f}", i, j, paths[i], paths[j]])
             count += 1
     return count

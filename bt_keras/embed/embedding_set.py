@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from bt_keras.embed import duplicates, neighbors, projector, thumbnails
+from bt_keras.embed import index as ann
 from bt_keras.embed.writer import EMBEDDINGS_FILE, read_index
 from bt_keras.errors import UserError
 
@@ -61,17 +62,96 @@ class EmbeddingSet:
     prepare_kwargs: dict = dataclasses.field(default_factory=dict)
     prepared: object = None
 
+    @classmethod
+    def open(cls, out_dir: str, encoder=None) -> EmbeddingSet:
+        """A set written earlier (``bt-embed``, :func:`~bt_keras.embed.embed_source`), from its ``embeddings.json``.
+
+        Args:
+            out_dir: the set's directory.
+            encoder: the :class:`~bt_keras.frozen.FrozenEncoder` that made it (needed by
+                :meth:`search`); its contract must be the recorded one.
+
+        Examples:
+
+        >>> import bt_keras, keras, numpy as np, tempfile
+        >>> from bt_keras.contract import make_contract
+        >>> enc = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()])
+        >>> d = tempfile.mkdtemp()
+        >>> _ = bt_keras.embed_source(np.zeros([3, 8, 8, 3], np.uint8), enc, d, contract=make_contract(8))
+        >>> EmbeddingSet.open(d).num_images
+        3
+        """
+        import json
+
+        from bt_keras.contract import PreprocessingContract
+
+        summary_path = os.path.join(str(out_dir), "embeddings.json")
+        if not os.path.isfile(summary_path):
+            raise UserError(f"{out_dir}: no embeddings.json (not a bt-embed output directory)")
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+        contract = PreprocessingContract.from_json(json.dumps(summary["preprocessing"]))
+        if encoder is not None and encoder.contract != contract:
+            raise UserError(f"{out_dir}: the encoder's preprocessing contract is not the one the set was embedded with")
+        return cls(
+            str(out_dir),
+            summary["source"],
+            contract,
+            encoder,
+            int(summary["num_images"]),
+            int(summary["dim"]),
+            int(summary["num_skipped"]),
+            float(summary["seconds"]),
+        )
+
     @property
     def embeddings_path(self) -> str:
         return os.path.join(self.out_dir, EMBEDDINGS_FILE)
 
     def embeddings(self) -> np.ndarray:
-        """``embeddings.npy`` as a read-only memory map ``[N, D]``."""
+        """``embeddings.npy`` as a read-only memory map ``[N, D]`` (a Beam run's shards: one array over them)."""
+        from bt_keras.embed import shards
+
+        manifest = os.path.join(self.out_dir, shards.MANIFEST_FILE)
+        if not os.path.exists(self.embeddings_path) and os.path.exists(manifest):
+            return shards.open_sharded(self.out_dir)
         return np.load(self.embeddings_path, mmap_mode="r")
 
     def index(self) -> list:
         """The rows of ``index.tsv``."""
         return read_index(self.out_dir)
+
+    def ann_index(self):
+        """The saved nearest-neighbour index (:class:`~bt_keras.embed.index.NNIndex`), or None without one."""
+        if not os.path.isfile(os.path.join(self.out_dir, ann.INDEX_FILE)):
+            return None
+        return ann.load_index(self.out_dir, rows=self.num_images)
+
+    def build_ann_index(self, **kwargs):
+        """Builds and saves the nearest-neighbour index (see :func:`~bt_keras.embed.index.build_index`)."""
+        return ann.build_index(self.embeddings(), self.out_dir, **kwargs)
+
+    def _nearest(self, vectors, k: int, exclude=None):
+        """Through the saved index when there is one, else by brute force (exact)."""
+        index = self.ann_index()
+        if index is None:
+            return neighbors.nearest_neighbors(self.embeddings(), vectors, k, exclude=exclude)
+        return index.search(vectors, k, exclude=exclude)
+
+    def search(self, images, k: int = 10) -> list:
+        """The ``k`` nearest rows of the set to each image file (embedded by the set's encoder and contract).
+
+        Args:
+            images: image file paths (need not be in the set).
+            k: neighbours per image.
+
+        Returns:
+            One list per image of ``(row, similarity, path)``, most similar first.
+        """
+        rows = self.index()
+        vectors = np.stack([self._embed_file(p) for p in images]) if images else np.zeros([0, self.dim], np.float32)
+        idx, sims = self._nearest(vectors, k)
+        return [[(int(i), float(s), rows[i]["path"]) for i, s in zip(ri, rs) if i >= 0] for ri, rs in zip(idx, sims)]
 
     def _views(self, uids, size):
         return thumbnails.encoder_views(
@@ -139,7 +219,7 @@ class EmbeddingSet:
             resolved = [(int(r), None, None) for r in np.sort(picks)]
         query_rows = np.array([r for r, _, _ in resolved], np.int64)
         vectors = np.stack([emb[r] if r >= 0 else e for r, e, _ in resolved])
-        idx, sims = neighbors.nearest_neighbors(emb, vectors, k, exclude=query_rows)
+        idx, sims = self._nearest(vectors, k, exclude=query_rows)
         uids = [rows[i]["uid"] for i in idx.reshape(-1)]
         size = GRID_THUMBNAIL
         neighbor_views = self._views(uids, size).reshape(idx.shape + (size, size, 3))
@@ -158,10 +238,16 @@ class EmbeddingSet:
         return path, query_rows, idx, sims
 
     def write_duplicates(self, threshold: float, path=None) -> tuple:
-        """Writes ``duplicates.tsv``: pairs with cosine similarity ≥ ``threshold``; returns ``(path, count)``."""
+        """Writes ``duplicates.tsv``: pairs with cosine similarity ≥ ``threshold``; returns ``(path, count)``.
+
+        Pairs come from the saved index's range queries when there is one
+        (exact for a flat index), else from comparing every pair.
+        """
         path = path or os.path.join(self.out_dir, DUPLICATES_FILE)
         paths = [r["path"] for r in self.index()]
-        return path, duplicates.write_duplicates(path, self.embeddings(), paths, threshold)
+        index = self.ann_index()
+        pairs = None if index is None else index.pairs(self.embeddings(), threshold)
+        return path, duplicates.write_duplicates(path, self.embeddings(), paths, threshold, pairs=pairs)
 
     def write_projector(self, max_points: int = 10_000, seed: int = 0, out_dir=None) -> tuple:
         """Writes the Embedding Projector files (all rows, or a random ``max_points``); ``(dir, points)``."""
