@@ -222,7 +222,10 @@ def test_bt_embed_publishes_all_or_nothing(embed_case, capsys):
     (tmp_path / f".emb.bt-embed-tmp-{dead}-x1").mkdir()
     (tmp_path / f".emb.bt-embed-old-{dead}-x2").write_text("old")
     assert run(out, "--overwrite") == 0
-    assert sorted(os.listdir(out)) == ["embeddings.json", "embeddings.npy", "index.tsv", "skipped.tsv"]
+    assert sorted(os.listdir(out)) == [
+        *["ann.faiss", "ann.json"],  # the nearest-neighbour index, built with the embeddings
+        *["embeddings.json", "embeddings.npy", "index.tsv", "skipped.tsv"],
+    ]
     assert sorted(os.listdir(tmp_path)) == ["emb", "enc.keras", "src"]
 
 

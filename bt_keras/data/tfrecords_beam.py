@@ -192,5 +192,5 @@ def _finish(src, staging, out, name, num_shards, source) -> dict:
         "skipped": len(bad),
     }
     atomic_write(f"{staging}/{name}.bt-data.json", json.dumps(info, indent=2))
-    report_skipped(bad + src.ignored, total, f"{staging}/{name}.skipped.tsv", shown_path=f"{out}/{name}.skipped.tsv")
+    report_skipped(bad + src.ignored, total, f"{staging}/{name}.skipped.tsv", shown_as=f"{out}/{name}.skipped.tsv")
     return info
