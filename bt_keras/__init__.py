@@ -78,6 +78,7 @@ _SUBMODULES = (
     "preprocess",
     "recipe",
     "saving",
+    "tf_config",
     "training",
 )
 

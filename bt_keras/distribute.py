@@ -17,35 +17,16 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 import tensorflow as tf
 
 from bt_keras.errors import UserError
+from bt_keras.tf_config import check_tf_config
 
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
 JAX_STRATEGIES = ("auto", "cpu", "gpu")  # the rest are tf.distribute strategies
 _JAX_CLUSTER_ENV = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES", "JAX_COORDINATOR_ADDRESS")
-
-
-def _check_tf_config():
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        raise UserError("strategy 'multi_worker' needs the TF_CONFIG environment variable (see README: Multi-worker)")
-    try:
-        cfg = json.loads(raw)
-        workers = cfg["cluster"]["worker"]
-        task = cfg["task"]
-        int(task["index"])
-        task["type"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(
-            f"TF_CONFIG is malformed ({type(e).__name__}: {e}); expected "
-            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
-        ) from None
-    if not isinstance(workers, list) or not workers:
-        raise UserError("TF_CONFIG cluster.worker must be a non-empty list of host:port")
 
 
 def make_strategy(
@@ -67,7 +48,7 @@ def make_strategy(
         return JaxDataParallel.create(name)
     if name == "multi_worker":
         # Before anything touches the TF runtime: collectives are configured at startup.
-        _check_tf_config()
+        check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         return _tpu_strategy(tpu, zone, project)

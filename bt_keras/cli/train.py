@@ -65,6 +65,10 @@ def _body(argv) -> int:
 
     cfg = load_config(args.config, args.set)
     check_source_names(cfg)  # a typo in a source, before TensorFlow's start-up
+    if cfg.train.strategy == "multi_worker":
+        from bt_keras.tf_config import check_tf_config
+
+        check_tf_config()  # likewise a missing or malformed TF_CONFIG
     cfg.data.service.check_reachable()  # a wrong dispatcher address fails here, before TensorFlow loads
     select_backend(cfg.train.backend)
     load_tensorflow()
