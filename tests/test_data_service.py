@@ -79,6 +79,7 @@ def local(folder):
     return _pairs(_config(folder).train_dataset(BATCH, repeat=True), 2 * (N // BATCH))
 
 
+@pytest.mark.slow  # a dispatcher and workers: distributed
 def test_off_mode_one_worker_gives_the_local_pairs_epoch_after_epoch(folder, local):
     address, kept = _servers(1)
     steps = N // BATCH
@@ -90,6 +91,7 @@ def test_off_mode_one_worker_gives_the_local_pairs_epoch_after_epoch(folder, loc
     del kept
 
 
+@pytest.mark.slow  # a dispatcher and two workers: distributed
 def test_distributed_epoch_two_workers_covers_each_example_once(folder, local):
     address, kept = _servers(2)
     served = _pairs(_config(folder, dispatcher=address).train_dataset(BATCH), N)  # as many as the service gives

@@ -54,6 +54,7 @@ def test_exact_index_equals_brute_force(tmp_path):
     assert found == {(a, b) for a, b, _ in duplicate_pairs(emb, 0.9)} and len(found) > 10
 
 
+@pytest.mark.slow  # 100k vectors or real photos through an encoder: end to end
 def test_approximate_index_reaches_the_stated_recall_on_100k_vectors():
     emb = _clustered(100_000, 32, seed=0)
     index = ann.build_index(emb, exact_below=50_000)
@@ -91,6 +92,7 @@ def _embed_args(root, encoder_file, out, *extra):
     ]
 
 
+@pytest.mark.slow  # 100k vectors or real photos through an encoder: end to end
 def test_duplicates_through_the_approximate_index_match_brute_force_on_photos(
     cifar10_dir, encoder_file, tmp_path, capsys
 ):
@@ -119,6 +121,7 @@ def test_duplicates_through_the_approximate_index_match_brute_force_on_photos(
     assert recall >= 0.95
 
 
+@pytest.mark.slow  # 100k vectors or real photos through an encoder: end to end
 def test_bt_search_finds_the_originals_of_resized_and_recompressed_copies(cifar10_dir, encoder_file, tmp_path, capsys):
     from bt_keras.cli.embed import main as bt_embed
     from bt_keras.cli.search import main as bt_search

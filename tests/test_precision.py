@@ -41,6 +41,7 @@ print(json.dumps({"first": first, "second": second, "cache": json.load(open(_cac
 """
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow and measures a convolution
 def test_auto_on_a_cpu_without_bf16_units_is_float32(tmp_path, isa="AVX2"):
     """oneDNN held to AVX2 (what an AVX2-only CPU has): float32.
 

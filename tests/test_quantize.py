@@ -70,6 +70,7 @@ def _cosines(a, b) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+@pytest.mark.slow  # uses the module's trained and quantised export (end to end)
 def test_report_records_the_gate_next_to_parity(q):
     report = json.loads((q.out / "export_report.json").read_text())
     assert report["parity"]["passed"]
@@ -105,6 +106,7 @@ np.savez(root + "/clean_int8.npz", **out)
 """
 
 
+@pytest.mark.slow  # uses the module's trained and quantised export (end to end)
 def test_int8_onnx_runs_without_bt_keras_and_keeps_the_embeddings(q):
     script = q.root / "clean_int8.py"
     script.write_text(_CLEAN_ONNX)
@@ -131,6 +133,7 @@ def test_int8_onnx_runs_without_bt_keras_and_keeps_the_embeddings(q):
     assert onnx.load(str(onnx_dir / "encoder.int8.onnx")).graph.input[0].name == "images"
 
 
+@pytest.mark.slow  # uses the module's trained and quantised export (end to end)
 def test_onnx_client_serves_the_int8_model_like_the_float32_one(q):
     import importlib.util
 
@@ -150,6 +153,7 @@ def _tensor_types(path) -> list:
     return [t.type for sg in flatbuffer_utils.read_model(str(path)).subgraphs for t in sg.tensors]
 
 
+@pytest.mark.slow  # uses the module's trained and quantised export (end to end)
 def test_litert_int8_runs_in_the_interpreter(q):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -170,6 +174,7 @@ def test_litert_int8_runs_in_the_interpreter(q):
     assert np.median(_cosines(got, float_run(q.pixels))) >= 0.98
 
 
+@pytest.mark.slow  # uses the module's trained and quantised export (end to end)
 def test_constant_calibration_is_refused_and_the_float32_files_stay(q, capsys):
     import shutil
 
@@ -213,6 +218,7 @@ def test_constant_calibration_is_refused_and_the_float32_files_stay(q, capsys):
         (["--calibration-source", "folder:/nonexistent/dir"], "--calibration-source: folder:/nonexistent/dir"),
     ],
 )
+@pytest.mark.slow  # uses the module's trained and quantised export (end to end)
 def test_bad_int8_arguments_are_one_line_and_write_nothing(q, capsys, extra, message):
     out = q.root / "bad"
     argv = ["--run", str(q.run), "--out", str(out), "--quantize", "int8", "--calibration-images", "8", *extra]
@@ -222,6 +228,7 @@ def test_bad_int8_arguments_are_one_line_and_write_nothing(q, capsys, extra, mes
     assert not out.exists() and not list(q.root.glob(".bad.bt-export-*"))
 
 
+@pytest.mark.slow  # uses the module's trained and quantised export (end to end)
 def test_encoder_without_a_run_needs_a_calibration_source(q, capsys):
     argv = ["--encoder", str(q.run / "encoder.keras"), "--out", str(q.root / "enc"), "--quantize", "int8"]
     assert export_cli.main(argv) == 2
