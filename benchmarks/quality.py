@@ -171,18 +171,10 @@ class Curve(keras.callbacks.Callback):
 
 
 def make_optimizer(cfg, peak):
-    from bt_keras.optimizers import LARS
+    """The config's optimiser at a float learning rate: the time budget sets it before every step."""
+    from bt_keras.recipe import optimizer_for
 
-    o = cfg.optim
-    if o.name == "lars":
-        return LARS(
-            peak,
-            weight_decay=o.weight_decay,
-            momentum=o.momentum,
-            eta=o.eta,
-            rank1_lr_multiplier=o.lr_biases / o.lr_weights,
-        )
-    return keras.optimizers.AdamW(peak, weight_decay=o.weight_decay)
+    return optimizer_for(cfg.optim, peak)
 
 
 @keras.saving.register_keras_serializable(package="bt_bench")

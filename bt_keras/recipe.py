@@ -25,9 +25,7 @@ def make_optimizer(cfg, global_batch: int, steps_per_epoch: int, epochs: int):
         steps_per_epoch: optimiser steps in one epoch.
         epochs: length of the run (the schedule ends there).
     """
-    import keras
-
-    from bt_keras.optimizers import LARS, WarmupCosine
+    from bt_keras.optimizers import WarmupCosine
 
     scale = global_batch / 256
     schedule = WarmupCosine(
@@ -36,15 +34,29 @@ def make_optimizer(cfg, global_batch: int, steps_per_epoch: int, epochs: int):
         total_steps=max(epochs * steps_per_epoch, 1),
         end_factor=cfg.end_factor,
     )
+    return optimizer_for(cfg, schedule)
+
+
+def optimizer_for(cfg, learning_rate):
+    """The ``optim:`` section's optimiser (LARS or AdamW) at ``learning_rate`` (a float or a schedule).
+
+    Args:
+        cfg: the ``OptimConfig``.
+        learning_rate: for the weights; LARS gives rank-1 variables ``lr_biases / lr_weights`` of it.
+    """
+    import keras
+
+    from bt_keras.optimizers import LARS
+
     if cfg.name == "lars":
         return LARS(
-            schedule,
+            learning_rate,
             weight_decay=cfg.weight_decay,
             momentum=cfg.momentum,
             eta=cfg.eta,
             rank1_lr_multiplier=cfg.lr_biases / cfg.lr_weights,
         )
-    return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+    return keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay)
 
 
 def build_model(cfg, image_size: int, init_weights="config"):
