@@ -105,6 +105,14 @@ def resolve_sources(args, cfg) -> dict:
     return out
 
 
+def apply_threads(args):
+    """The config's ``train.cpu_threads``, applied before TensorFlow's runtime starts, as ``bt-train`` does."""
+    from bt_keras.cpu_threads import apply_cpu_threads
+
+    cfg = load_config(args.config, args.set)
+    return apply_cpu_threads(cfg.train.cpu_threads, cfg.train.strategy)
+
+
 def load_run_config(args):
     """The config with the benchmark's data: sources checked (one line naming the flag or key)."""
     overrides = list(args.set) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
@@ -141,8 +149,8 @@ class WarmupThenTimeCosine:
 class BudgetWithSchedule(cbs.TimeBudget):
     """TimeBudget whose lr function also sees the step (warmup in steps)."""
 
-    def __init__(self, seconds, schedule):
-        super().__init__(seconds, learning_rate=lambda f: schedule(f, self.steps))
+    def __init__(self, seconds, schedule, clock="wall"):
+        super().__init__(seconds, learning_rate=lambda f: schedule(f, self.steps), clock=clock)
 
 
 class Curve(keras.callbacks.Callback):
@@ -205,7 +213,14 @@ def parse_args(argv):
     p.add_argument("--test-source", help="labelled test source")
     p.add_argument("--data-dir", help="TensorFlow Datasets directory for tfds: sources")
     p.add_argument("--out", default=str(REPO / "runs" / "quality"), help="output directory (default runs/quality)")
-    p.add_argument("--curve-bank", type=int, default=10000, help="kNN bank size for the per-epoch curve")
+    p.add_argument("--curve-bank", type=int, default=10000, help="kNN bank size for the per-epoch curve (0: no curve)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "process"],
+        default="wall",
+        help="what --minutes counts: wall-clock seconds of the steps, or CPU seconds of the process "
+        "(all its threads, the input pipeline's included; benchmarks/peer.py)",
+    )
     p.add_argument("--no-linear", action="store_true", help="skip the fast linear probes")
     p.add_argument(
         "--skip-baselines", action="store_true", help="only pretrain and evaluate (for configuration exploration)"
@@ -239,8 +254,12 @@ class Bench:
         self.bank_ds = d.eval_dataset(512, source=self.train_src)
         self.test_ds = d.eval_dataset(512, source=self.test_src)
         self.pairs = d.train_dataset(t.batch_size).repeat()
-        self.curve_bank = cbs.sample_labelled(
-            self.train_src, args.curve_bank, self.contract, data_dir=d.data_dir, seed=1, batch_size=512
+        self.curve_bank = (
+            cbs.sample_labelled(
+                self.train_src, args.curve_bank, self.contract, data_dir=d.data_dir, seed=1, batch_size=512
+            )
+            if args.curve_bank
+            else None
         )
         self.test_small = (np.concatenate([x for x, _ in self.test_ds]), np.concatenate([y for _, y in self.test_ds]))
         self.decode_seconds = round(time.time() - t0, 1)
@@ -267,7 +286,11 @@ class Bench:
         """Trains ``model`` on ``data`` for ``minutes`` of steps; the kNN curve after every epoch."""
         cfg, spe = self.cfg, self.steps_per_epoch
         schedule = WarmupThenTimeCosine(self.peak, cfg.optim.warmup_epochs * spe, cfg.optim.end_factor)
-        budget = BudgetWithSchedule(minutes * 60, schedule)
+        budget = BudgetWithSchedule(minutes * 60, schedule, clock=self.args.clock)
+        if not self.curve_bank:  # no curve: only the budget (with a CPU clock, nothing outside it runs)
+            wall = time.time()
+            model.fit(data, epochs=10_000, steps_per_epoch=spe, verbose=0, callbacks=[budget])
+            return self._pretrain_info(budget, wall, name, [])
         monitor = cbs.KnnMonitor(
             self.curve_bank,
             self.test_small,
@@ -284,7 +307,11 @@ class Bench:
         )
         wall = time.time()
         model.fit(data, epochs=10_000, steps_per_epoch=spe, verbose=0, callbacks=[budget, monitor, curve])
-        examples = budget.steps * cfg.train.batch_size
+        return self._pretrain_info(budget, wall, name, curve.points)
+
+    def _pretrain_info(self, budget, wall, name, points):
+        examples = budget.steps * self.cfg.train.batch_size
+        spe = self.steps_per_epoch
         info = {
             "train_seconds": round(budget.elapsed, 1),
             "wall_seconds": round(time.time() - wall, 1),
@@ -292,7 +319,8 @@ class Bench:
             "examples": examples,
             "epochs": round(budget.steps / spe, 2),
             "examples_per_second": round(examples / max(budget.elapsed, 1e-9), 1),
-            "curve": curve.points,
+            "curve": points,
+            "clock": budget.clock,
         }
         log(
             f"{name}: {info['steps']} steps = {info['epochs']} epochs in {info['train_seconds']} s of training "
@@ -323,6 +351,7 @@ class Bench:
 def run(args, command):
     started = time.time()
     sup_minutes = args.minutes if args.supervised_minutes is None else args.supervised_minutes
+    threads = apply_threads(args)
     cfg, sources = load_run_config(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -345,10 +374,11 @@ def run(args, command):
             "load_avg_start": os.getloadavg(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
+            "cpu_threads": threads,
             "python": platform.python_version(),
         },
     }
-    results["data"].update(num_test=bench.num_test, curve_bank=len(bench.curve_bank[1]))
+    results["data"].update(num_test=bench.num_test, curve_bank=len(bench.curve_bank[1]) if bench.curve_bank else 0)
     rows = {}
     model = build_model(cfg, cfg.data.image_size)
     log(

@@ -23,6 +23,7 @@ from typing import Literal
 import yaml
 
 from bt_keras.config_yaml import MAX_CONFIG_BYTES, load_yaml, read_text  # noqa: F401 (MAX_CONFIG_BYTES: public here)
+from bt_keras.cpu_threads import thread_layout
 from bt_keras.data.config import DataConfig
 from bt_keras.encoder_names import (  # noqa: F401 (public here too: bt_keras.config.ENCODER_NAMES, ...)
     ENCODER_FAMILIES,
@@ -95,6 +96,10 @@ class TrainConfig:
     environment, else ``tensorflow``. On ``jax`` the strategies are ``auto``
     (``keras.distribution.DataParallel`` over every device and host), ``cpu``
     and ``gpu``; ``mirrored``, ``multi_worker`` and ``tpu`` are TensorFlow's.
+    ``cpu_threads``: TensorFlow's CPU thread pools on a CPU-only run
+    (:mod:`bt_keras.cpu_threads`): ``auto`` runs the two views' ops side by
+    side, half the cores each; ``tf`` keeps TensorFlow's defaults;
+    ``"INTRA,INTER"`` sets both pool sizes.
     ``checkpoint_every_steps``: 0 = at the end of each epoch only.
     ``verbose``: Keras' ``fit`` verbosity; None shows a progress bar on a
     terminal and one plain line per epoch when the output is a file or pipe.
@@ -111,6 +116,7 @@ class TrainConfig:
     mixed_precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     jit_compile: bool | None = None
     steps_per_execution: int = 1
+    cpu_threads: str = "auto"
     checkpoint_every_steps: int = 0
     seed: int = 0
     verbose: int | None = None
@@ -325,6 +331,10 @@ def _validate(cfg: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    try:
+        thread_layout(cfg.train.cpu_threads, cores=1)
+    except UserError as e:
+        raise ConfigError(str(e)) from None
     family, _ = encoder_family(cfg.model.encoder)
     if family == "builtin" and cfg.model.encoder_args:
         raise ConfigError(

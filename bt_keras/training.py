@@ -97,6 +97,7 @@ class RunPlan:
     lock: object = None
     created_run_dir: bool = False
     precision: tuple = ("float32", "train.mixed_precision")  # (policy, why): train.mixed_precision resolved
+    threads: str = "TensorFlow's default thread pools"  # train.cpu_threads, as applied
 
     def release(self) -> None:
         """Releases the run directory's lock (a no-op without one); removes a directory this run
@@ -153,7 +154,7 @@ class RunPlan:
             f"x {t.epochs} epochs = {self.total_steps} steps",
             f"run directory {self.run_dir}; {start}",
             f"encoder {self.cfg.model.encoder}; initial weights: {_init_line(self.cfg.model)}",
-            f"precision {self.precision[0]} ({self.precision[1]})",
+            f"precision {self.precision[0]} ({self.precision[1]}); CPU threads: {self.threads}",
         ]
         warmup = self.cfg.optim.warmup_epochs
         if warmup >= t.epochs:
@@ -186,6 +187,7 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
 
     from bt_keras.checkpointing import checkpoint_path
     from bt_keras.config import check_sources
+    from bt_keras.cpu_threads import apply_cpu_threads
     from bt_keras.distribute import device_kind, is_chief, make_strategy, per_replica_batch_size
     from bt_keras.io import is_remote
     from bt_keras.precision import resolve_precision
@@ -198,6 +200,7 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
             f"train.backend is {t.backend!r} but Keras runs on {keras.backend.backend()}: set "
             f"KERAS_BACKEND={t.backend} before Keras is imported (bt-train does this for you)"
         )
+    threads = apply_cpu_threads(t.cpu_threads, t.strategy)  # before the runtime starts (make_strategy starts it)
     strategy = make_strategy(t.strategy, t.tpu, t.zone, t.project)
     check_sources(cfg)  # every source the run will open, errors naming its key, before anything is written
     keras.utils.set_random_seed(t.seed)
@@ -235,6 +238,7 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
         lock,
         created,
         precision,
+        threads,
     )
 
 

@@ -63,6 +63,8 @@ def test_demo_runs_end_to_end_then_resumes(tmp_path):
     assert "1438 usable images" in proc.stdout and "batch 64 global, 64 per replica" in proc.stdout
     assert "note: optim.warmup_epochs (2) is not shorter than train.epochs (1)" in proc.stdout  # the demo: 20
     assert f"{1438 // 64} steps/epoch x 1 epochs" in proc.stdout and "starts from scratch" in proc.stdout
+    intra = max(1, len(os.sched_getaffinity(0)) // 2)  # train.cpu_threads: auto, the two views side by side
+    assert f"CPU threads: {intra} thread{'s' * (intra != 1)} per op, 2 ops at a time" in proc.stdout
     for name in (
         "config.yaml",
         "encoder.keras",
