@@ -80,8 +80,20 @@ def applies_to(strategy: str) -> bool:
 def apply_cpu_threads(setting: str = "auto", strategy: str = "cpu") -> str:
     """Sizes TensorFlow's CPU pools for ``setting``; returns one line saying what runs.
 
-    Call it before any TensorFlow op runs. If the runtime has already started
-    with other sizes, nothing changes and the line says so.
+    ``bt-train`` calls it for ``train.cpu_threads``; with ``model.fit``, call it
+    first thing, before any TensorFlow op runs. If the runtime has already
+    started with other sizes, nothing changes and the line says so.
+
+    Args:
+        setting: ``"auto"``, ``"tf"`` or ``"INTRA,INTER"`` (see the module).
+        strategy: the run's ``train.strategy``; ``auto`` changes nothing
+            unless it is a one-device CPU run (``cpu``, or ``auto`` without GPUs).
+
+    Example:
+
+    >>> import bt_keras
+    >>> bt_keras.apply_cpu_threads("tf")
+    "TensorFlow's default thread pools"
     """
     import tensorflow as tf
 
