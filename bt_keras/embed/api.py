@@ -165,12 +165,9 @@ def _embed_into(stage, out_dir, source, frozen, batch_size, data_dir, cache, val
         source, frozen: the source and the frozen encoder.
         batch_size, data_dir, cache, validate, progress, max_image_pixels: as in :func:`embed_source`.
     """
-    import numpy as np
-
     from bt_keras.data.pipelines import eval_dataset
     from bt_keras.data.prepare import prepare
     from bt_keras.embed.embedding_set import EmbeddingSet
-    from bt_keras.embed.writer import EmbeddingWriter
     from bt_keras.evaluation.features import inference_fn
     from bt_keras.io import atomic_write
 
@@ -193,8 +190,46 @@ def _embed_into(stage, out_dir, source, frozen, batch_size, data_dir, cache, val
         prepared=prep,
         **limit,
     )
+    rows, dim = _write_rows(stage, ds, prep, inference_fn(frozen), progress)
+    seconds = time.perf_counter() - start
+    num_skipped = sum(1 for _, reason in prep.skipped if not reason.startswith("ignored:"))
+    result = EmbeddingSet(
+        stage,
+        source,
+        c,
+        frozen,
+        rows,
+        dim,
+        num_skipped + prep.num_examples - rows,
+        seconds,
+        data_dir,
+        {"cache": cache, "validate": validate, **limit},
+        prep,
+    )
+    summary = {
+        "source": prep.source.name,
+        "encoder": frozen.origin,
+        "preprocessing": json.loads(c.to_json()),
+        "num_images": rows,
+        "dim": dim,
+        "num_skipped": result.num_skipped,
+        "seconds": round(seconds, 3),
+        "files": {"embeddings": "embeddings.npy", "index": "index.tsv", "skipped": SKIPPED_FILE},
+    }
+    atomic_write(os.path.join(stage, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def _write_rows(stage, ds, prep, infer, progress) -> tuple[int, int]:
+    """Embeds every batch of ``ds`` into ``stage`` (rows, paths, labels); returns (rows, dim).
+
+    A failure (or an interrupt) aborts the writer, so no half-written array is left to publish.
+    """
+    import numpy as np
+
+    from bt_keras.embed.writer import EmbeddingWriter
+
     names = prep.class_names or []
-    infer = inference_fn(frozen)
     writer = None
     try:
         for images, labels, uids in ds:
@@ -209,38 +244,11 @@ def _embed_into(stage, out_dir, source, frozen, batch_size, data_dir, cache, val
                 progress(writer.rows, prep.num_examples)
         if writer is None:
             raise UserError(f"{prep.source.name}: no usable image to embed")
-        rows = writer.close()
+        return writer.close(), writer.dim
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    seconds = time.perf_counter() - start
-    num_skipped = sum(1 for _, reason in prep.skipped if not reason.startswith("ignored:"))
-    result = EmbeddingSet(
-        stage,
-        source,
-        c,
-        frozen,
-        rows,
-        writer.dim,
-        num_skipped + prep.num_examples - rows,
-        seconds,
-        data_dir,
-        {"cache": cache, "validate": validate, **limit},
-        prep,
-    )
-    summary = {
-        "source": prep.source.name,
-        "encoder": frozen.origin,
-        "preprocessing": json.loads(c.to_json()),
-        "num_images": rows,
-        "dim": writer.dim,
-        "num_skipped": result.num_skipped,
-        "seconds": round(seconds, 3),
-        "files": {"embeddings": "embeddings.npy", "index": "index.tsv", "skipped": SKIPPED_FILE},
-    }
-    atomic_write(os.path.join(stage, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
-    return result
 
 
 _OPTIONAL_OUTPUTS = {
