@@ -230,12 +230,27 @@ def knn_top1(x_train, y_train, x_test, y_test, k: int = 200, temperature: float 
     return correct / len(x_test)
 
 
+# lightly's side of the kNN comparison: its own CIFAR-10 benchmark's recipe (SGD 0.06 × batch/128,
+# momentum 0.9, weight decay 5e-4, lightly's crops from 8%), or bt_keras's CPU recipe on lightly's
+# code (AdamW peak 0.004 at batch 128, weight decay 1e-4, half an epoch of warmup, crops from 20%),
+# which separates what the recipe does from what the step rate does.
+LIGHTLY_RECIPES = {
+    "lightly": ["--optimizer", "sgd", "--lr", str(0.06 * CONFIGS["small"]["batch"] / 128), "--weight-decay", "5e-4"],
+    "lightly+bt_recipe": [
+        *("--optimizer", "adamw", "--lr", "0.004", "--weight-decay", "1e-4"),
+        *("--lr-warmup-steps", str(50000 // CONFIGS["small"]["batch"] // 2), "--min-scale", "0.2"),
+    ],
+}
+
+
 def knn_runs(args, py: str, out: Path) -> list[dict]:
     import numpy as np
 
-    rows = []
+    # Rows of earlier sweeps into the same folder are kept (a rerun of a run replaces its row).
+    path = out / "knn_rows.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
     # Seed by seed: a sweep cut short still has every budget at the first seed.
-    jobs = [(b, s, side) for s in args.seeds for b in args.budgets for side in ("bt_keras", "lightly")]
+    jobs = [(b, s, side) for s in args.seeds for b in args.budgets for side in args.sides]
     for budget, seed, side in jobs:
         feats = out / f"features_{side}_{budget:g}min_seed{seed}.npz"
         cpu_s = budget * 60
@@ -243,10 +258,8 @@ def knn_runs(args, py: str, out: Path) -> list[dict]:
             cmd = ours_cmd("knn", "small", data=args.data, budget_cpu_s=cpu_s, seed=seed, out=feats)
             env = {}
         else:
-            c = CONFIGS["small"]
-            lr = 0.06 * c["batch"] / 128
             cmd = lightly_cmd(py, "knn", "small", True, data=args.data, budget_cpu_s=cpu_s, seed=seed, out=feats)
-            cmd += ["--optimizer", "sgd", "--lr", str(lr), "--weight-decay", "5e-4", "--workers", str(args.workers)]
+            cmd += ["--workers", str(args.workers)] + LIGHTLY_RECIPES[side]
             env = {"OMP_WAIT_POLICY": "PASSIVE"}
         log(f"kNN run: {side}, {budget:g} CPU-min, seed {seed}")
         t0 = time.time()
@@ -262,8 +275,9 @@ def knn_runs(args, py: str, out: Path) -> list[dict]:
             queries=int(len(f["y_test"])),
         )
         log(f"  kNN top-1 {res['knn_top1']:.4f} after {res['steps']} steps ({res['wall_s']:.0f} s of training)")
-        rows.append(res)
-        (out / "knn.json").write_text(json.dumps(rows, indent=1) + "\n")
+        key = (side, budget, seed)
+        rows = [r for r in rows if (r["side"], r["budget_cpu_min"], r["seed"]) != key] + [res]
+        path.write_text(json.dumps(rows, indent=1) + "\n")
     return rows
 
 
@@ -297,11 +311,14 @@ def table(rows: list[dict], title: str) -> str:
 
 
 def knn_table(rows: list[dict]) -> str:
-    lines = ["| side | CPU-min | seed | steps | epochs | kNN top-1 |", "|---|---|---|---|---|---|"]
-    for r in rows:
+    lines = [
+        "| side | CPU-min | seed | steps | epochs | pairs / CPU-s | kNN top-1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["budget_cpu_min"], r["side"], r["seed"])):
         lines.append(
             f"| {r['side']} | {r['budget_cpu_min']:g} | {r['seed']} | {r['steps']} | "
-            f"{r['pairs'] / 50000:.1f} | {100 * r['knn_top1']:.1f}% |"
+            f"{r['pairs'] / r['bank']:.1f} | {r['pairs'] / r['cpu_s']:.0f} | {100 * r['knn_top1']:.1f}% |"
         )
     return "\n".join(lines)
 
@@ -321,10 +338,19 @@ def parse_args(argv):
     p.add_argument("--budgets", default="10,30", help="knn: CPU-minute budgets")
     p.add_argument("--seeds", default="0,1", help="knn: seeds")
     p.add_argument("--workers", type=int, default=2, help="knn: lightly's DataLoader workers")
+    p.add_argument(
+        "--sides",
+        default="bt_keras,lightly",
+        help="knn: comma-separated of bt_keras, lightly (its benchmark's recipe), lightly+bt_recipe (bt_keras's)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "runs" / "peer", help="output folder (JSON, tables)")
     args = p.parse_args(argv)
     args.budgets = [float(b) for b in args.budgets.split(",") if b]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.sides = [x.strip() for x in args.sides.split(",") if x.strip()]
+    bad = [x for x in args.sides if x not in ("bt_keras", *LIGHTLY_RECIPES)]
+    if bad:
+        p.error(f"--sides: unknown {', '.join(bad)}")
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
     if unknown:
         p.error(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(CONFIGS)})")

@@ -94,9 +94,9 @@ def _loader(args, folder):
     from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
     from torchvision.datasets import ImageFolder
 
+    views = {"input_size": args.size, "gaussian_blur": 0.0, "min_scale": args.min_scale}
     transform = BYOLTransform(
-        view_1_transform=BYOLView1Transform(input_size=args.size, gaussian_blur=0.0),
-        view_2_transform=BYOLView2Transform(input_size=args.size, gaussian_blur=0.0),
+        view_1_transform=BYOLView1Transform(**views), view_2_transform=BYOLView2Transform(**views)
     )
     data = ImageFolder(folder, transform=transform)
     return torch.utils.data.DataLoader(
@@ -162,7 +162,8 @@ def run_knn(args):
     c0, w0, steps, spent = tree_cpu_seconds(), time.perf_counter(), 0, 0.0
     while spent < args.budget_cpu_s:
         for group in opt.param_groups:
-            group["lr"] = peak * 0.5 * (1 + math.cos(math.pi * min(spent / args.budget_cpu_s, 1.0)))
+            cosine = peak * 0.5 * (1 + math.cos(math.pi * min(spent / args.budget_cpu_s, 1.0)))
+            group["lr"] = cosine * min(1.0, (steps + 1) / args.lr_warmup_steps) if args.lr_warmup_steps else cosine
         train_step(model, opt, loss_fn, *next(batches))
         steps += 1
         spent = tree_cpu_seconds() - c0
@@ -191,6 +192,8 @@ def main(argv=None):
     p.add_argument("--data", help="a folder with train/ and test/ (class sub-folders of JPEGs)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--budget-cpu-s", type=float, default=600.0)
+    p.add_argument("--min-scale", type=float, default=0.08, help="knn/e2e: smallest crop (lightly's default)")
+    p.add_argument("--lr-warmup-steps", type=int, default=0, help="knn: linear warmup before the cosine")
     p.add_argument("--out", help="features.npz (knn)")
     args = p.parse_args(argv)
     result = {"step": run_step, "e2e": run_e2e, "knn": run_knn}[args.mode](args)
