@@ -103,28 +103,30 @@ def run_json(cmd: list[str], env: dict, timeout: float | None = None) -> dict:
     return json.loads(lines[-1])
 
 
-def ours_cmd(mode: str, config: str, **kw) -> list[str]:
-    cmd = [sys.executable, str(HERE / "peer_ours.py"), mode, "--config", config]
+def flags(**kw) -> list[str]:
+    """Keyword arguments as command-line flags: ``True`` → ``--name``; None and False → nothing.
+
+    >>> flags(budget_cpu_s=60, tf_threads=True, out=None, seed=0)
+    ['--budget-cpu-s', '60', '--tf-threads', '--seed', '0']
+    """
+    out = []
     for k, v in kw.items():
         if v is True:
-            cmd.append(f"--{k.replace('_', '-')}")
-        elif v not in (None, False):
-            cmd += [f"--{k.replace('_', '-')}", str(v)]
-    return cmd
+            out.append(f"--{k.replace('_', '-')}")
+        elif v is not None and v is not False:  # identity: 0 is a value (a seed, --warmup 0)
+            out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def ours_cmd(mode: str, config: str, **kw) -> list[str]:
+    return [sys.executable, str(HERE / "peer_ours.py"), mode, "--config", config, *flags(**kw)]
 
 
 def lightly_cmd(py: str, mode: str, config: str, channels_last: bool, **kw) -> list[str]:
     c = CONFIGS[config]
     cmd = [py, str(HERE / "peer_torch.py"), mode, "--width", str(c["width"]), "--proj", str(c["proj"])]
     cmd += ["--batch", str(c["batch"]), "--optimizer", c["optimizer"]]
-    if channels_last:
-        cmd.append("--channels-last")
-    for k, v in kw.items():
-        if v is True:
-            cmd.append(f"--{k.replace('_', '-')}")
-        elif v not in (None, False):
-            cmd += [f"--{k.replace('_', '-')}", str(v)]
-    return cmd
+    return cmd + flags(channels_last=channels_last, **kw)
 
 
 def sides(py: str, mode: str, config: str, args) -> dict[str, tuple[list[str], dict]]:

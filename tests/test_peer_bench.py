@@ -73,3 +73,15 @@ def test_bad_arguments_are_one_line_with_exit_code_2(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "no peer venv at" in proc.stderr and "peer.py setup" in proc.stderr
+
+
+def test_run_commands_keep_zero_values_and_drop_unset_ones():
+    assert peer.flags(seed=0, warmup=0, out=None, tf_threads=True, bf16=False) == [
+        "--seed",
+        "0",
+        "--warmup",
+        "0",
+        "--tf-threads",
+    ]
+    cmd = peer.lightly_cmd("python", "knn", "small", True, seed=0, budget_cpu_s=600.0)
+    assert cmd[cmd.index("--seed") + 1] == "0" and "--channels-last" in cmd
