@@ -75,19 +75,23 @@ def train_step(model, opt, loss_fn, x0, x1, bf16=False):
     return loss
 
 
+def _timed(args, model, opt, loss_fn, next_views) -> dict:
+    """``--warmup`` untimed steps, then ``--steps`` timed ones (CPU of this process and its workers)."""
+    for _ in range(args.warmup):
+        train_step(model, opt, loss_fn, *next_views(), args.bf16)
+    c0, w0 = tree_cpu_seconds(), time.perf_counter()
+    for _ in range(args.steps):
+        loss = train_step(model, opt, loss_fn, *next_views(), args.bf16)
+    float(loss.detach())
+    return {"pairs": args.steps * args.batch, "cpu_s": tree_cpu_seconds() - c0, "wall_s": time.perf_counter() - w0}
+
+
 def run_step(args):
     model, opt, loss_fn, fmt = build(args)
     model.train()
     g = torch.Generator().manual_seed(args.seed)
     x0, x1 = (torch.randn(args.batch, 3, args.size, args.size, generator=g).to(memory_format=fmt) for _ in range(2))
-    for _ in range(args.warmup):
-        train_step(model, opt, loss_fn, x0, x1, args.bf16)
-    c0, w0 = tree_cpu_seconds(), time.perf_counter()
-    for _ in range(args.steps):
-        loss = train_step(model, opt, loss_fn, x0, x1, args.bf16)
-    float(loss.detach())
-    cpu, wall = tree_cpu_seconds() - c0, time.perf_counter() - w0
-    return {"pairs": args.steps * args.batch, "cpu_s": cpu, "wall_s": wall, "threads": torch.get_num_threads()}
+    return {**_timed(args, model, opt, loss_fn, lambda: (x0, x1)), "threads": torch.get_num_threads()}
 
 
 def _loader(args, folder):
@@ -120,14 +124,7 @@ def run_e2e(args):
     model, opt, loss_fn, fmt = build(args)
     model.train()
     batches = _batches(_loader(args, os.path.join(args.data, "train")), fmt)
-    for _ in range(args.warmup):
-        train_step(model, opt, loss_fn, *next(batches))
-    c0, w0 = tree_cpu_seconds(), time.perf_counter()
-    for _ in range(args.steps):
-        loss = train_step(model, opt, loss_fn, *next(batches))
-    float(loss.detach())
-    cpu, wall = tree_cpu_seconds() - c0, time.perf_counter() - w0
-    return {"pairs": args.steps * args.batch, "cpu_s": cpu, "wall_s": wall, "workers": args.workers}
+    return {**_timed(args, model, opt, loss_fn, lambda: next(batches)), "workers": args.workers}
 
 
 @torch.no_grad()
