@@ -12,6 +12,11 @@
    keeps the off-diagonal term's share of the loss at initialisation, ≈ λ·D/N, the same).
 3. ``standardize``: the loss's per-view normalisation ``model.standardize``: full (the paper's),
    center, none.
+4. ``recipe`` (not in the default sweep): solo-learn's CIFAR recipe choices, one at a time, on the
+   base config, and all together (:data:`RECIPE_ARMS`): solarisation off / symmetric, LARS with
+   solo-learn's settings (lr 0.3 per 256, eta 0.02, trust clipped, biases and BN at the same lr
+   without decay or adaptation, weight decay 1e-4) clipped and not, λ = 1/128 and λ scaled to the
+   projector width (the paper's λ·D), projector 2048³, crop scale (0.08, 1).
 
 Every run is ``bt_keras.training.train`` (the code behind ``bt-train``) on the base config
 (``--config``, default ``configs/cifar10_cpu.yaml``) plus ``--set`` overrides plus the run's own,
@@ -20,7 +25,10 @@ time* inside training steps (all threads; the first, tracing step and the kNN mo
 count), so runs get the same work whatever else shares the machine. On a dedicated GPU, where the
 work is not the host's, ``--clock wall`` counts elapsed step time instead. Its score is the kNN monitor's
 (``monitor.knn_*``: k=200, T=0.1, a fixed subset of the training split as the bank and of the test
-split as queries) at the end of the run. The runs shared by the three experiments (the reference:
+split as queries) at the end of the run. ``--lr-schedule budget`` drives the cosine by the elapsed
+fraction of the budget (warmup in steps, as ``quality.py``), so every run ends its decay when its
+budget ends; ``steps`` (the default, as earlier sweeps ran) keeps the config's schedule over
+``train.epochs``, which a short budget stops early. The runs shared by the three experiments (the reference:
 normal, colour on, the config's D and λ, full standardisation) are trained once.
 
 Baselines on the same subsets: the same encoder at random initialisation (in the normal and the
@@ -50,16 +58,44 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):  # bt_keras, and budget_schedule beside this file
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from bt_keras.errors import UserError  # noqa: E402
 
 PROG = "ablations.py"
-EXPERIMENTS = ("shuffle", "dim", "standardize")
+EXPERIMENTS = ("shuffle", "dim", "standardize", "recipe")
+DEFAULT_EXPERIMENTS = ("shuffle", "dim", "standardize")
 REFERENCE = "reference"
 COLOUR_OFF = ("data.augment.color_jitter.enabled=false", "data.augment.grayscale.enabled=false")
 SHUFFLED = ("data.augment.pixel_shuffle.enabled=true",)
+LARS_SOLO = (
+    "optim.name=lars",
+    "optim.lr_weights=0.3",
+    "optim.lr_biases=0.3",
+    "optim.eta=0.02",
+    "optim.clip_trust=true",
+    "optim.weight_decay=1e-4",
+)
+# The recipe experiment: (label, run name, overrides); "{lambda_scaled}" is the paper's λ·D at the base width.
+RECIPE_ARMS = (
+    ("base config", REFERENCE, ()),
+    ("solarise off", "solarize-off", ("data.augment.solarize.enabled=false",)),
+    ("solarise 0.2 / 0.2", "solarize-symmetric", ("data.augment.solarize.prob=[0.2,0.2]",)),
+    ("LARS, solo-learn", "lars-solo", LARS_SOLO),
+    ("LARS, not clipped", "lars-solo-noclip", LARS_SOLO[:-2] + ("optim.clip_trust=false", LARS_SOLO[-1])),
+    ("λ 1/128", "lambda-1-128", ("model.lambd=0.0078125",)),
+    ("λ paper λ·D", "lambda-scaled", ("model.lambd={lambda_scaled}",)),
+    ("projector 2048³", "projector-2048", ("model.projector_dims=[2048,2048,2048]",)),
+    ("crop scale 0.08", "crop-0.08", ("data.augment.crop.scale=[0.08,1.0]",)),
+    (
+        "solo-learn, all",
+        "solo-learn-all",
+        LARS_SOLO + ("model.projector_dims=[2048,2048,2048]", "data.augment.crop.scale=[0.08,1.0]"),
+    ),
+)
+PAPER_LAMBDA_TIMES_D = 0.0051 * 8192  # the paper's λ at its projector width D = 8192
 
 
 def log(msg: str) -> None:
@@ -87,7 +123,15 @@ def parse_args(argv=None):
         default="process",
         help="process: CPU time of the whole process (a shared CPU machine); wall: elapsed time (a dedicated GPU)",
     )
-    p.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated subset of " + str(EXPERIMENTS))
+    p.add_argument(
+        "--experiments", default=",".join(DEFAULT_EXPERIMENTS), help="comma-separated subset of " + str(EXPERIMENTS)
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=("steps", "budget"),
+        default="steps",
+        help="steps: the config's cosine over train.epochs; budget: the cosine ends when the budget does",
+    )
     p.add_argument("--dims", default="64,256,1024,4096,8192", help="projector widths of the dim experiment")
     p.add_argument("--knn-train", type=int, default=10000, help="kNN bank: images sampled from the training split")
     p.add_argument("--knn-val", type=int, default=2000, help="kNN queries: images sampled from the test split")
@@ -165,11 +209,21 @@ def plan_runs(args, cfg) -> tuple[dict, dict]:
             ("center", "standardize-center", 1),
             ("none", "standardize-none", 2),
         ]
+    if "recipe" in args.experiments:
+        rows["recipe"] = []
+        scaled = f"{PAPER_LAMBDA_TIMES_D / d0:.6g}"
+        for x, (label, name, extra) in enumerate(RECIPE_ARMS):
+            runs.setdefault(name, tuple(o.replace("{lambda_scaled}", scaled) for o in extra))
+            rows["recipe"].append((label, name, x))
     return runs, rows
 
 
-def run_one(run_dir: Path, cpu_seconds: float, own_process: bool = True, clock: str = "process") -> dict:
+def run_one(
+    run_dir: Path, cpu_seconds: float, own_process: bool = True, clock: str = "process", lr_schedule: str = "steps"
+) -> dict:
     """Trains the run in ``run_dir/ablation.yaml`` for ``cpu_seconds`` on ``clock``; writes ``ablation.json``.
+
+    ``lr_schedule``: ``steps`` (the config's) or ``budget`` (cosine over the budget, ``--lr-schedule``).
 
     ``own_process``: set up Keras' backend and TensorFlow's logging as ``bt-train`` does.
     """
@@ -181,13 +235,22 @@ def run_one(run_dir: Path, cpu_seconds: float, own_process: bool = True, clock: 
 
         select_backend(cfg.train.backend)
         load_tensorflow()
+    from budget_schedule import BudgetWithSchedule, WarmupThenTimeCosine
+
     from bt_keras.callbacks import TimeBudget
     from bt_keras.io import atomic_write
     from bt_keras.training import train
 
-    budget = TimeBudget(cpu_seconds, clock=clock)
+    peak = None
+    if lr_schedule == "budget":
+        o = cfg.optim
+        peak = o.lr_weights * cfg.train.batch_size / 256
+        schedule = WarmupThenTimeCosine(peak, 0, o.end_factor)
+        budget = BudgetWithSchedule(cpu_seconds, schedule, clock=clock, warmup_epochs=o.warmup_epochs)
+    else:
+        budget = TimeBudget(cpu_seconds, clock=clock)
     wall, cpu = time.time(), time.process_time()
-    summary = train(cfg, str(run_dir), callbacks=[budget])
+    summary = train(cfg, str(run_dir), callbacks=[budget], learning_rate=peak)
     if summary.get("preempted"):  # SIGTERM: not a finished run (the next sweep restarts it)
         raise SystemExit(f"{run_dir.name}: stopped by SIGTERM after {summary['steps']} steps; not recorded")
     with open(run_dir / "knn.csv", newline="") as f:
@@ -199,6 +262,8 @@ def run_one(run_dir: Path, cpu_seconds: float, own_process: bool = True, clock: 
         "pairs": summary["steps"] * cfg.train.batch_size,
         "budget_seconds": cpu_seconds,
         "clock": clock,
+        "lr_schedule": lr_schedule,
+        "last_learning_rate": float(budget.model.optimizer.learning_rate),
         "step_seconds": round(budget.elapsed, 1),  # on the budget's clock
         "first_step_seconds": round(budget.first_step_seconds, 1),
         "process_cpu_seconds": round(time.process_time() - cpu, 1),
@@ -284,10 +349,10 @@ def sweep(args, argv) -> dict:
             str(args.cpu_seconds),
             "--clock",
             args.clock,
+            "--lr-schedule",
+            args.lr_schedule,
         ]
-        commands.append(
-            _command(["--run-one", str(run_dir), "--budget-seconds", str(args.cpu_seconds), "--clock", args.clock])
-        )
+        commands.append(_command(one[2:]))
         if done.exists():
             results[name] = json.loads(done.read_text())
             log(f"{name}: finished earlier (kNN top-1 {results[name]['knn_top1']:.3f}), skipped")
@@ -301,7 +366,9 @@ def sweep(args, argv) -> dict:
         atomic_write(str(run_dir / "ablation.yaml"), config_to_yaml(run_cfg))
         log(f"{name}: training for {args.cpu_seconds:g} s ({args.clock}) ({' '.join(extra) or 'the base config'})")
         if args.in_process:
-            results[name] = run_one(run_dir, args.cpu_seconds, own_process=False, clock=args.clock)
+            results[name] = run_one(
+                run_dir, args.cpu_seconds, own_process=False, clock=args.clock, lr_schedule=args.lr_schedule
+            )
         else:
             with open(run_dir / "ablation.log", "w") as logf:
                 proc = subprocess.Popen(one, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
@@ -333,6 +400,7 @@ def sweep(args, argv) -> dict:
         "command": _command(argv),
         "cpu_seconds": args.cpu_seconds,
         "clock": args.clock,
+        "lr_schedule": args.lr_schedule,
         "runs": results,
         "rows": rows,
         "baselines": base,
@@ -350,13 +418,16 @@ TITLES = {
     "shuffle": "Pixel shuffle × colour augmentation",
     "dim": "Projector width D (λ as the paper's, and λ ∝ 1/D)",
     "standardize": "Per-view standardisation of the embeddings (model.standardize)",
+    "recipe": "solo-learn's CIFAR recipe choices, one at a time and together",
 }
 
 
 def table(report: dict, out: Path) -> str:
     """The markdown tables: one per experiment, then the baselines."""
     clock = "process CPU time" if report.get("clock", "process") == "process" else "wall-clock time"
-    lines = [f"Budget: {report['cpu_seconds']:g} s of {clock} in training steps per run.", ""]
+    schedules = {"budget": "cosine over the budget", "steps": "the config's, by steps"}
+    schedule = schedules[report.get("lr_schedule", "steps")]
+    lines = [f"Budget: {report['cpu_seconds']:g} s of {clock} in training steps per run; lr schedule: {schedule}.", ""]
     for experiment, rows in report["rows"].items():
         lines += [f"### {TITLES[experiment]}", ""]
         head = "| setting | D | kNN top-1 | kNN top-5 | steps | pairs seen | wall s | run |"
@@ -425,7 +496,7 @@ def main(argv=None) -> int:
     try:
         args = parse_args(argv)
         if args.run_one:
-            run_one(Path(args.run_one), args.cpu_seconds, clock=args.clock)
+            run_one(Path(args.run_one), args.cpu_seconds, clock=args.clock, lr_schedule=args.lr_schedule)
         else:
             sweep(args, argv)
     except UserError as e:

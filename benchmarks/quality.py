@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -49,6 +48,8 @@ import tensorflow as tf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from budget_schedule import BudgetWithSchedule, WarmupThenTimeCosine  # noqa: E402
 
 from bt_keras import callbacks as cbs  # noqa: E402
 from bt_keras import evaluation as ev  # noqa: E402
@@ -127,30 +128,6 @@ def load_run_config(args):
 
 def pixels(x, training=False):
     return tf.reshape(x, [tf.shape(x)[0], -1])
-
-
-class WarmupThenTimeCosine:
-    """lr(fraction, step): linear warmup over ``warmup_steps`` steps, then cosine
-    from ``peak`` to ``peak × end_factor`` over the rest of the time budget."""
-
-    def __init__(self, peak, warmup_steps, end_factor=0.001):
-        self.peak, self.warmup_steps, self.end_factor = peak, max(int(warmup_steps), 0), end_factor
-        self.f0 = None
-
-    def __call__(self, fraction, step):
-        if step < self.warmup_steps:
-            return self.peak * (step + 1) / self.warmup_steps
-        if self.f0 is None:
-            self.f0 = fraction
-        t = min(max((fraction - self.f0) / max(1.0 - self.f0, 1e-9), 0.0), 1.0)
-        return self.peak * (self.end_factor + (1 - self.end_factor) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-class BudgetWithSchedule(cbs.TimeBudget):
-    """TimeBudget whose lr function also sees the step (warmup in steps)."""
-
-    def __init__(self, seconds, schedule, clock="wall"):
-        super().__init__(seconds, learning_rate=lambda f: schedule(f, self.steps), clock=clock)
 
 
 class Curve(keras.callbacks.Callback):

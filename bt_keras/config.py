@@ -69,7 +69,8 @@ class OptimConfig:
     """Optimiser and schedule. Learning rates are per 256 examples (× batch/256).
 
     ``lars`` (the paper's): weights ``lr_weights``, rank-1 variables
-    ``lr_biases``. ``adamw``: ``lr_weights`` for everything, decoupled
+    ``lr_biases``; ``eta`` and ``clip_trust`` shape its trust ratio
+    (:class:`bt_keras.optimizers.LARS`). ``adamw``: ``lr_weights`` for everything, decoupled
     ``weight_decay``.
     """
 
@@ -79,6 +80,7 @@ class OptimConfig:
     weight_decay: float = 1.5e-6
     momentum: float = 0.9
     eta: float = 0.001
+    clip_trust: bool = False
     warmup_epochs: float = 10.0
     end_factor: float = 0.001
 

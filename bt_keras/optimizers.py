@@ -60,7 +60,8 @@ class LARS(keras.optimizers.Optimizer):
     For each variable ``p`` with gradient ``g``:
 
         dp = g + weight_decay · p                     (not for rank-1 variables)
-        dp = eta · ‖p‖ / ‖dp‖ · dp                    (not for rank-1; 1 if a norm is 0)
+        r  = eta · ‖p‖ / ‖dp‖                         (not for rank-1; 1 if a norm is 0)
+        dp = r · dp                 or, with clip_trust, min(r / lr, 1) · dp
         mu = momentum · mu + dp
         p  = p − lr · mu                              (lr × rank1_lr_multiplier for rank-1)
 
@@ -74,6 +75,18 @@ class LARS(keras.optimizers.Optimizer):
       eta: trust coefficient.
       rank1_lr_multiplier: rank-1 variables use ``learning_rate × this``
         (recipe: 0.0048 / 0.2 = 0.024).
+      clip_trust: scale by ``min(r / lr, 1)`` instead of ``r``, so a layer
+        steps by ``min(r, lr)``: the trust ratio only ever slows a layer down
+        (solo-learn's ``clip_lr``; off in the official code).
+
+    Example:
+
+    >>> import numpy as np
+    >>> opt = LARS(learning_rate=0.1, eta=0.02, clip_trust=True)
+    >>> w = keras.Variable(np.ones((2, 2), "float32"))
+    >>> _ = opt.apply_gradients([(keras.ops.ones((2, 2)), w)])
+    >>> float(w[0, 0]) < 1.0
+    True
     """
 
     def __init__(
@@ -83,6 +96,7 @@ class LARS(keras.optimizers.Optimizer):
         momentum=0.9,
         eta=0.001,
         rank1_lr_multiplier=0.024,
+        clip_trust=False,
         name="lars",
         **kwargs,
     ):
@@ -91,6 +105,7 @@ class LARS(keras.optimizers.Optimizer):
         self.momentum = float(momentum)
         self.eta = float(eta)
         self.rank1_lr_multiplier = float(rank1_lr_multiplier)
+        self.clip_trust = bool(clip_trust)
 
     def build(self, variables):
         if self.built:
@@ -113,6 +128,8 @@ class LARS(keras.optimizers.Optimizer):
                 self.eta * p_norm / ops.maximum(dp_norm, 1e-30),
                 ops.ones_like(p_norm),
             )
+            if self.clip_trust:
+                trust = ops.minimum(trust / lr, ops.ones_like(trust))
             dp = dp * trust
         mu = self.momentums[self._get_variable_index(variable)]
         self.assign(mu, self.momentum * mu + dp)
@@ -126,6 +143,7 @@ class LARS(keras.optimizers.Optimizer):
                 "momentum": self.momentum,
                 "eta": self.eta,
                 "rank1_lr_multiplier": self.rank1_lr_multiplier,
+                "clip_trust": self.clip_trust,
             }
         )
         return config

@@ -16,7 +16,7 @@ from __future__ import annotations
 from bt_keras.errors import UserError
 
 
-def make_optimizer(cfg, global_batch: int, steps_per_epoch: int, epochs: int):
+def make_optimizer(cfg, global_batch: int, steps_per_epoch: int, epochs: int, learning_rate=None):
     """The recipe's optimiser from the ``optim:`` section: lr × batch/256, warmup then cosine, per step.
 
     Args:
@@ -24,8 +24,13 @@ def make_optimizer(cfg, global_batch: int, steps_per_epoch: int, epochs: int):
         global_batch: examples per step over all replicas.
         steps_per_epoch: optimiser steps in one epoch.
         epochs: length of the run (the schedule ends there).
+        learning_rate: a constant rate instead of the schedule, settable while training
+            (a time budget's schedule: ``bt_keras.callbacks.TimeBudget(learning_rate=...)``).
     """
     from bt_keras.optimizers import WarmupCosine
+
+    if learning_rate is not None:
+        return optimizer_for(cfg, float(learning_rate))
 
     scale = global_batch / 256
     schedule = WarmupCosine(
@@ -54,6 +59,7 @@ def optimizer_for(cfg, learning_rate):
             weight_decay=cfg.weight_decay,
             momentum=cfg.momentum,
             eta=cfg.eta,
+            clip_trust=cfg.clip_trust,
             rank1_lr_multiplier=cfg.lr_biases / cfg.lr_weights,
         )
     return keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay)

@@ -428,7 +428,7 @@ def _completed_summary(plan: RunPlan, start_step: int) -> dict | None:
     return summary
 
 
-def train(cfg, run_dir: str | None = None, callbacks=()) -> dict:
+def train(cfg, run_dir: str | None = None, callbacks=(), learning_rate: float | None = None) -> dict:
     """Trains per ``cfg``; returns a summary dict (also written to ``summary.json``).
 
     Resumes from ``RUN/checkpoints`` when present.
@@ -439,6 +439,7 @@ def train(cfg, run_dir: str | None = None, callbacks=()) -> dict:
         callbacks: extra Keras callbacks, after the run's own (e.g. a
             :class:`~bt_keras.callbacks.TimeBudget` that stops the run early;
             the encoder and evaluation are written as at the last epoch).
+        learning_rate: a constant rate instead of the config's schedule (set by a ``TimeBudget``).
 
     Raises:
         UserError: bad input (data, config, strategy), as one line.
@@ -447,12 +448,12 @@ def train(cfg, run_dir: str | None = None, callbacks=()) -> dict:
     """
     plan = plan_run(cfg, run_dir)
     try:
-        return _train(plan, callbacks)
+        return _train(plan, callbacks, learning_rate)
     finally:
         plan.release()
 
 
-def _train(plan: RunPlan, callbacks=()) -> dict:
+def _train(plan: RunPlan, callbacks=(), learning_rate=None) -> dict:
     from bt_keras.backbones import describe_init
     from bt_keras.checkpointing import TrainingGuard, restore_checkpoint, state_fingerprint
     from bt_keras.config import config_to_yaml
@@ -461,7 +462,7 @@ def _train(plan: RunPlan, callbacks=()) -> dict:
     with plan.strategy.scope():
         model = build_model(plan.cfg, plan.cfg.data.image_size)
         model.compile(
-            optimizer=make_optimizer(plan.cfg.optim, t.batch_size, plan.steps_per_epoch, t.epochs),
+            optimizer=make_optimizer(plan.cfg.optim, t.batch_size, plan.steps_per_epoch, t.epochs, learning_rate),
             jit_compile=jit_for(plan.strategy, t.jit_compile),
             steps_per_execution=t.steps_per_execution,
         )

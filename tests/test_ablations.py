@@ -280,6 +280,28 @@ def test_the_sweep_plan_trains_shared_runs_once():
     assert ab.main(["--data", "tfds:cifar10"]) == 2  # bad input: one line, exit 2
 
 
+def test_the_recipe_arms_change_one_setting_each_and_the_scaled_lambda_keeps_the_papers_product():
+    import yaml
+
+    from bt_keras.config import config_from_dict
+
+    ab = _ablations()
+    args = ab.parse_args(["--train-source", "demo:train", "--test-source", "demo:test", "--experiments", "recipe"])
+    cfg, common = ab.base_config(args)  # configs/cifar10_cpu.yaml: D = 1024
+    runs, rows = ab.plan_runs(args, cfg)
+    assert [name for _, name, _ in rows["recipe"]] == [name for _, name, _ in ab.RECIPE_ARMS]
+    assert runs["lambda-scaled"] == ("model.lambd=0.0408",)  # 0.0051 × 8192 / 1024
+    raw = yaml.safe_load(open(args.config))
+    configs = {name: config_from_dict(raw, list(common) + list(extra)) for name, extra in runs.items()}
+    for name, run_cfg in configs.items():  # every arm but the reference differs from the base config
+        assert (run_cfg == configs[ab.REFERENCE]) == (name == ab.REFERENCE), name
+    solo = configs["lars-solo"].optim
+    assert (solo.name, solo.eta, solo.clip_trust, solo.weight_decay) == ("lars", 0.02, True, 1e-4)
+    assert solo.lr_biases == solo.lr_weights  # rank-1 variables at the weights' lr, as solo-learn
+    assert not configs["lars-solo-noclip"].optim.clip_trust
+    assert configs["solo-learn-all"].data.augment.crop.scale == (0.08, 1.0)
+
+
 @pytest.mark.slow  # one short training run in this process, then the resumed sweep
 def test_ablations_script_end_to_end_and_resume(tmp_path, capsys):
     ab = _ablations()
@@ -287,10 +309,11 @@ def test_ablations_script_end_to_end_and_resume(tmp_path, capsys):
     argv = [
         "--config", os.path.join(ROOT, "configs", "demo.yaml"),
         "--train-source", "demo:train", "--test-source", "demo:test",
-        "--cpu-seconds", "0.2", "--experiments", "dim", "--dims", "32",
+        "--cpu-seconds", "0.2", "--experiments", "dim", "--dims", "32", "--lr-schedule", "budget",
         "--knn-train", "300", "--knn-val", "100", "--out", str(out), "--in-process",
         "--set", "model.width=4", "--set", "model.projector_dims=[32,32,32]", "--set", "train.batch_size=64",
         "--set", "eval.k=5", "--set", "monitor.health=false", "--set", "monitor.correlation_image=false",
+        "--set", "optim.warmup_epochs=0",
     ]  # fmt: skip
     assert ab.main(argv) == 0
     for name in ("table.md", "results.json", "commands.txt", "dim.png", "runs/reference/ablation.json"):
@@ -298,6 +321,8 @@ def test_ablations_script_end_to_end_and_resume(tmp_path, capsys):
     result = json.loads((out / "results.json").read_text())
     run = result["runs"]["reference"]
     assert 0.0 < run["knn_top1"] <= 1.0 and run["steps"] >= 1 and run["step_seconds"] >= 0.2
+    # The cosine follows the budget: past the first step the rate has left its peak (demo: lr 0.2 × 64/256).
+    assert run["lr_schedule"] == "budget" and 0 < run["last_learning_rate"] < 0.2 * 64 / 256
     assert set(result["baselines"]) == {"key", "normal"}  # no shuffle experiment: one evaluation space
     assert {"raw_pixels", "random_init"} <= set(result["baselines"]["normal"])
     assert (out / "dim.png").read_bytes()[:4] == b"\x89PNG"

@@ -9,8 +9,8 @@ import pytest
 from bt_keras.optimizers import LARS, WarmupCosine
 
 
-def lars_reference(p, g, mu, lr, wd, momentum, eta, rank1_mult):
-    """The official PyTorch LARS step, in NumPy."""
+def lars_reference(p, g, mu, lr, wd, momentum, eta, rank1_mult, clip=False):
+    """The official PyTorch LARS step, in NumPy (``clip``: solo-learn's ``clip_lr``)."""
     dp = g.copy()
     if p.ndim == 1:
         lr = lr * rank1_mult
@@ -18,7 +18,7 @@ def lars_reference(p, g, mu, lr, wd, momentum, eta, rank1_mult):
         dp = dp + wd * p
         pn, un = np.linalg.norm(p), np.linalg.norm(dp)
         q = eta * pn / un if (pn > 0 and un > 0) else 1.0
-        dp = dp * q
+        dp = dp * (min(q / lr, 1.0) if clip else q)
     mu = momentum * mu + dp
     return p - lr * mu, mu
 
@@ -41,6 +41,23 @@ def test_lars_matches_hand_computation_over_steps():
     np.testing.assert_allclose(b.numpy(), ref["b"][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(z.numpy(), ref["z"][0], rtol=1e-5, atol=1e-6)
     assert np.abs(w.numpy() - w0).max() > 1e-3 and np.abs(z.numpy()).max() > 1e-3
+
+
+@pytest.mark.parametrize("eta", [0.001, 10.0])  # trust ratio below the lr (clipped to it) and above
+def test_clipped_trust_matches_hand_computation(eta):
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=(6, 4)).astype(np.float32)
+    w = keras.Variable(w0)
+    opt = LARS(learning_rate=0.3, weight_decay=1e-4, momentum=0.9, eta=eta, clip_trust=True)
+    ref, plain = (w0.astype(np.float64), 0.0), (w0.astype(np.float64), 0.0)
+    for _ in range(3):
+        g = rng.normal(size=w0.shape).astype(np.float32)
+        opt.apply_gradients([(g, w)])
+        ref = lars_reference(ref[0], g, ref[1], 0.3, 1e-4, 0.9, eta, 1.0, clip=True)
+        plain = lars_reference(plain[0], g, plain[1], 0.3, 1e-4, 0.9, eta, 1.0)
+    np.testing.assert_allclose(w.numpy(), ref[0], rtol=1e-5, atol=1e-6)
+    assert np.abs(ref[0] - plain[0]).max() > 1e-3  # clipping changed the step
+    assert LARS.from_config(opt.get_config()).clip_trust
 
 
 def test_rank1_variables_get_no_decay_and_no_adaptation():
