@@ -26,6 +26,25 @@ CACHE_DIR = Path(os.environ.get("BT_KERAS_TEST_CACHE", Path.home() / ".cache" / 
 REQUIRE_DATA = os.environ.get("BT_KERAS_REQUIRE_DATA") == "1"
 
 
+def _one_thread_per_op_in_xdist_workers() -> None:
+    """Each pytest-xdist worker runs TensorFlow ops on one thread (two ops at a time).
+
+    Two workers share the machine with the subprocesses their tests start; with
+    TensorFlow's default pools (one thread per core, per process) their threads
+    oversubscribe the cores and spin on each other: a 2-s in-process test was
+    measured at 58 s and 120 s in the suite beside a multi-replica subprocess.
+    Subprocesses keep their own settings (bt-train's ``train.cpu_threads``).
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(2)
+
+
+_one_thread_per_op_in_xdist_workers()
+
+
 def _extract_once(archive_name: str, expect: tuple[str, ...]) -> Path:
     """Extracts ``archive_name`` into the cache (once) and returns the extraction root."""
     archive = DATA_DIR / archive_name

@@ -31,7 +31,7 @@ from bt_keras.export.litert_export import litert_runner
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
-COMMON = ["--formats", "onnx,litert", "--quantize", "int8", "--calibration-images", "64", "--gate-images", "96"]
+COMMON = ["--formats", "onnx,litert", "--quantize", "int8", "--calibration-images", "64", "--gate-images", "240"]
 
 
 def _trained_encoder(contract):
@@ -75,7 +75,7 @@ def test_report_records_the_gate_next_to_parity(q):
     report = json.loads((q.out / "export_report.json").read_text())
     assert report["parity"]["passed"]
     gate = report["int8"]
-    assert gate["calibration_images"] == 64 and gate["held_out_images"] == 96 and gate["labels"]
+    assert gate["calibration_images"] == 64 and gate["held_out_images"] == 240 and gate["labels"]
     assert gate["thresholds"] == export.layout.INT8_THRESHOLDS
     for target, path in (("onnxruntime", "onnx/encoder.int8.onnx"), ("litert", "litert/encoder.int8.tflite")):
         entry = gate["targets"][target]
