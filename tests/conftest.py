@@ -27,15 +27,17 @@ REQUIRE_DATA = os.environ.get("BT_KERAS_REQUIRE_DATA") == "1"
 
 
 def _one_thread_per_op_in_xdist_workers() -> None:
-    """Each pytest-xdist worker runs TensorFlow ops on one thread (two ops at a time).
+    """Each pytest-xdist worker runs TensorFlow ops on one thread (two ops at a time), and so do
+    the subprocesses its tests start, unless they set their pools themselves (bt-train's
+    ``train.cpu_threads``; ``TF_NUM_INTRAOP_THREADS`` is only TensorFlow's default).
 
     Two workers share the machine with the subprocesses their tests start; with
     TensorFlow's default pools (one thread per core, per process) their threads
     oversubscribe the cores and spin on each other: a 2-s in-process test was
     measured at 58 s and 120 s in the suite beside a multi-replica subprocess.
-    Subprocesses keep their own settings (bt-train's ``train.cpu_threads``).
     """
     if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(1)

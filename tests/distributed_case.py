@@ -4,6 +4,11 @@ Run as a script (one strategy per process): writes per-step losses and all
 weights to an .npz so tests can compare R = 1, 2, 4.
 
     python tests/distributed_case.py --replicas 2 --dim 64 --out /tmp/r2.npz
+    python tests/distributed_case.py --replicas 2 --case r2 --case r2_gram:method=gram --out /tmp/dist
+
+With ``--case NAME[:KEY=VALUE,...]`` (``dim``, ``method``, ``sync``), one process trains each case
+in turn under its one strategy and writes ``OUT/NAME.npz``: the cases of one replica count share
+the process's start-up.
 
 With ``--multi-worker`` it is one worker of a MultiWorkerMirroredStrategy
 cluster described by ``TF_CONFIG`` (``--replicas`` logical devices per worker),
@@ -31,6 +36,7 @@ def main():
     p.add_argument("--jit", action="store_true")
     p.add_argument("--no-sync-bn", action="store_true", help="negative control: per-replica BN statistics")
     p.add_argument("--multi-worker", action="store_true")
+    p.add_argument("--case", action="append", default=[], help="NAME[:dim=D,method=M,sync=0]; --out is a folder")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -41,14 +47,34 @@ def main():
 
     keras.config.disable_traceback_filtering()
 
-    import bt_keras
-    from bt_keras.distribute import distribute, make_strategy
+    from bt_keras.distribute import make_strategy
 
     if args.multi_worker:
         strategy = make_strategy("multi_worker")
     else:
         strategy = make_strategy("mirrored") if args.replicas > 1 else make_strategy("cpu")
         assert strategy.num_replicas_in_sync == args.replicas
+    if not args.case:
+        record = train(strategy, args.dim, args.method, not args.no_sync_bn, args.jit)
+        if args.multi_worker:
+            record["seen"] = seen_examples(strategy)
+        np.savez(args.out, **record)
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    for case in args.case:
+        name, _, spec = case.partition(":")
+        opts = dict(kv.split("=") for kv in spec.split(",") if kv)
+        record = train(strategy, int(opts.get("dim", 64)), opts.get("method", "auto"), opts.get("sync", "1") == "1")
+        np.savez(os.path.join(args.out, f"{name}.npz"), **record)
+    return 0
+
+
+def train(strategy, dim, method, sync, jit=False) -> dict:
+    """Trains the tiny model for STEPS steps under ``strategy``: per-step losses, initial and final weights."""
+    import keras
+
+    import bt_keras
+    from bt_keras.distribute import distribute
 
     rng = np.random.RandomState(0)
     images = rng.rand(GLOBAL_BATCH * STEPS, 8, 8, 3).astype("float32")
@@ -63,11 +89,8 @@ def main():
         return ds.batch(ctx.get_per_replica_batch_size(GLOBAL_BATCH), drop_remainder=True)
 
     with strategy.scope():
-        sync = not args.no_sync_bn
         encoder = bt_keras.small_cnn(widths=(4, 8), input_shape=(8, 8, 3), sync_batchnorm=sync)
-        model = bt_keras.BarlowTwins(
-            encoder, projector_dims=(32, 32, args.dim), loss_method=args.method, sync_batchnorm=sync
-        )
+        model = bt_keras.BarlowTwins(encoder, projector_dims=(32, 32, dim), loss_method=method, sync_batchnorm=sync)
         model.build((None, 8, 8, 3))
         init = np.random.RandomState(1)
         initial = [
@@ -78,7 +101,7 @@ def main():
         ]
         model.set_weights(initial)
         schedule = bt_keras.WarmupCosine(1.0, warmup_steps=1, total_steps=STEPS)
-        model.compile(optimizer=bt_keras.LARS(schedule, weight_decay=1e-4, eta=0.02), jit_compile=args.jit)
+        model.compile(optimizer=bt_keras.LARS(schedule, weight_decay=1e-4, eta=0.02), jit_compile=jit)
 
     losses = []
 
@@ -87,15 +110,11 @@ def main():
             losses.append(float(logs["loss"]))
 
     model.fit(distribute(strategy, dataset_fn), epochs=1, verbose=0, callbacks=[Record()])
-    extra = {"seen": seen_examples(strategy)} if args.multi_worker else {}
-    np.savez(
-        args.out,
-        losses=np.array(losses),
-        **extra,
+    return {
+        "losses": np.array(losses),
         **{f"w{i}": w.numpy() for i, w in enumerate(model.weights)},
         **{f"init{i}": w for i, w in enumerate(initial)},
-    )
-    return 0
+    }
 
 
 def seen_examples(strategy, n=64):

@@ -503,6 +503,7 @@ def test_quality_benchmark_runs_on_a_small_labelled_folder(tmp_path):
     proc = _quality(
         "--data", f"folder:{tmp_path / 'data'}", "--minutes", "0.05", "--supervised-minutes", "0.05",
         "--curve-bank", "20", "--set", "train.batch_size=16", "--out", str(out),
+        "--set", "model.encoder=small_cnn", "--set", "model.width=4", "--set", "model.projector_dims=[32,32]",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())

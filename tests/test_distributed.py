@@ -1,6 +1,6 @@
 """Training over 2 and 4 replicas equals single-device training on the global batch.
 
-Each case runs ``tests/distributed_case.py`` in its own process (one
+Each replica count runs ``tests/distributed_case.py`` in its own process (one
 tf.distribute strategy per process) on logical CPU devices.
 """
 
@@ -16,14 +16,11 @@ from cluster import free_port, tf_config
 pytestmark = pytest.mark.slow  # multi-replica and multi-process training
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_case.py")
+# One process per replica count (one strategy per process), training its cases in turn.
 CASES = {
-    "r1": ["--replicas", "1"],
-    "r2": ["--replicas", "2"],
-    "r4": ["--replicas", "4"],
-    "r2_gram": ["--replicas", "2", "--method", "gram"],
-    "r1_d16": ["--replicas", "1", "--dim", "16"],  # 2N > D: C is all-reduced instead of gathering rows
-    "r2_d16": ["--replicas", "2", "--dim", "16"],
-    "r2_unsynced_bn": ["--replicas", "2", "--no-sync-bn"],
+    1: ["r1", "r1_d16:dim=16"],  # D = 16 < 2N: C is all-reduced instead of gathering rows
+    2: ["r2", "r2_gram:method=gram", "r2_d16:dim=16", "r2_unsynced_bn:sync=0"],
+    4: ["r4"],
 }
 
 
@@ -32,20 +29,21 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
 
-    def run(name):
-        path = out / f"{name}.npz"
+    def run(replicas):
+        cases = [arg for case in CASES[replicas] for arg in ("--case", case)]
         proc = subprocess.run(
-            [sys.executable, SCRIPT, *CASES[name], "--out", str(path)],
+            [sys.executable, SCRIPT, "--replicas", str(replicas), *cases, "--out", str(out)],
             env=env,
             capture_output=True,
             text=True,
             timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return name, dict(np.load(path))
 
     with ThreadPoolExecutor(2) as pool:
-        return dict(pool.map(run, CASES))
+        list(pool.map(run, CASES))
+    names = [case.split(":")[0] for cases in CASES.values() for case in cases]
+    return {name: dict(np.load(out / f"{name}.npz")) for name in names}
 
 
 def _weights(r):

@@ -1,4 +1,4 @@
-"""bt-train on the JAX backend, as a user runs it: the demo over 2 devices, resume, faults, export, eval.
+"""bt-train on the JAX backend, as a user runs it: the demo over 2 devices, resume, faults, export.
 
 Each run is a real ``bt-train`` process with ``train.backend=jax`` and two virtual
 CPU devices (``XLA_FLAGS``), so the DataParallel path, the per-device batch and
@@ -47,28 +47,22 @@ def _start(run, *args):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_jax_env(), cwd=ROOT)
 
 
-def test_two_devices_kill_9_sigterm_resume_then_export_and_eval(tmp_path):
-    """One run's life on JAX: killed, preempted, resumed to the end, exported and evaluated."""
+def test_two_devices_sigterm_resume_then_export(tmp_path):
+    """One run's life on JAX: preempted, resumed to the end, exported (kill -9: test_faults, on TensorFlow)."""
     run, out = tmp_path / "run", tmp_path / "export"
     steps = 2 * faults.STEPS_PER_EPOCH
 
-    proc = _start(run)  # kill -9 after a checkpoint
+    proc = _start(run)  # SIGTERM after its first checkpoint: a checkpoint at the signal, exit 0
     faults._wait_for_checkpoints([proc], run, saves=1)
-    proc.kill()
-    stdout, _ = proc.communicate()
-    assert "backend jax, DataParallel: 2 CPU device(s)" in stdout
-    assert "batch 64 global, 32 per replica" in stdout
-
-    proc = _start(run)  # resumes; SIGTERM after its next checkpoint: a checkpoint at the signal, exit 0
-    faults._wait_for_checkpoints([proc], run, saves=2)  # the first sighting is the checkpoint it resumed from
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
-    killed_at = faults._resumed_step(stdout)
+    assert "backend jax, DataParallel: 2 CPU device(s)" in stdout
+    assert "batch 64 global, 32 per replica" in stdout
     marker = "SIGTERM received: checkpoint written at step "
     assert marker in stdout, stdout + stderr[-2000:]
     sigterm_step = int(stdout.split(marker)[1].split(";")[0])
-    assert 0 < killed_at < sigterm_step < steps
+    assert 4 <= sigterm_step < steps
 
     proc = _start(run)  # to the end
     stdout, stderr = proc.communicate(timeout=600)
@@ -80,13 +74,12 @@ def test_two_devices_kill_9_sigterm_resume_then_export_and_eval(tmp_path):
     assert float(rows[-1]["learning_rate"]) != float(rows[0]["learning_rate"])  # the schedule went on
     assert (run / "knn.csv").exists() and (run / "report.png").exists()
 
-    # The JAX-trained encoder through the TensorFlow exporter (parity gate) and bt-eval.
+    # The JAX-trained encoder loads on TensorFlow and exports behind the parity gate (its kNN: the monitor's).
     proc = _bt("export", "--run", str(run), "--out", str(out), env=faults._env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "export_report.json").read_text())["parity"]["passed"]
-    proc = _bt("eval", "--run", str(run), "--protocol", "knn", "--train-data", "demo:train", "--test-data", "demo:test")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((run / "eval_report.json").read_text())["knn"]["top1"] > 0.2
+    knn = list(csv.DictReader(open(run / "knn.csv")))
+    assert float(knn[-1]["top1"]) > 0.2
 
 
 def test_backend_disagreeing_with_the_environment_is_one_line(tmp_path):
