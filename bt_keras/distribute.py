@@ -163,8 +163,12 @@ def describe(strategy) -> str:
 def device_kind(strategy) -> tuple[str, tuple | None]:
     """``("tpu" | "gpu" | "cpu", first GPU's compute capability or None)``: what ``strategy`` trains on."""
     if isinstance(strategy, JaxDataParallel):
+        from bt_keras.precision import jax_gpu_capability
+
         kind = strategy.devices[0].platform
-        return (kind if kind in ("tpu", "gpu") else "cpu"), None  # JAX reports no compute capability
+        if kind == "gpu":
+            return "gpu", jax_gpu_capability(strategy.devices[0])
+        return (kind if kind == "tpu" else "cpu"), None
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "tpu", None
     try:

@@ -42,7 +42,9 @@ def resolve_precision(setting: str, device: str, gpu_capability: tuple | None = 
     if device == "tpu":
         return "mixed_bfloat16", "auto: TPUs compute in bfloat16"
     if device == "gpu":
-        major = (gpu_capability or (0, 0))[0]
+        if not gpu_capability:
+            return "float32", "auto: the GPU's compute capability is unknown (not a CUDA device?)"
+        major = gpu_capability[0]
         if major >= 8:
             return "mixed_bfloat16", f"auto: GPU compute capability {major}.x has bfloat16 tensor cores"
         if major >= 7:
@@ -54,6 +56,22 @@ def resolve_precision(setting: str, device: str, gpu_capability: tuple | None = 
     if speedup == 0:
         return "float32", "auto: this CPU (or oneDNN setting) has no bfloat16 convolution"
     return "float32", f"auto: bfloat16 measured {speedup:.2f}x float32 on this CPU (below {MIN_SPEEDUP}x)"
+
+
+def jax_gpu_capability(device) -> tuple | None:
+    """``(major, minor)`` of a JAX CUDA device (which reports it as the string ``"9.0"``), else None.
+
+    Example:
+
+    >>> import jax
+    >>> jax_gpu_capability(jax.devices("cpu")[0]) is None
+    True
+    """
+    try:
+        major, minor = str(device.compute_capability).split(".")[:2]
+        return int(major), int(minor)
+    except (AttributeError, ValueError):
+        return None
 
 
 def with_resolved_precision(cfg, device: str = "cpu"):

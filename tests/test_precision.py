@@ -20,11 +20,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ("gpu", (8, 6), "mixed_bfloat16"),
         ("gpu", (7, 5), "mixed_float16"),
         ("gpu", (6, 1), "float32"),
+        ("gpu", None, "float32"),  # capability unknown (a ROCm device under JAX): no guess
     ],
 )
 def test_auto_on_accelerators_follows_the_hardware(device, capability, policy):
     chosen, why = resolve_precision("auto", device, capability)
     assert chosen == policy and why.startswith("auto: ")
+
+
+def test_jax_gpu_capability_reads_the_cuda_string():
+    """JAX's CUDA devices report ``compute_capability = "9.0"`` (checked on an H100: benchmarks/gpu_jax.py);
+    no GPU runs here, so a stand-in with that attribute, and the real CPU device, which has none."""
+    import types
+
+    import jax
+
+    from bt_keras.precision import jax_gpu_capability
+
+    assert jax_gpu_capability(types.SimpleNamespace(compute_capability="9.0")) == (9, 0)
+    assert jax_gpu_capability(types.SimpleNamespace(compute_capability="gfx90a")) is None
+    assert jax_gpu_capability(jax.devices("cpu")[0]) is None
 
 
 def test_an_explicit_policy_is_kept_everywhere():
