@@ -183,8 +183,35 @@ def load_tensorflow() -> None:
         os.dup2(devnull, 2)
         os.close(devnull)
         sys.stderr = os.fdopen(real_stderr, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
-    import keras  # noqa: F401
-    import tensorflow  # noqa: F401
+    with _unused_imports_skipped():
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def _unused_imports_skipped():
+    """While TensorFlow and Keras are imported, the optional imports they try and a command never uses fail.
+
+    ``import tensorflow`` tries JAX (for TFLite's JAX converter) and SciPy (its legacy Keras'
+    sparse inputs), Keras tries scikit-learn (its sklearn wrappers) and matplotlib (its image
+    galleries), each inside ``try: ... except ImportError``: about a third of a command's start
+    where they are installed (``python -X importtime -c "import tensorflow"``). A ``None`` in
+    ``sys.modules`` makes each fail at once; the entries are removed afterwards, so the library
+    imports them normally where it uses them (the kNN report's plots, the linear probe). JAX is
+    left alone when Keras runs on it.
+    """
+    names = ["sklearn", "matplotlib", "scipy"]
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
+        names.append("jax")
+    names = [name for name in names if name not in sys.modules]
+    for name in names:
+        sys.modules[name] = None
+    try:
+        yield
+    finally:
+        for name in names:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def use_tensorflow_backend(prog: str) -> None:
