@@ -135,6 +135,7 @@ def parse_args(argv=None):
     p.add_argument("--dims", default="64,256,1024,4096,8192", help="projector widths of the dim experiment")
     p.add_argument("--knn-train", type=int, default=10000, help="kNN bank: images sampled from the training split")
     p.add_argument("--knn-val", type=int, default=2000, help="kNN queries: images sampled from the test split")
+    p.add_argument("--skip", default="", help="comma-separated run names to leave out (the reference always runs)")
     p.add_argument("--out", default="runs/ablations", help="output directory")
     p.add_argument("--in-process", action="store_true", help="train every run in this process (tests)")
     p.add_argument("--run-one", metavar="RUN_DIR", help=argparse.SUPPRESS)
@@ -215,6 +216,12 @@ def plan_runs(args, cfg) -> tuple[dict, dict]:
         for x, (label, name, extra) in enumerate(RECIPE_ARMS):
             runs.setdefault(name, tuple(o.replace("{lambda_scaled}", scaled) for o in extra))
             rows["recipe"].append((label, name, x))
+    skip = {n.strip() for n in getattr(args, "skip", "").split(",") if n.strip()} - {REFERENCE}
+    unknown = sorted(skip - set(runs))
+    if unknown:
+        raise UserError(f"--skip: no run named {', '.join(unknown)} in these experiments")
+    runs = {name: extra for name, extra in runs.items() if name not in skip}
+    rows = {exp: [row for row in exp_rows if row[1] not in skip] for exp, exp_rows in rows.items()}
     return runs, rows
 
 

@@ -300,6 +300,16 @@ def test_the_recipe_arms_change_one_setting_each_and_the_scaled_lambda_keeps_the
     assert solo.lr_biases == solo.lr_weights  # rank-1 variables at the weights' lr, as solo-learn
     assert not configs["lars-solo-noclip"].optim.clip_trust
     assert configs["solo-learn-all"].data.augment.crop.scale == (0.08, 1.0)
+    # --skip leaves runs out of the plan and the table; the reference stays; a wrong name is one line.
+    args.skip = "lars-solo-noclip, solo-learn-all,reference"
+    runs, rows = ab.plan_runs(args, cfg)
+    assert set(configs) - set(runs) == {"lars-solo-noclip", "solo-learn-all"} and ab.REFERENCE in runs
+    assert [name for _, name, _ in rows["recipe"]] == [
+        n for n in configs if n not in ("lars-solo-noclip", "solo-learn-all")
+    ]
+    args.skip = "lars-solo-nclip"
+    with pytest.raises(ab.UserError, match="--skip: no run named lars-solo-nclip"):
+        ab.plan_runs(args, cfg)
 
 
 @pytest.mark.slow  # one short training run in this process, then the resumed sweep

@@ -197,12 +197,12 @@ def _unused_imports_skipped():
     galleries), each inside ``try: ... except ImportError``: about a third of a command's start
     where they are installed (``python -X importtime -c "import tensorflow"``). A ``None`` in
     ``sys.modules`` makes each fail at once; the entries are removed afterwards, so the library
-    imports them normally where it uses them (the kNN report's plots, the linear probe). JAX is
-    left alone when Keras runs on it.
+    imports them normally where it uses them (the kNN report's plots, the linear probe). JAX and
+    SciPy are left alone when Keras runs on JAX.
     """
-    names = ["sklearn", "matplotlib", "scipy"]
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
-        names.append("jax")
+    names = ["sklearn", "matplotlib"]
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":  # Keras' JAX backend imports both
+        names += ["jax", "scipy"]
     names = [name for name in names if name not in sys.modules]
     for name in names:
         sys.modules[name] = None
