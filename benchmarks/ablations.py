@@ -216,7 +216,7 @@ def plan_runs(args, cfg) -> tuple[dict, dict]:
         for x, (label, name, extra) in enumerate(RECIPE_ARMS):
             runs.setdefault(name, tuple(o.replace("{lambda_scaled}", scaled) for o in extra))
             rows["recipe"].append((label, name, x))
-    skip = {n.strip() for n in getattr(args, "skip", "").split(",") if n.strip()} - {REFERENCE}
+    skip = {n.strip() for n in args.skip.split(",") if n.strip()} - {REFERENCE}
     unknown = sorted(skip - set(runs))
     if unknown:
         raise UserError(f"--skip: no run named {', '.join(unknown)} in these experiments")
