@@ -38,6 +38,7 @@ _EXPORTS = {
     "build_backbone": "bt_keras.backbones",
     "apply_cpu_threads": "bt_keras.cpu_threads",
     "JaxDataParallel": "bt_keras.distribute",
+    "use_jax_compilation_cache": "bt_keras.distribute",
     "duplicate_pairs": "bt_keras.embed",
     "nearest_neighbors": "bt_keras.embed",
     "write_projector": "bt_keras.embed",

@@ -102,6 +102,10 @@ class TrainConfig:
     (:mod:`bt_keras.cpu_threads`): ``auto`` runs the two views' ops side by
     side, half the cores each; ``tf`` keeps TensorFlow's defaults;
     ``"INTRA,INTER"`` sets both pool sizes.
+    ``jax_compilation_cache``: where the JAX backend keeps compiled steps
+    between runs (:func:`bt_keras.distribute.use_jax_compilation_cache`), so
+    a resumed run does not compile again: ``auto`` (``JAX_COMPILATION_CACHE_DIR``,
+    else ``~/.cache/bt_keras/jax``), a directory, or null (off).
     ``checkpoint_every_steps``: 0 = at the end of each epoch only.
     ``verbose``: Keras' ``fit`` verbosity; None shows a progress bar on a
     terminal and one plain line per epoch when the output is a file or pipe.
@@ -119,9 +123,14 @@ class TrainConfig:
     jit_compile: bool | None = None
     steps_per_execution: int = 1
     cpu_threads: str = "auto"
+    jax_compilation_cache: str | None = "auto"
     checkpoint_every_steps: int = 0
     seed: int = 0
     verbose: int | None = None
+
+    def __post_init__(self):
+        if self.jax_compilation_cache is not None and not self.jax_compilation_cache.strip():
+            raise ValueError("jax_compilation_cache: must be 'auto', a directory or null (off), not empty")
 
 
 @dataclasses.dataclass

@@ -143,6 +143,68 @@ class JaxDataParallel:
         )
 
 
+AUTO_CACHE_MAX_BYTES = 2 << 30  # the default cache's cap; JAX evicts the least recently used entries
+# JAX's default (1 s) leaves out a CPU run's step, evaluation and monitor compiles (0.2-1 s each);
+# caching them too halves a resumed demo run's CPU (docs/scaling.md).
+MIN_COMPILE_SECONDS = 0.2
+
+
+def use_jax_compilation_cache(setting: str | None) -> str | None:
+    """Points JAX's persistent compilation cache at ``setting``; returns the directory in use (None: off).
+
+    A resumed run (after a preemption, say) then loads its compiled train step
+    instead of compiling it again, which on a TPU or a large model takes
+    minutes. JAX keys each entry by the program, the devices, the flags and
+    its own version, so a changed setting compiles afresh. Compiles that took
+    over 0.2 s are cached (JAX's default: 1 s;
+    ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` overrides both). Call it
+    before the first compile.
+
+    Args:
+        setting: ``"auto"``: ``JAX_COMPILATION_CACHE_DIR`` where set, else
+            ``bt_keras/jax`` under ``XDG_CACHE_HOME`` (default ``~/.cache``), at
+            most 2 GiB, and no cache where that cannot be created; a directory
+            (``~`` expanded; a local one that cannot be created is a
+            :class:`UserError`; ``gs://`` works where JAX can write it); None:
+            no cache, even where ``JAX_COMPILATION_CACHE_DIR`` is set.
+
+    Example:
+
+    >>> from bt_keras.distribute import use_jax_compilation_cache
+    >>> use_jax_compilation_cache(None) is None  # this process compiles without a cache
+    True
+    """
+    import jax
+
+    if setting is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    if setting == "auto":
+        if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # JAX reads it itself, with the user's other settings
+            return os.environ["JAX_COMPILATION_CACHE_DIR"]
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, "bt_keras", "jax")
+        jax.config.update("jax_compilation_cache_max_size", AUTO_CACHE_MAX_BYTES)
+    else:
+        path = os.path.expanduser(setting)
+    if "://" not in path:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            if setting == "auto":  # a read-only home, say: the run goes on without a cache
+                jax.config.update("jax_enable_compilation_cache", False)
+                return None
+            raise UserError(
+                f"train.jax_compilation_cache: cannot create {path}: {e.strerror}; name a writable directory "
+                "or null (no cache)"
+            ) from None
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    return path
+
+
 def describe(strategy) -> str:
     """``"MirroredStrategy: 2 replica(s) on CPU:0, CPU:1"``, for the start-of-run summary."""
     if isinstance(strategy, JaxDataParallel):

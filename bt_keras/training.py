@@ -98,6 +98,7 @@ class RunPlan:
     created_run_dir: bool = False
     precision: tuple = ("float32", "train.mixed_precision")  # (policy, why): train.mixed_precision resolved
     threads: str = "TensorFlow's default thread pools"  # train.cpu_threads, as applied
+    compilation_cache: str | None = None  # train.jax_compilation_cache's directory, as applied (JAX only)
 
     def release(self) -> None:
         """Releases the run directory's lock (a no-op without one); removes a directory this run
@@ -142,8 +143,11 @@ class RunPlan:
             start = f"resuming from step {start_step} (epoch {epoch}) of {self.checkpoint}"
         else:
             start = "starts from scratch"
+        cache = ""
+        if keras.backend.backend() == "jax":
+            cache = f"; compilation cache {self.compilation_cache or 'off'}"
         lines = [
-            f"backend {keras.backend.backend()}, {describe(self.strategy)}",
+            f"backend {keras.backend.backend()}, {describe(self.strategy)}{cache}",
             f"data {d.source}: {self.num_examples} usable images{skipped}; {d.image_size} px views"
             + (
                 f"; computed by the tf.data service at {d.service.address} ({d.service.mode})"
@@ -188,7 +192,13 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
     from bt_keras.checkpointing import checkpoint_path
     from bt_keras.config import check_sources
     from bt_keras.cpu_threads import apply_cpu_threads
-    from bt_keras.distribute import device_kind, is_chief, make_strategy, per_replica_batch_size
+    from bt_keras.distribute import (
+        device_kind,
+        is_chief,
+        make_strategy,
+        per_replica_batch_size,
+        use_jax_compilation_cache,
+    )
     from bt_keras.io import is_remote
     from bt_keras.precision import resolve_precision
     from bt_keras.run_lock import RunDirectoryLock
@@ -201,6 +211,7 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
             f"KERAS_BACKEND={t.backend} before Keras is imported (bt-train does this for you)"
         )
     threads = apply_cpu_threads(t.cpu_threads, t.strategy)  # before the runtime starts (make_strategy starts it)
+    cache = use_jax_compilation_cache(t.jax_compilation_cache) if keras.backend.backend() == "jax" else None
     strategy = make_strategy(t.strategy, t.tpu, t.zone, t.project)
     check_sources(cfg)  # every source the run will open, errors naming its key, before anything is written
     keras.utils.set_random_seed(t.seed)
@@ -239,6 +250,7 @@ def plan_run(cfg, run_dir: str | None = None) -> RunPlan:
         created,
         precision,
         threads,
+        cache,
     )
 
 

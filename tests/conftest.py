@@ -34,11 +34,17 @@ def _one_thread_per_op_in_xdist_workers() -> None:
     Two workers share the machine with the subprocesses their tests start; with
     TensorFlow's default pools (one thread per core, per process) their threads
     oversubscribe the cores and spin on each other: a 2-s in-process test was
-    measured at 58 s and 120 s in the suite beside a multi-replica subprocess.
+    measured at 58 s and 120 s in the suite beside a multi-replica subprocess. TensorFlow and
+    Keras load as the commands load them: the optional imports they try and most tests never use
+    (JAX, SciPy, scikit-learn, matplotlib) are skipped, and load when a test imports them.
     """
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-        import tensorflow as tf
+        from bt_keras.cli import _unused_imports_skipped
+
+        with _unused_imports_skipped():
+            import keras  # noqa: F401
+            import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(2)

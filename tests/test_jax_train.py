@@ -49,22 +49,24 @@ def _start(run, *args):
 
 def test_two_devices_sigterm_resume_then_export(tmp_path):
     """One run's life on JAX: preempted, resumed to the end, exported (kill -9: test_faults, on TensorFlow)."""
-    run, out = tmp_path / "run", tmp_path / "export"
+    run, out, cache = tmp_path / "run", tmp_path / "export", tmp_path / "jax-cache"
     steps = 2 * faults.STEPS_PER_EPOCH
+    cached = ("--set", f"train.jax_compilation_cache={cache}")  # the resumed process compiles less
 
-    proc = _start(run)  # SIGTERM after its first checkpoint: a checkpoint at the signal, exit 0
+    proc = _start(run, *cached)  # SIGTERM after its first checkpoint: a checkpoint at the signal, exit 0
     faults._wait_for_checkpoints([proc], run, saves=1)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
-    assert "backend jax, DataParallel: 2 CPU device(s)" in stdout
+    assert f"backend jax, DataParallel: 2 CPU device(s); compilation cache {cache}" in stdout
+    assert any(cache.iterdir())  # the compiled train step, for the resumed run
     assert "batch 64 global, 32 per replica" in stdout
     marker = "SIGTERM received: checkpoint written at step "
     assert marker in stdout, stdout + stderr[-2000:]
     sigterm_step = int(stdout.split(marker)[1].split(";")[0])
     assert 4 <= sigterm_step < steps
 
-    proc = _start(run)  # to the end
+    proc = _start(run, *cached)  # to the end
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     assert faults._resumed_step(stdout) == sigterm_step
