@@ -17,6 +17,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 
 import tensorflow as tf
@@ -163,7 +164,8 @@ def use_jax_compilation_cache(setting: str | None) -> str | None:
     Args:
         setting: ``"auto"``: ``JAX_COMPILATION_CACHE_DIR`` where set, else
             ``bt_keras/jax`` under ``XDG_CACHE_HOME`` (default ``~/.cache``), at
-            most 2 GiB, and no cache where that cannot be created; a directory
+            most 2 GiB where the ``filelock`` package is installed (JAX needs it
+            to evict), and no cache where that cannot be created; a directory
             (``~`` expanded; a local one that cannot be created is a
             :class:`UserError`; ``gs://`` works where JAX can write it); None:
             no cache, even where ``JAX_COMPILATION_CACHE_DIR`` is set.
@@ -184,7 +186,8 @@ def use_jax_compilation_cache(setting: str | None) -> str | None:
             return os.environ["JAX_COMPILATION_CACHE_DIR"]
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         path = os.path.join(base, "bt_keras", "jax")
-        jax.config.update("jax_compilation_cache_max_size", AUTO_CACHE_MAX_BYTES)
+        if importlib.util.find_spec("filelock") is not None:  # JAX evicts under filelock's lock, or warns per compile
+            jax.config.update("jax_compilation_cache_max_size", AUTO_CACHE_MAX_BYTES)
     else:
         path = os.path.expanduser(setting)
     if "://" not in path:

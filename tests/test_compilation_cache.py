@@ -5,6 +5,8 @@ test). That a resumed bt-train run reads the cache is test_jax_train's.
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -73,3 +75,24 @@ def test_config_key_defaults_to_auto_and_refuses_an_empty_name():
     assert config_from_dict({}, ["train.jax_compilation_cache=null"]).train.jax_compilation_cache is None
     with pytest.raises(ConfigError, match=r"^train: jax_compilation_cache: must be 'auto', a directory or null"):
         config_from_dict({}, ["train.jax_compilation_cache=''"])
+
+
+WITHOUT_FILELOCK = """
+import sys, warnings
+sys.modules["filelock"] = None  # a user's environment without it: pip install "bt_keras[jax]" does not bring it
+import jax, jax.numpy as jnp
+from bt_keras.distribute import use_jax_compilation_cache
+warnings.simplefilter("error")  # JAX warns on every compile when it cannot evict
+print(use_jax_compilation_cache("auto"), jax.config.jax_compilation_cache_max_size)
+print(float(jax.jit(lambda x: (x * 2 + 1).sum())(jnp.ones(3))))
+"""
+
+
+@pytest.mark.slow  # a process that imports TensorFlow and JAX
+def test_auto_without_filelock_caches_without_a_cap_and_without_warnings(tmp_path):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_FILELOCK], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [str(tmp_path / "bt_keras" / "jax"), "-1", "9.0"]
+    assert any((tmp_path / "bt_keras" / "jax").iterdir())  # the compiled function was cached
