@@ -145,8 +145,8 @@ class JaxDataParallel:
 
 
 AUTO_CACHE_MAX_BYTES = 2 << 30  # the default cache's cap; JAX evicts the least recently used entries
-# JAX's default (1 s) leaves out a CPU run's step, evaluation and monitor compiles (0.2-1 s each);
-# caching them too halves a resumed demo run's CPU (docs/scaling.md).
+# JAX's default (1 s) leaves out most of a CPU run's compiles (step, evaluation, monitors: 0.2-1 s
+# each); with them a resumed demo run took 0.64x the CPU of compiling again (docs/scaling.md).
 MIN_COMPILE_SECONDS = 0.2
 
 
