@@ -4,6 +4,7 @@ In-process: the function only sets JAX's configuration (restored after each
 test). That a resumed bt-train run reads the cache is test_jax_train's.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -39,7 +40,9 @@ def test_auto_uses_the_user_cache_directory_capped(tmp_path, monkeypatch):
     path = use_jax_compilation_cache("auto")
     assert path == str(tmp_path / "cache" / "bt_keras" / "jax") and os.path.isdir(path)
     assert jax.config.jax_compilation_cache_dir == path and jax.config.jax_enable_compilation_cache
-    assert jax.config.jax_compilation_cache_max_size == AUTO_CACHE_MAX_BYTES
+    # Capped where JAX can evict (it needs filelock); the test below covers an environment without it.
+    capped = importlib.util.find_spec("filelock") is not None
+    assert jax.config.jax_compilation_cache_max_size == (AUTO_CACHE_MAX_BYTES if capped else -1)
     assert jax.config.jax_persistent_cache_min_compile_time_secs == MIN_COMPILE_SECONDS
 
 
