@@ -35,6 +35,7 @@ import threading
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from bt_keras.errors import CheckpointUnreadable, TrainingStopped, UserError, one_line, short_repr
@@ -290,8 +291,12 @@ class TrainingGuard(keras.callbacks.Callback):
     :class:`~bt_keras.errors.TrainingStopped`; the previous checkpoint is intact.
 
     After ``fit`` returns, ``nan_step`` is the first step whose loss was not
-    finite (None if none), ``preempted`` tells whether a signal arrived and
-    ``signal_name`` which (``"SIGTERM"`` or ``"SIGINT"``).
+    finite, or after which the weights were not (None if neither; ``nan_in``
+    says which: ``"loss"`` or ``"weights"``), ``preempted`` tells whether a
+    signal arrived and ``signal_name`` which (``"SIGTERM"`` or ``"SIGINT"``).
+    The weights are checked before each checkpoint: a step whose loss and
+    gradients were finite can still overflow them (a learning rate far too
+    high), and a checkpoint written then would not be a good one.
 
     Args:
         path: the checkpoint file.
@@ -316,6 +321,7 @@ class TrainingGuard(keras.callbacks.Callback):
         self.write = write
         self.fingerprint = fingerprint
         self.nan_step = None
+        self.nan_in = None
         self.preempted = False
         self.signal_name = None
         self._previous_handlers = {}
@@ -350,9 +356,15 @@ class TrainingGuard(keras.callbacks.Callback):
             signal.signal(signum, handler)
         self._previous_handlers = {}
 
-    def _save(self):
+    def _save(self) -> bool:
+        """Writes the checkpoint (chief); False, with ``nan_step`` set and training stopped, if the
+        weights are not finite. Every worker checks: they hold the same weights, so all stop."""
+        if not all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in self.model.weights):
+            self.nan_step, self.nan_in = int(self.model.optimizer.iterations.numpy()), "weights"
+            self.model.stop_training = True
+            return False
         if not self.write:
-            return
+            return True
         try:
             save_checkpoint(self.model, self.path, self.fingerprint)
         except (OSError, RuntimeError) as e:  # h5py: OSError; a full disk can also surface as RuntimeError
@@ -360,15 +372,16 @@ class TrainingGuard(keras.callbacks.Callback):
                 f"cannot write the checkpoint {self.path} ({one_line(e, 120)}); the previous checkpoint "
                 "is intact: free some space and rerun to resume"
             ) from None
+        return True
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.nan_step = int(self.model.optimizer.iterations.numpy())
+            self.nan_step, self.nan_in = int(self.model.optimizer.iterations.numpy()), "loss"
             self.model.stop_training = True
             return
         if self.preempted:
-            self._save()
+            self._save()  # not saved if the weights are not finite: then the run stops as diverged
             self.model.stop_training = True
             return
         step = int(self.model.optimizer.iterations.numpy())

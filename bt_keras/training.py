@@ -366,8 +366,9 @@ def _fit(plan: RunPlan, model, phases: list, callbacks: list, guard) -> None:
             f"with the same run directory to resume from the last checkpoint {plan.checkpoint}"
         ) from None
     if guard.nan_step is not None:
+        what = "loss is not finite at" if guard.nan_in == "loss" else "weights are not finite after"
         raise TrainingStopped(
-            f"loss is not finite at step {guard.nan_step}; stopped. The last good checkpoint "
+            f"{what} step {guard.nan_step}; stopped. The last good checkpoint "
             f"is {plan.checkpoint}: lower the learning rate (optim.lr_weights) and rerun to resume"
         )
 

@@ -107,6 +107,26 @@ def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path)
     assert all(np.isfinite(np.asarray(w)).all() for w in fresh.weights)
 
 
+def test_weights_that_overflowed_after_a_finite_loss_are_not_checkpointed(tmp_path):
+    """A learning rate far too high: the step's loss and gradients are finite, its update is not.
+
+    The epoch ends right after that step, so without the weight check the epoch's checkpoint
+    would hold the overflowed weights as the "last good" one.
+    """
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    path = tmp_path / "latest.weights.h5"
+    guard = TrainingGuard(str(path))
+    model.fit(_pairs(), epochs=1, verbose=0, callbacks=[guard])  # a good epoch: its checkpoint
+    good = path.read_bytes()
+    model.optimizer.learning_rate.assign(3e38)  # float32's largest: any gradient above 1.2 overflows
+    history = model.fit(_pairs().take(1), epochs=1, verbose=0, callbacks=[guard]).history
+    assert math.isfinite(history["loss"][0])  # the step itself looked fine
+    assert not all(np.isfinite(np.asarray(w)).all() for w in model.weights)
+    assert (guard.nan_step, guard.nan_in) == (5, "weights") and model.stop_training
+    assert path.read_bytes() == good  # the last good checkpoint, untouched
+
+
 def test_mixed_precision_keeps_the_loss_in_float32():
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
