@@ -356,15 +356,15 @@ class TrainingGuard(keras.callbacks.Callback):
             signal.signal(signum, handler)
         self._previous_handlers = {}
 
-    def _save(self) -> bool:
-        """Writes the checkpoint (chief); False, with ``nan_step`` set and training stopped, if the
-        weights are not finite. Every worker checks: they hold the same weights, so all stop."""
+    def _save(self):
+        """Writes the checkpoint (chief); writes nothing and stops training, with ``nan_step`` set, if
+        the weights are not finite. Every worker checks: they hold the same weights, so all stop."""
         if not all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in self.model.weights):
             self.nan_step, self.nan_in = int(self.model.optimizer.iterations.numpy()), "weights"
             self.model.stop_training = True
-            return False
+            return
         if not self.write:
-            return True
+            return
         try:
             save_checkpoint(self.model, self.path, self.fingerprint)
         except (OSError, RuntimeError) as e:  # h5py: OSError; a full disk can also surface as RuntimeError
@@ -372,7 +372,6 @@ class TrainingGuard(keras.callbacks.Callback):
                 f"cannot write the checkpoint {self.path} ({one_line(e, 120)}); the previous checkpoint "
                 "is intact: free some space and rerun to resume"
             ) from None
-        return True
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
