@@ -25,6 +25,14 @@ STEPS = 3
 SHAPE = (8, 8, 3)
 
 
+def xla_flags(devices):
+    """``XLA_FLAGS`` for a test's JAX process: ``devices`` CPU devices, and the flags the suite compiles with
+    (``tests/conftest.py``), without a device count inherited from the caller's environment."""
+    inherited = os.environ.get("XLA_FLAGS", "").split()
+    kept = [flag for flag in inherited if not flag.startswith("--xla_force_host_platform_device_count")]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def loss_inputs():
     """The embeddings both backends differentiate the loss at (shared with the parent)."""
     rng = np.random.default_rng(7)

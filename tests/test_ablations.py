@@ -36,6 +36,7 @@ from bt_keras.losses import barlow_twins_terms
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import jax_case  # noqa: E402
 import standardize_case  # noqa: E402
 
 SIZE = 16
@@ -223,9 +224,7 @@ def replicas(tmp_path_factory):
     base.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     jobs = {"tensorflow": dict(base, KERAS_BACKEND="tensorflow")}
     if importlib.util.find_spec("jax") is not None:
-        jobs["jax"] = dict(
-            base, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2"
-        )
+        jobs["jax"] = dict(base, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", XLA_FLAGS=jax_case.xla_flags(2))
 
     def run(backend):
         path = out / f"{backend}.npz"

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 
+import jax_case
 import pytest
 import test_faults as faults
 
@@ -23,7 +24,7 @@ JAX = ("--set", "train.backend=jax")
 
 
 def _jax_env(devices=2):
-    return dict(faults._env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return dict(faults._env(), XLA_FLAGS=jax_case.xla_flags(devices))
 
 
 def _bt(module, *args, env=None):
