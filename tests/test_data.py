@@ -55,7 +55,12 @@ def test_demo_set_is_the_digits_upsampled_with_a_fixed_split():
     assert set(np.unique(y_train)) == set(range(10)) and set(np.unique(y_test)) == set(range(10))
     from sklearn.datasets import load_digits
 
+    from bt_keras.data.demo import _digits
+
     digits = load_digits()
+    images, target = _digits()  # scikit-learn's file, read without importing scikit-learn
+    np.testing.assert_array_equal(images, digits.images)
+    np.testing.assert_array_equal(target, digits.target)
     small = tf.image.resize(tf.cast(x_test[:, :, :, :1], tf.float32), [8, 8], method="area").numpy()[..., 0]
     # Each test image is one of the originals (by nearest original), with the original label.
     dist = ((small[:, None] * 16 / 255 - digits.images[None]) ** 2).sum(axis=(2, 3))
