@@ -42,6 +42,18 @@ ARGS = [
 ]
 
 
+# The runs under faults skip the per-epoch monitors and the report (tests/test_callbacks.py tests those;
+# test_jax_train.py and test_guarantees.py interrupt runs that keep them): a few CPU-seconds a process.
+NO_MONITORS = [
+    "--set",
+    "monitor.health=false",
+    "--set",
+    "monitor.correlation_image=false",
+    "--set",
+    "monitor.report=false",
+]
+
+
 def _cmd(run_dir, *extra):
     return [
         sys.executable,
@@ -61,7 +73,8 @@ def _env():
 
 
 def _run(run_dir, *extra):
-    proc = subprocess.run(_cmd(run_dir, *extra), capture_output=True, text=True, timeout=600, env=_env(), cwd=ROOT)
+    cmd = _cmd(run_dir, *NO_MONITORS, *extra)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -84,7 +97,12 @@ def _wait_for_checkpoints(procs, run_dir, saves):
 def _start_and_wait_for_checkpoints(run_dir, saves, *extra):
     """Starts a run; returns it once its checkpoint has been written ``saves`` times."""
     proc = subprocess.Popen(
-        _cmd(run_dir, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
+        _cmd(run_dir, *NO_MONITORS, *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
     )
     _wait_for_checkpoints([proc], run_dir, saves)
     return proc
@@ -158,7 +176,7 @@ def _start_workers(run_dir, ports, epochs):
     """Two bt-train processes forming a MultiWorkerMirroredStrategy cluster on 127.0.0.1."""
     procs = []
     for i in range(2):
-        cmd = _cmd(run_dir) + ["--set", "train.strategy=multi_worker", "--set", f"train.epochs={epochs}"]
+        cmd = _cmd(run_dir, *NO_MONITORS, "--set", "train.strategy=multi_worker", "--set", f"train.epochs={epochs}")
         env = dict(_env(), TF_CONFIG=tf_config(ports, i), CUDA_VISIBLE_DEVICES="")
         procs.append(
             subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)

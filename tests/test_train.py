@@ -50,7 +50,18 @@ def _bt_train(run_dir, *args, env=None):
     )
 
 
-def test_demo_runs_end_to_end_then_resumes(tmp_path):
+def _bt_train_here(capsys, run_dir, *args):
+    """bt-train in this process: its exit code, stdout and stderr."""
+    from bt_keras.cli import train
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--config", os.path.join(ROOT, "configs", "demo.yaml"), "--run-dir", str(run_dir), *SMALL, *args])
+    captured = capsys.readouterr()
+    return stop.value.code, captured.out, captured.err
+
+
+def test_demo_runs_end_to_end_then_resumes(tmp_path, capsys):
     run = tmp_path / "run"
     proc = _bt_train(run, "--set", "train.epochs=1", env=_new_user_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -94,17 +105,15 @@ def test_demo_runs_end_to_end_then_resumes(tmp_path):
     lrs = [float(r["learning_rate"]) for r in rows]
     assert lrs[1] != lrs[0] and lrs[1] > 0
 
-    # A finished run, rerun: says so and trains nothing.
-    proc = _bt_train(run, "--set", "train.epochs=2", "--set", "eval.compare_random_init=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "already complete" in proc.stdout and "Epoch" not in proc.stdout
+    # A finished run, rerun: says so and trains nothing. (In this process: these two exit before training.)
+    code, out, err = _bt_train_here(capsys, run, "--set", "train.epochs=2", "--set", "eval.compare_random_init=false")
+    assert code == 0, err[-3000:]
+    assert "already complete" in out and "Epoch" not in out
     assert json.loads((run / "summary.json").read_text())["steps"] == 2 * steps_per_epoch
 
     # The same finished run asked for with other data: refused, not reported as if trained on it.
-    proc = _bt_train(run, "--set", "train.epochs=2", "--set", "data.source=demo:test")
-    assert proc.returncode == 2 and "is a finished run trained on data.source 'demo:train', not 'demo:test'" in (
-        proc.stderr
-    ), proc.stderr[-2000:]
+    code, out, err = _bt_train_here(capsys, run, "--set", "train.epochs=2", "--set", "data.source=demo:test")
+    assert code == 2 and "is a finished run trained on data.source 'demo:train', not 'demo:test'" in err, err[-2000:]
 
 
 def test_too_little_data_is_a_clear_error(tmp_path):
