@@ -271,6 +271,7 @@ def test_a_fixed_input_size_is_checked_against_data_image_size(tmp_path):
 # --- export: LiteRT, and the image size of a .keras file ---------------------------------------------
 
 
+@pytest.mark.slow  # a LiteRT conversion: seconds
 @pytest.mark.skipif(not HAS_LITERT, reason="ai-edge-litert is not installed (pip install 'bt_keras[litert]')")
 def test_litert_export_matches_keras_within_1e_4(tmp_path):
     from ai_edge_litert.interpreter import Interpreter

@@ -177,9 +177,10 @@ def _tiny_run(run_dir):
     return encoder, contract
 
 
-@pytest.fixture(params=["demo", "cifar10"])
+@pytest.fixture(params=["demo", pytest.param("cifar10", marks=pytest.mark.slow)])
 def labelled_sources(request):
-    """``(train source, test source)``: the bundled demo digits, and a CIFAR-10 JPEG subset if available."""
+    """``(train source, test source)``: the bundled demo digits, and a CIFAR-10 JPEG subset if available
+    (the real photos: with the slow tests)."""
     if request.param == "demo":
         return "demo:train", "demo:test"
     root = request.getfixturevalue("cifar_subset")
