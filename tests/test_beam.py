@@ -13,6 +13,7 @@ data), plus a truncated JPEG, a file name holding a tab and a text file.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 
 import keras
@@ -20,7 +21,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-pytest.importorskip("apache_beam")
+# Not importorskip: importing Beam costs every worker's collection, also where these tests are deselected.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("apache_beam") is None, reason="Apache Beam not installed (pip install 'bt_keras[beam]')"
+)
 
 SIZE = 16
 BEAM = ["--runner", "DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
