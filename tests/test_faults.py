@@ -43,7 +43,8 @@ ARGS = [
 
 
 # The runs under faults skip the per-epoch monitors and the report (tests/test_callbacks.py tests those;
-# test_jax_train.py and test_guarantees.py interrupt runs that keep them): a few CPU-seconds a process.
+# test_jax_train.py interrupts a run that keeps them all, test_guarantees.py runs that keep the monitors):
+# a few CPU-seconds a process.
 NO_MONITORS = [
     "--set",
     "monitor.health=false",
