@@ -42,7 +42,7 @@ setup(
             "ai-edge-litert>=1.2",
             "keras-hub>=0.20",
             "pytest>=8",
-            "pytest-xdist>=3.5",
+            "pytest-xdist>=3.8",  # --no-loadscope-reorder (pyproject addopts)
             "pillow>=10",
             "ruff>=0.6",
             # The official client's protos: tests read the SavedModel's warm-up records as PredictionLogs.
