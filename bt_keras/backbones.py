@@ -107,7 +107,11 @@ def _application(name, target, image_size, args, init_weights) -> keras.Model:
     try:
         # Keras prints "Downloading data from URL" before it tries: offline, that line would come
         # before our one-line error; a successful download is summarised by the run's start anyway.
-        with contextlib.redirect_stdout(io.StringIO()):
+        # MobileNet's constructors also warn, in a multi-line Python warning, that ImageNet weights
+        # trained at 224 px are loaded at another size: convolutional weights apply at any size, and
+        # the run's summary names the initial weights.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`input_shape` is undefined or non-square", category=UserWarning)
             model = constructor(include_top=False, weights=weights, input_tensor=images, pooling="avg", **args)
     except TypeError as e:
         raise UserError(f"model.encoder_args: {one_line(e)}") from None

@@ -231,7 +231,7 @@ def test_a_weights_file_of_another_architecture_is_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_imagenet_weights_offline_are_one_line(monkeypatch, capsys):
+def test_imagenet_weights_offline_are_one_line(monkeypatch, capsys, recwarn):
     """A proxy that refuses every connection: the download fails as it does offline."""
     from keras.src.backend.config import keras_home  # where Keras caches downloads (read at import)
 
@@ -250,6 +250,8 @@ def test_imagenet_weights_offline_are_one_line(monkeypatch, capsys):
     assert message.startswith("model.init_weights: imagenet: cannot get the ImageNet weights of MobileNetV3Small")
     assert "model.init_weights to a local weights file" in message and "\n" not in message
     assert "Downloading" not in capsys.readouterr().out  # Keras' own line would come before ours
+    # Nor MobileNet's warning that the weights were trained at 224 px (a multi-line Python warning).
+    assert not [w for w in recwarn if "input_shape" in str(w.message)], [str(w.message) for w in recwarn]
 
 
 @pytest.mark.skipif(not HAS_KERAS_HUB, reason="KerasHub is not installed")
