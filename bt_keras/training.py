@@ -217,7 +217,9 @@ def _finish(plan: RunPlan, model, summary: dict) -> dict:
                 random_model = build_model(cfg, cfg.data.image_size, init_weights="none")
             summary["knn_random_init"] = evaluate_knn(random_model.encoder, cfg)
     if plan.chief:
-        if cfg.monitor.report:  # redrawn with the final kNN (trained vs random init) beside the loss
+        if cfg.monitor.report and "knn_trained" in summary:
+            # Redrawn with the final kNN (trained vs random init) beside the loss; without a final
+            # kNN, the picture the report callback drew when fit ended is already this one.
             from bt_keras.callbacks.report import write_run_report
 
             write_run_report(plan.run_dir, summary, lambd=cfg.model.lambd)
