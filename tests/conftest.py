@@ -11,6 +11,7 @@ written into the repository.
 from __future__ import annotations
 
 import atexit
+import collections
 import fcntl
 import hashlib
 import os
@@ -186,13 +187,13 @@ LONG_FILES_FIRST = (
 
 
 def pytest_collection_modifyitems(items):
-    path = {id(item): item.nodeid.split("::")[0] for item in items}
-    count: dict[str, int] = {}
-    for item in items:
-        count[path[id(item)]] = count.get(path[id(item)], 0) + 1
+    def file_of(item):
+        return item.nodeid.split("::")[0]
+
+    count = collections.Counter(map(file_of, items))
 
     def rank(item):
-        file = path[id(item)]
+        file = file_of(item)
         long_rank = LONG_FILES_FIRST.index(file) if file in LONG_FILES_FIRST else len(LONG_FILES_FIRST)
         return long_rank, -count[file], file
 
