@@ -27,6 +27,7 @@ def test_the_flop_counts_of_its_docstring_hold():
     assert doctest.testmod(roofline).failed == 0
 
 
+@pytest.mark.slow  # starts a TensorFlow process
 def test_a_real_verbose_log_sums_to_one_conv_and_one_matmul_per_step():
     env = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([sys.executable, "-c", TINY_STEP], capture_output=True, text=True, env=env, check=True).stdout
