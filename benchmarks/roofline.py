@@ -107,7 +107,10 @@ def measure(config: str, isa: str, precision: str, steps: int, warmup: int) -> d
     step_cmd += ["--precision", precision, "--steps", str(steps), "--warmup", str(warmup)]
     out = _child(step_cmd, {**ISA_ENV[isa], "ONEDNN_VERBOSE": "1"})
     result = json.loads(out.strip().splitlines()[-1])
-    threads = int(re.search(r"runtime:threadpool,nthr:(\d+)", out).group(1))
+    found = re.search(r"runtime:threadpool,nthr:(\d+)", out)
+    if not found:
+        raise SystemExit("roofline.py: oneDNN's verbose log names no thread count (runtime:threadpool,nthr:N)")
+    threads = int(found.group(1))
     matmul = json.loads(_child([sys.executable, __file__, "--matmul-child", str(threads)], ISA_ENV[isa]))
     # peer_ours.timed: `warmup` calls, then `steps` timed ones (the first call traces the function).
     rows = parse_exec_lines(out, warmup + steps, steps)
@@ -159,7 +162,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", default="small,large", help="comma-separated: small (CPU config), large (ResNet-18)")
     p.add_argument("--isa", default="native", choices=sorted(ISA_ENV))
-    p.add_argument("--precision", default="float32", help="train.mixed_precision for the step (float32, auto, ...)")
+    p.add_argument(
+        "--precision",
+        default="float32",
+        help="train.mixed_precision for the step (float32, auto, ...); the reference matmul stays float32",
+    )
     p.add_argument("--steps", type=int, default=3, help="timed train-function calls")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", help="also write the measurements here")
