@@ -296,7 +296,11 @@ class TrainingGuard(keras.callbacks.Callback):
     signal arrived and ``signal_name`` which (``"SIGTERM"`` or ``"SIGINT"``).
     The weights are checked before each checkpoint: a step whose loss and
     gradients were finite can still overflow them (a learning rate far too
-    high), and a checkpoint written then would not be a good one.
+    high), and a checkpoint written then would not be a good one. Weights can
+    also be finite but enormous, which only the next step's loss shows: so
+    the periodic and epoch-end checkpoints are held in memory and written
+    when the next step's loss is finite, or when training ends without a
+    non-finite loss; a signal's checkpoint is written at once.
 
     Args:
         path: the checkpoint file.
@@ -326,11 +330,13 @@ class TrainingGuard(keras.callbacks.Callback):
         self.signal_name = None
         self._previous_handlers = {}
         self._watcher = None
+        self._held = None  # checkpoint bytes waiting for the next step's finite loss
 
     def _on_signal(self, signum, frame):
         if self.preempted and signum == signal.SIGINT:
             if self._watcher is not None:
                 self._watcher.handled_second.set()
+            self._held = None  # stopping at once: no checkpoint, the previous one stays
             self.on_train_end()  # the handlers go back: fit will not call on_train_end after this
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.preempted = True
@@ -349,6 +355,9 @@ class TrainingGuard(keras.callbacks.Callback):
                 )
 
     def on_train_end(self, logs=None):
+        if self.nan_step is None:
+            self._write_held()  # no later step to confirm it: the run ended with finite losses
+        self._held = None
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
@@ -356,17 +365,38 @@ class TrainingGuard(keras.callbacks.Callback):
             signal.signal(signum, handler)
         self._previous_handlers = {}
 
+    def _weights_finite(self) -> bool:
+        """False (and training stops, with ``nan_step`` set) if any weight is not finite. Every worker
+        checks: they hold the same weights, so all stop."""
+        if all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in self.model.weights):
+            return True
+        self.nan_step, self.nan_in = int(self.model.optimizer.iterations.numpy()), "weights"
+        self.model.stop_training = True
+        return False
+
     def _save(self):
-        """Writes the checkpoint (chief); writes nothing and stops training, with ``nan_step`` set, if
-        the weights are not finite. Every worker checks: they hold the same weights, so all stop."""
-        if not all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in self.model.weights):
-            self.nan_step, self.nan_in = int(self.model.optimizer.iterations.numpy()), "weights"
-            self.model.stop_training = True
+        """Writes the checkpoint now (chief), unless the weights are not finite."""
+        self._held = None  # superseded
+        if self._weights_finite() and self.write:
+            self._write(lambda: save_checkpoint(self.model, self.path, self.fingerprint))
+
+    def _hold(self):
+        """Keeps the checkpoint's bytes (chief) for :meth:`_write_held`, unless the weights are not
+        finite. Where Keras cannot build them in memory, writes at once."""
+        if not self._weights_finite() or not self.write:
             return
-        if not self.write:
-            return
+        self._held = _weights_in_memory(self.model, self.fingerprint)
+        if self._held is None:
+            self._save()
+
+    def _write_held(self):
+        held, self._held = self._held, None
+        if held is not None:
+            self._write(lambda: atomic_write(self.path, held))
+
+    def _write(self, write):
         try:
-            save_checkpoint(self.model, self.path, self.fingerprint)
+            write()
         except (OSError, RuntimeError) as e:  # h5py: OSError; a full disk can also surface as RuntimeError
             raise TrainingStopped(
                 f"cannot write the checkpoint {self.path} ({one_line(e, 120)}); the previous checkpoint "
@@ -377,16 +407,18 @@ class TrainingGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.nan_step, self.nan_in = int(self.model.optimizer.iterations.numpy()), "loss"
+            self._held = None  # the weights this loss came from: never written
             self.model.stop_training = True
             return
+        self._write_held()  # this step's finite loss came from the held weights
         if self.preempted:
             self._save()  # not saved if the weights are not finite: then the run stops as diverged
             self.model.stop_training = True
             return
         step = int(self.model.optimizer.iterations.numpy())
         if self.every_steps and step % self.every_steps == 0:
-            self._save()
+            self._hold()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_step is None and not self.preempted:
-            self._save()
+            self._hold()

@@ -1,6 +1,7 @@
 """BarlowTwins: fit, metrics, saving/loading, NaN guard, mixed precision."""
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -125,6 +126,45 @@ def test_weights_that_overflowed_after_a_finite_loss_are_not_checkpointed(tmp_pa
     assert not all(np.isfinite(np.asarray(w)).all() for w in model.weights)
     assert (guard.nan_step, guard.nan_in) == (5, "weights") and model.stop_training
     assert path.read_bytes() == good  # the last good checkpoint, untouched
+
+
+def test_huge_but_finite_weights_are_not_checkpointed_when_the_next_loss_is_not_finite(tmp_path):
+    """A learning rate far too high whose update leaves the weights finite but enormous: the epoch ends
+    right after it, and only the next step's loss shows the divergence. That epoch's checkpoint
+    is held until a finite loss confirms it, so the last good checkpoint stays on disk."""
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    path = tmp_path / "latest.weights.h5"
+    guard = TrainingGuard(str(path))
+    model.fit(_pairs(), epochs=1, verbose=0, callbacks=[guard])  # a good epoch: its checkpoint
+    good = path.read_bytes()
+    model.optimizer.learning_rate.assign(1e20)
+    seen = []  # the weights when the first epoch (of one step) ended: finite, and their largest magnitude
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(
+            (
+                all(np.isfinite(np.asarray(w)).all() for w in model.weights),
+                max(float(np.abs(np.asarray(w)).max()) for w in model.weights),
+            )
+        )
+    )
+    history = model.fit(_pairs().take(1), epochs=2, verbose=0, callbacks=[record, guard]).history
+    assert math.isfinite(history["loss"][0])  # step 5 looked fine...
+    assert seen[0][0] and seen[0][1] > 1e10  # ...and left finite, enormous weights when its epoch ended
+    assert (guard.nan_step, guard.nan_in) == (6, "loss")  # step 6's loss shows it
+    assert path.read_bytes() == good  # the last good checkpoint, untouched
+    assert os.listdir(tmp_path) == ["latest.weights.h5"]
+
+
+def test_a_held_checkpoint_is_written_when_training_ends_or_a_signal_arrives(tmp_path):
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    path = tmp_path / "latest.weights.h5"
+    guard = TrainingGuard(str(path))
+    model.fit(_pairs(), epochs=2, verbose=0, callbacks=[guard])
+    fresh = _model()
+    fresh.compile(optimizer=keras.optimizers.SGD(0.01))
+    assert restore_checkpoint(fresh, str(path)) == 8  # the last epoch's, written at the end
 
 
 def test_mixed_precision_keeps_the_loss_in_float32():
