@@ -45,6 +45,7 @@ def test_an_encoder_whose_weights_depend_on_the_size_is_refused():
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.slow  # kNN end to end on the demo digits
 def test_at_the_trained_size_it_reports_what_bt_eval_reports_and_at_another_size_a_real_knn(tmp_path, capsys):
     encoder = _encoder()
     contract = PreprocessingContract(image_size=32, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), crop_fraction=1.0)
@@ -60,6 +61,7 @@ def test_at_the_trained_size_it_reports_what_bt_eval_reports_and_at_another_size
     assert 0.1 < results[24]["knn"]["top1"] <= 1.0  # ten classes: above chance even at random init
 
 
+@pytest.mark.slow  # kNN end to end on the demo digits
 def test_without_source_flags_the_runs_own_sources_are_used_and_none_is_one_line(tmp_path, capsys):
     save_encoder(_encoder(), str(tmp_path), PreprocessingContract(image_size=32, crop_fraction=1.0))
     # A benchmarks/ablations.py run: eval sources unset, the kNN monitor's set.

@@ -156,7 +156,7 @@ def test_huge_but_finite_weights_are_not_checkpointed_when_the_next_loss_is_not_
     assert os.listdir(tmp_path) == ["latest.weights.h5"]
 
 
-def test_a_held_checkpoint_is_written_when_training_ends_or_a_signal_arrives(tmp_path):
+def test_the_last_epochs_held_checkpoint_is_written_when_training_ends(tmp_path):
     model = _model()
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     path = tmp_path / "latest.weights.h5"
