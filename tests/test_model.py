@@ -108,18 +108,24 @@ def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path)
     assert all(np.isfinite(np.asarray(w)).all() for w in fresh.weights)
 
 
+def _after_good_epochs(tmp_path, epochs=1):
+    """An SGD model that trained good epochs (of 4 steps) under a TrainingGuard; the bytes of the last
+    epoch's checkpoint."""
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    path = tmp_path / "latest.weights.h5"
+    guard = TrainingGuard(str(path))
+    model.fit(_pairs(), epochs=epochs, verbose=0, callbacks=[guard])
+    return model, path, guard, path.read_bytes()
+
+
 def test_weights_that_overflowed_after_a_finite_loss_are_not_checkpointed(tmp_path):
     """A learning rate far too high: the step's loss and gradients are finite, its update is not.
 
     The epoch ends right after that step, so without the weight check the epoch's checkpoint
     would hold the overflowed weights as the "last good" one.
     """
-    model = _model()
-    model.compile(optimizer=keras.optimizers.SGD(0.01))
-    path = tmp_path / "latest.weights.h5"
-    guard = TrainingGuard(str(path))
-    model.fit(_pairs(), epochs=1, verbose=0, callbacks=[guard])  # a good epoch: its checkpoint
-    good = path.read_bytes()
+    model, path, guard, good = _after_good_epochs(tmp_path)
     model.optimizer.learning_rate.assign(3e38)  # float32's largest: any gradient above 1.2 overflows
     history = model.fit(_pairs().take(1), epochs=1, verbose=0, callbacks=[guard]).history
     assert math.isfinite(history["loss"][0])  # the step itself looked fine
@@ -132,12 +138,7 @@ def test_huge_but_finite_weights_are_not_checkpointed_when_the_next_loss_is_not_
     """A learning rate far too high whose update leaves the weights finite but enormous: the epoch ends
     right after it, and only the next step's loss shows the divergence. That epoch's checkpoint
     is held until a finite loss confirms it, so the last good checkpoint stays on disk."""
-    model = _model()
-    model.compile(optimizer=keras.optimizers.SGD(0.01))
-    path = tmp_path / "latest.weights.h5"
-    guard = TrainingGuard(str(path))
-    model.fit(_pairs(), epochs=1, verbose=0, callbacks=[guard])  # a good epoch: its checkpoint
-    good = path.read_bytes()
+    model, path, guard, good = _after_good_epochs(tmp_path)
     model.optimizer.learning_rate.assign(1e20)
     seen = []  # the weights when the first epoch (of one step) ended: finite, and their largest magnitude
     record = keras.callbacks.LambdaCallback(
@@ -157,11 +158,7 @@ def test_huge_but_finite_weights_are_not_checkpointed_when_the_next_loss_is_not_
 
 
 def test_the_last_epochs_held_checkpoint_is_written_when_training_ends(tmp_path):
-    model = _model()
-    model.compile(optimizer=keras.optimizers.SGD(0.01))
-    path = tmp_path / "latest.weights.h5"
-    guard = TrainingGuard(str(path))
-    model.fit(_pairs(), epochs=2, verbose=0, callbacks=[guard])
+    _, path, _, _ = _after_good_epochs(tmp_path, epochs=2)
     fresh = _model()
     fresh.compile(optimizer=keras.optimizers.SGD(0.01))
     assert restore_checkpoint(fresh, str(path)) == 8  # the last epoch's, written at the end
