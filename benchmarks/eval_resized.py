@@ -50,13 +50,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     from bt_keras.config import load_config
-    from bt_keras.contract import make_contract
+    from bt_keras.contract import make_contract, read_contract
     from bt_keras.evaluation.protocol import evaluate
     from bt_keras.frozen import FrozenEncoder
     from bt_keras.saving import load_encoder
 
-    with open(os.path.join(args.run, "preprocessing.json")) as f:
-        trained = json.load(f)
+    trained = read_contract(os.path.join(args.run, "preprocessing.json"))
     if not (args.train_data and args.test_data):
         cfg = load_config(os.path.join(args.run, "config.yaml"))
         # bt-eval's defaults, then the kNN monitor's sources (what benchmarks/ablations.py runs set).
@@ -65,7 +64,9 @@ def main(argv=None) -> None:
         if not (args.train_data and args.test_data):
             raise SystemExit("eval_resized.py: the run names no labelled sources; give --train-data and --test-data")
     encoder = resized_encoder(load_encoder(os.path.join(args.run, "encoder.keras")), args.image_size)
-    contract = make_contract(args.image_size, trained["mean"], trained["std"], trained["crop_fraction"])
+    contract = make_contract(
+        args.image_size, trained.mean, trained.std, trained.crop_fraction, trained.pixel_shuffle_seed
+    )
     report = evaluate(
         FrozenEncoder.from_keras(encoder, contract),
         args.train_data,
@@ -73,7 +74,7 @@ def main(argv=None) -> None:
         protocol="knn",
         batch_size=args.batch_size,
     )
-    result = {"run": args.run, "trained_at": trained["image_size"], "evaluated_at": args.image_size}
+    result = {"run": args.run, "trained_at": trained.image_size, "evaluated_at": args.image_size}
     print(json.dumps({**result, "knn": report["knn"]}))
 
 
